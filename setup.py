@@ -1,0 +1,51 @@
+"""p3d_keras: Pseudo-3D Residual Networks for Keras 3 / TensorFlow."""
+import pathlib
+
+from setuptools import setup
+
+HERE = pathlib.Path(__file__).parent
+
+
+def read_version():
+    """The version string from p3d_keras/version.py, without importing the package."""
+    scope = {}
+    exec((HERE / "p3d_keras" / "version.py").read_text(), scope)
+    return scope["__version__"]
+
+
+EXTRAS = {
+    "tf": ["tensorflow>=2.16"],
+    "tf-cpu": ["tensorflow-cpu>=2.16"],
+    "video": ["av>=12", "pillow>=9"],
+    "beam": ["apache-beam[tfrecord]>=2.50"],
+    "jax": ["jax[cpu]>=0.4.30"],
+}
+EXTRAS["test"] = sorted(set(
+    ["pytest>=7", "tensorflow-cpu==2.21.0", "torch==2.13.0", "scikit-video", "matplotlib"]
+    + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"]
+))
+
+setup(
+    name="p3d_keras",
+    version=read_version(),
+    description="Pseudo-3D Residual Networks (P3D ResNet) for Keras 3, with a video TFRecord toolkit",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=["p3d_keras", "p3d_keras.applications", "p3d_keras.tfrecords_tools"],
+    package_dir={
+        "p3d_keras": "p3d_keras",
+        "p3d_keras.applications": "applications",
+        "p3d_keras.tfrecords_tools": "tfrecords_tools",
+    },
+    package_data={"p3d_keras.applications": ["labels/*.txt"]},
+    install_requires=["keras>=3.3", "numpy>=1.23", "h5py"],
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "p3d-convert-weights=p3d_keras.convert:main",
+            "p3d-tfrecords=p3d_keras.tfrecords_tools.cli:main",
+        ],
+    },
+)

@@ -1,1 +1,4 @@
 """The P3D ResNet family in the style of keras.applications (installed as p3d_keras.applications)."""
+from p3d_keras.applications.p3d_resnet import P3DResNet, P3DResNet63, P3DResNet131, P3DResNet199
+
+__all__ = ["P3DResNet", "P3DResNet63", "P3DResNet131", "P3DResNet199"]

@@ -1,0 +1,168 @@
+"""The P3D ResNet family: one builder and a depth table (Qiu, Yao, Mei, ICCV 2017).
+
+res2-res4 are P3D stages whose blocks cycle A, B, C (numbered continuously across stages);
+res5 is a plain 2D ResNet stage applied to each remaining time step. Time is reduced 16x by pool1
+and a (2, 1, 1) max pool after res2, res3 and res4; the head averages over time and space.
+"""
+import keras
+from keras import layers
+
+from p3d_keras.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
+
+STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
+MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
+POOLINGS = (None, "avg", "max")
+# pool1 alignment: Caffe rounds up with windows starting at 0 (= pad after, then "valid");
+# the PyTorch port pads one on each side and rounds down. Exact with zeros: the input is post-ReLU.
+POOL1_PADDING = {"caffe": ((0, 0), (0, 1), (0, 1)), "pytorch": ((0, 0), (1, 1), (1, 1))}
+TIME_REDUCTION = 16  # pool1 (2x) and three (2, 1, 1) pools (8x)
+MIN_FRAME_SIZE = 32  # five 2x spatial reductions leave at least one position
+DEFAULT_FRAMES, DEFAULT_SIZE = 16, 160
+
+
+def block_suffixes(blocks):
+    """Caffe ResNet block names within a stage: a, b, c, ... up to 6 blocks, else a, b1, b2, ..."""
+    if blocks <= 6:
+        return [chr(ord("a") + i) for i in range(blocks)]
+    return ["a"] + [f"b{i}" for i in range(1, blocks)]
+
+
+def block_kinds(stage_blocks, temporal=True):
+    """Per stage, the kind of each block: A/B/C cycling over res2-res4, "2D" for res5."""
+    kinds, n = [], 0
+    for stage, blocks in enumerate(stage_blocks):
+        row = []
+        for _ in range(blocks):
+            row.append("ABC"[n % 3] if temporal and stage < 3 else "2D")
+            n += stage < 3
+        kinds.append(row)
+    return kinds
+
+
+def resolve_stage_blocks(depth):
+    """`depth` is 63, 131, 199, or a custom tuple of four per-stage block counts."""
+    if isinstance(depth, (tuple, list)):
+        if len(depth) == 4 and all(isinstance(b, int) and b >= 1 for b in depth):
+            return tuple(depth)
+    elif depth in STAGE_BLOCKS:
+        return STAGE_BLOCKS[depth]
+    raise ValueError(f"Invalid depth. Expected one of {sorted(STAGE_BLOCKS)} or a tuple of four positive "
+                     f"block counts. Received: depth={depth!r}")
+
+
+def check_input_shape(shape, channels, modality):
+    """Validate a (T, H, W, C) clip shape against the network's rules; returns it as a tuple."""
+    shape = tuple(shape)
+    rule = (f"Expected (T, H, W, {channels}) for modality={modality!r}, with T a multiple of "
+            f"{TIME_REDUCTION} and H, W at least {MIN_FRAME_SIZE}.")
+    if len(shape) != 4 or any(d is None for d in shape):
+        raise ValueError(f"{rule} Received: input_shape={shape}")
+    t, h, w, c = shape
+    if t < TIME_REDUCTION or t % TIME_REDUCTION or h < MIN_FRAME_SIZE or w < MIN_FRAME_SIZE or c != channels:
+        raise ValueError(f"{rule} Received: input_shape={shape}")
+    return shape
+
+
+def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, input_shape=None,
+              pooling=None, classes=400, classifier_activation="softmax", modality="rgb", graph="caffe",
+              dropout_rate=0.5, width=64, temporal=True, name=None):
+    """Builds a P3D ResNet.
+
+    Args:
+        depth: 63, 131 or 199 (from ResNet-50/101/152), or four per-stage block counts for a
+            small custom network, e.g. `(1, 1, 1, 1)`.
+        include_top: whether to end with global average pooling, dropout and the classifier.
+        weights: `None` (random initialisation), a Keras weights file (`.weights.h5`), or an
+            original checkpoint (`.pth`, `.pth.tar`, `.npz` in the PyTorch port's names,
+            `.caffemodel`), converted on load.
+        input_tensor: optional Keras tensor to use as the model input.
+        input_shape: `(T, H, W, C)`, default `(16, 160, 160, C)`. T must be a multiple of 16,
+            H and W at least 32; C is 3 for RGB and 2 for flow.
+        pooling: with `include_top=False`, `None` (the 5-D res5 output), `"avg"` (the 2048-d
+            pool5 clip descriptor of the paper) or `"max"`.
+        classes: number of classes of the classifier.
+        classifier_activation: activation of the classifier output (`None` for logits);
+            computed in float32 under mixed precision.
+        modality: `"rgb"` (3 channels) or `"flow"` (2 TV-L1 flow channels).
+        graph: `"caffe"` (the authors' released graph) or `"pytorch"` (the PyTorch port);
+            weights must be used with the graph they were trained with.
+        dropout_rate: dropout before the classifier (0.5 Kinetics RGB, 0.7 flow, 0.1 Sports-1M).
+        width: bottleneck width of res2 (doubling per stage); 64 in the paper.
+        temporal: `False` removes every temporal convolution (all blocks become per-frame 2D
+            bottlenecks): a 2D control network with the same spatial structure.
+        name: model name, default `"p3d_resnet<depth>"`.
+
+    Returns:
+        A `keras.Model`.
+    """
+    stage_blocks = resolve_stage_blocks(depth)
+    check_choice("modality", modality, tuple(MODALITY_CHANNELS))
+    check_choice("graph", graph, GRAPHS)
+    check_choice("pooling", pooling, POOLINGS)
+    channels = MODALITY_CHANNELS[modality]
+    if include_top and (not isinstance(classes, int) or classes < 1):
+        raise ValueError(f"classes must be a positive integer with include_top=True. Received: classes={classes!r}")
+    if input_tensor is not None:
+        shape = check_input_shape(keras.ops.shape(input_tensor)[1:], channels, modality)
+        inputs = input_tensor
+    else:
+        shape = check_input_shape(input_shape or (DEFAULT_FRAMES, DEFAULT_SIZE, DEFAULT_SIZE, channels),
+                                  channels, modality)
+        inputs = keras.Input(shape, name="clip")
+    bn = dict(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
+
+    x = layers.ZeroPadding3D((0, 3, 3), name="conv1_pad")(inputs)
+    x = layers.Conv3D(width, (1, 7, 7), strides=(1, 2, 2), use_bias=False, name="conv1")(x)
+    x = layers.BatchNormalization(**bn, name="bn_conv1")(x)
+    x = layers.Activation("relu", name="conv1_relu")(x)
+    x = layers.ZeroPadding3D(POOL1_PADDING[graph], name="pool1_pad")(x)
+    x = layers.MaxPooling3D((2, 3, 3), strides=(2, 2, 2), name="pool1")(x)
+    kinds = block_kinds(stage_blocks, temporal)
+    for stage, blocks in enumerate(stage_blocks):
+        for b, suffix in enumerate(block_suffixes(blocks)):
+            x = P3DBottleneck(width * 2 ** stage, kinds[stage][b], graph, strides=2 if b == 0 and stage else 1,
+                              projection=b == 0, name=f"res{stage + 2}{suffix}")(x)
+        if stage < 3:
+            x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), name=f"pool{stage + 2}")(x)
+
+    if include_top:
+        x = layers.GlobalAveragePooling3D(name="pool5")(x)
+        if dropout_rate:
+            x = layers.Dropout(dropout_rate, name="dropout")(x)
+        x = layers.Dense(classes, name="fc")(x)
+        x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
+    elif pooling == "avg":
+        x = layers.GlobalAveragePooling3D(name="pool5")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling3D(name="pool5")(x)
+
+    if input_tensor is not None:
+        inputs = keras.utils.get_source_inputs(input_tensor)
+    default_name = f"p3d_resnet{depth}" if isinstance(depth, int) else "p3d_resnet"
+    model = keras.Model(inputs, x, name=name or default_name)
+    if weights is not None:
+        from p3d_keras.weights import load_weights  # noqa: PLC0415 (weights imports this module)
+
+        load_weights(model, weights)
+    return model
+
+
+def _family_member(depth):
+    def build(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+              classes=400, classifier_activation="softmax", modality="rgb", graph="caffe",
+              dropout_rate=0.5, name=None):
+        return P3DResNet(depth, include_top=include_top, weights=weights, input_tensor=input_tensor,
+                         input_shape=input_shape, pooling=pooling, classes=classes,
+                         classifier_activation=classifier_activation, modality=modality, graph=graph,
+                         dropout_rate=dropout_rate, name=name)
+
+    build.__name__ = build.__qualname__ = f"P3DResNet{depth}"
+    build.__doc__ = (f"P3D ResNet-{depth} (from ResNet-{depth - 3 * sum(STAGE_BLOCKS[depth][:3])} with "
+                     f"{sum(STAGE_BLOCKS[depth][:3])} temporal convs). Arguments as `P3DResNet`, "
+                     "without `depth`, `width` and `temporal`.\n\n" + P3DResNet.__doc__.split("Args:")[1])
+    return build
+
+
+P3DResNet63 = _family_member(63)
+P3DResNet131 = _family_member(131)
+P3DResNet199 = _family_member(199)

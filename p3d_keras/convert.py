@@ -1,0 +1,203 @@
+"""Map original P3D checkpoints (the PyTorch port's state dicts, the authors' .caffemodel files)
+onto Keras P3D ResNets, and the `p3d-convert-weights` CLI.
+
+Both sources are first read into one flat form, `{name: array}` with the port's suffixes
+(`.weight`, `.bias`, `.running_mean`, `.running_var`) in torch's O, I, k... layout; the only
+difference between them is how a Keras layer's name becomes a checkpoint name (`NAMINGS`).
+"""
+import argparse
+import logging
+import os
+
+import numpy as np
+from keras import layers
+
+from p3d_keras.layers import P3DBottleneck
+
+log = logging.getLogger(__name__)
+
+# Sub-layer attribute of a P3DBottleneck -> (port conv, port bn, Caffe branch).
+BLOCK_PARTS = {
+    "reduce": ("conv1", "bn1", "branch2a"),
+    "spatial": ("conv2", "bn2", "branch2b"),
+    "temporal": ("conv3", "bn3", "branch2b_t"),
+    "expand": ("conv4", "bn4", "branch2c"),
+    "shortcut": ("downsample.0", "downsample.1", "branch1"),
+}
+PORT_2D_SPATIAL = ("conv_normal", "bn_normal")  # the port names res5's 3x3 conv differently
+BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var")  # gamma, beta, mean, variance
+CAFFE_BN_BLOBS = 4  # scale, shift, mean, variance
+IGNORED_SUFFIXES = ("num_batches_tracked",)
+
+
+def _port_names(model):
+    """Keras layer -> checkpoint prefix, in the PyTorch port's names."""
+    names = {"conv1": "conv1_custom", "bn_conv1": "bn1", "fc": "fc"}
+    for block, stage, index in _blocks(model):
+        prefix = f"layer{stage - 1}.{index}"
+        for part, (conv, bn, _) in BLOCK_PARTS.items():
+            if part == "spatial" and block.kind == "2D":
+                conv, bn = PORT_2D_SPATIAL
+            names[f"{block.name}/{part}/conv"] = f"{prefix}.{conv}"
+            names[f"{block.name}/{part}/bn"] = f"{prefix}.{bn}"
+    return names
+
+
+def _caffe_names(model, fc_name):
+    """Keras layer -> checkpoint prefix, in the authors' Caffe layer names."""
+    names = {"conv1": "conv1", "bn_conv1": "bn_conv1", "fc": fc_name}
+    for block, _, _ in _blocks(model):
+        for part, (_, _, branch) in BLOCK_PARTS.items():
+            names[f"{block.name}/{part}/conv"] = f"{block.name}_{branch}"
+            names[f"{block.name}/{part}/bn"] = f"bn{block.name[len('res'):]}_{branch}"
+    return names
+
+
+def _blocks(model):
+    """(block, stage number 2..5, index within the stage) for every P3DBottleneck of `model`."""
+    counts = {}
+    for layer in model.layers:
+        if isinstance(layer, P3DBottleneck):
+            stage = int(layer.name[len("res")])
+            counts[stage] = counts.get(stage, -1) + 1
+            yield layer, stage, counts[stage]
+
+
+def _keras_layers(model):
+    """Keras-side key -> (conv / bn / dense layer) for every layer that holds weights."""
+    found = {}
+    for layer in model.layers:
+        if isinstance(layer, P3DBottleneck):
+            for part in BLOCK_PARTS:
+                if hasattr(layer, f"conv_{part}"):
+                    found[f"{layer.name}/{part}/conv"] = getattr(layer, f"conv_{part}")
+                    found[f"{layer.name}/{part}/bn"] = getattr(layer, f"bn_{part}")
+        elif layer.name in ("conv1", "bn_conv1", "fc"):
+            found[layer.name] = layer
+    return found
+
+
+def _variables(layer, prefix):
+    """(checkpoint name, Keras variable) pairs of one conv, BN or dense layer."""
+    if isinstance(layer, layers.BatchNormalization):
+        variables = (layer.gamma, layer.beta, layer.moving_mean, layer.moving_variance)
+        return [(f"{prefix}.{s}", v) for s, v in zip(BN_SUFFIXES, variables)]
+    if isinstance(layer, layers.Dense):
+        return [(f"{prefix}.weight", layer.kernel), (f"{prefix}.bias", layer.bias)]
+    return [(f"{prefix}.weight", layer.kernel)]
+
+
+def to_keras_layout(array):
+    """torch / Caffe layout (O, I, k...) -> Keras (k..., I, O); dense (O, I) -> (I, O)."""
+    if array.ndim >= 3:
+        return np.transpose(array, tuple(range(2, array.ndim)) + (1, 0))
+    return array.T if array.ndim == 2 else array
+
+
+def caffe_to_flat(blobs_by_layer):
+    """`{caffe layer: [blobs]}` -> the flat `{name.weight: array, ...}` form (BN: 4 blobs)."""
+    flat = {}
+    for name, blobs in blobs_by_layer.items():
+        if len(blobs) == CAFFE_BN_BLOBS:
+            flat.update({f"{name}.{s}": b.reshape(-1) for s, b in zip(BN_SUFFIXES, blobs)})
+        elif len(blobs) in (1, 2):
+            flat[f"{name}.weight"] = blobs[0]
+            if len(blobs) == 2:
+                flat[f"{name}.bias"] = blobs[1].reshape(-1)
+        else:
+            raise ValueError(f"Caffe layer {name!r} has {len(blobs)} blobs. Expected 1 or 2 (conv, fc) or "
+                             f"{CAFFE_BN_BLOBS} (BN: scale, shift, mean, variance)")
+    return flat
+
+
+def read_original(path):
+    """Read an original checkpoint. Returns `(naming, tensors)`: naming is "pytorch" or "caffe"."""
+    from p3d_keras import caffemodel, checkpoints  # noqa: PLC0415 (only needed to convert)
+
+    if checkpoints.sniff_format(path) == "caffe":
+        return "caffe", caffe_to_flat(caffemodel.read_caffemodel(path))
+    return "pytorch", checkpoints.read_state_dict(path)
+
+
+def assign_original(model, tensors, naming, source="checkpoint"):
+    """Set `model`'s weights from flat original tensors; raises ValueError listing every
+    missing, unexpected or mis-shaped tensor before changing anything."""
+    if naming == "caffe":
+        fc_layers = sorted({k.rsplit(".", 1)[0] for k in tensors if k.startswith("fc")})
+        names = _caffe_names(model, fc_layers[0] if len(fc_layers) == 1 else "fc_kinetics")
+    else:
+        names = _port_names(model)
+    fc_prefix = names.pop("fc")
+    targets = [pair for key, layer in _keras_layers(model).items()
+               for pair in _variables(layer, names.get(key, fc_prefix))]
+    expected = {name for name, _ in targets}
+    ignored = {k for k in tensors if k.endswith(IGNORED_SUFFIXES)}
+    if "fc" not in _keras_layers(model):  # include_top=False: the classifier is not needed
+        ignored |= {k for k in tensors if k.startswith(fc_prefix + ".")}
+    missing = sorted(expected - set(tensors))
+    unexpected = sorted(set(tensors) - expected - ignored)
+    misshaped = []
+    for name, variable in targets:
+        if name in tensors and to_keras_layout(tensors[name]).shape != tuple(variable.shape):
+            misshaped.append(f"{name}: {tuple(tensors[name].shape)} in the file, i.e. "
+                             f"{to_keras_layout(tensors[name]).shape} in Keras layout, but the model has "
+                             f"{tuple(variable.shape)}")
+    if missing or unexpected or misshaped:
+        raise ValueError(_mismatch_message(model, source, naming, missing, unexpected, misshaped))
+    for name, variable in targets:
+        variable.assign(to_keras_layout(tensors[name]).astype(variable.dtype))
+    log.info("loaded %d tensors from %s into %s", len(targets), source, model.name)
+
+
+def _mismatch_message(model, source, naming, missing, unexpected, misshaped, shown=12):
+    def listing(title, items):
+        more = f" ... and {len(items) - shown} more" if len(items) > shown else ""
+        return f"\n  {title} ({len(items)}): {', '.join(items[:shown])}{more}" if items else ""
+
+    return (f"{source} does not fit {model.name} (read with {naming} names). Expected exactly the model's "
+            f"tensors.{listing('missing', missing)}{listing('unexpected', unexpected)}"
+            f"{listing('mis-shaped', misshaped)}\n  Check depth, modality (rgb: 3 input channels, flow: 2) "
+            "and classes against the checkpoint.")
+
+
+def load_original_weights(model, path):
+    """Convert an original checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) into `model`."""
+    naming, tensors = read_original(path)
+    assign_original(model, tensors, naming, source=os.fspath(path))
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="p3d-convert-weights",
+        description="Convert an original P3D checkpoint (PyTorch port .pth/.pth.tar/.npz, or the authors' "
+                    ".caffemodel; detected from the file) into a Keras weights file.")
+    p.add_argument("src", help="original checkpoint")
+    p.add_argument("dst", help="output Keras weights file, ending in .weights.h5")
+    p.add_argument("--depth", type=int, default=199, choices=(63, 131, 199))
+    p.add_argument("--modality", default="rgb", choices=("rgb", "flow"))
+    p.add_argument("--graph", default=None, choices=("caffe", "pytorch"),
+                   help="graph the weights were trained with (default: caffe for .caffemodel, else pytorch)")
+    p.add_argument("--classes", type=int, default=400)
+    return p
+
+
+def main(argv=None):
+    """`p3d-convert-weights SRC DST.weights.h5 --depth 199 --modality rgb --graph pytorch --classes 400`."""
+    from p3d_keras.applications import P3DResNet  # noqa: PLC0415
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if not args.dst.endswith(".weights.h5"):
+        raise SystemExit(f"p3d-convert-weights: DST must end in .weights.h5. Received: dst={args.dst!r}")
+    try:
+        naming, tensors = read_original(args.src)
+        model = P3DResNet(args.depth, classes=args.classes, modality=args.modality,
+                          graph=args.graph or naming, classifier_activation=None)
+        assign_original(model, tensors, naming, source=args.src)
+    except (OSError, ValueError) as e:
+        log.error("p3d-convert-weights: %s", e)
+        return 2
+    model.save_weights(args.dst)
+    log.info("wrote %s (depth %d, %s, graph %s, %d classes)", args.dst, args.depth, args.modality,
+             args.graph or naming, args.classes)
+    return 0

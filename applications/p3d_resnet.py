@@ -15,6 +15,9 @@ POOLINGS = (None, "avg", "max")
 # pool1 alignment: Caffe rounds up with windows starting at 0 (= pad after, then "valid");
 # the PyTorch port pads one on each side and rounds down. Exact with zeros: the input is post-ReLU.
 POOL1_PADDING = {"caffe": ((0, 0), (0, 1), (0, 1)), "pytorch": ((0, 0), (1, 1), (1, 1))}
+# Max pooling is exact in any precision, and TensorFlow has no float16 MaxPool3D kernel on CPU:
+# the pools compute in float32 (a lossless cast) under every mixed-precision policy.
+POOL_DTYPE = "float32"
 TIME_REDUCTION = 16  # pool1 (2x) and three (2, 1, 1) pools (8x)
 MIN_FRAME_SIZE = 32  # five 2x spatial reductions leave at least one position
 DEFAULT_FRAMES, DEFAULT_SIZE = 16, 160
@@ -116,14 +119,14 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
     x = layers.BatchNormalization(**bn, name="bn_conv1")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
     x = layers.ZeroPadding3D(POOL1_PADDING[graph], name="pool1_pad")(x)
-    x = layers.MaxPooling3D((2, 3, 3), strides=(2, 2, 2), name="pool1")(x)
+    x = layers.MaxPooling3D((2, 3, 3), strides=(2, 2, 2), dtype=POOL_DTYPE, name="pool1")(x)
     kinds = block_kinds(stage_blocks, temporal)
     for stage, blocks in enumerate(stage_blocks):
         for b, suffix in enumerate(block_suffixes(blocks)):
             x = P3DBottleneck(width * 2 ** stage, kinds[stage][b], graph, strides=2 if b == 0 and stage else 1,
                               projection=b == 0, name=f"res{stage + 2}{suffix}")(x)
         if stage < 3:
-            x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), name=f"pool{stage + 2}")(x)
+            x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), dtype=POOL_DTYPE, name=f"pool{stage + 2}")(x)
 
     if include_top:
         x = layers.GlobalAveragePooling3D(name="pool5")(x)

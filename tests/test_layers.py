@@ -1,0 +1,113 @@
+"""P3DBottleneck: wiring, shapes, serialization, bad input. Runs on every Keras backend."""
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from p3d_keras.layers import GRAPHS, KINDS, P3DBottleneck
+
+
+def _block(kind, graph="caffe", **kw):
+    return P3DBottleneck(4, kind=kind, graph=graph, **kw)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_shapes(kind):
+    x = np.random.default_rng(0).normal(size=(2, 4, 8, 8, 16)).astype("float32")
+    y = _block(kind, strides=2, projection=True)(x)
+    assert tuple(y.shape) == (2, 4, 4, 4, 16)
+    assert _block(kind).compute_output_shape((None, 4, 8, 8, 16)) == (None, 4, 8, 8, 16)
+
+
+def test_2d_kind_is_per_frame():
+    x = np.random.default_rng(1).normal(size=(2, 3, 8, 8, 16)).astype("float32")
+    block = _block("2D")
+    clip = ops.convert_to_numpy(block(x))
+    frames = ops.convert_to_numpy(block(x.reshape(6, 8, 8, 16))).reshape(clip.shape)
+    np.testing.assert_allclose(clip, frames, atol=1e-5)
+    # No temporal mixing: changing frame 0 leaves frames 1, 2 unchanged.
+    x2 = x.copy()
+    x2[:, 0] += 1
+    np.testing.assert_allclose(ops.convert_to_numpy(block(x2))[:, 1:], clip[:, 1:], atol=1e-5)
+
+
+def test_temporal_kinds_mix_time():
+    x = np.random.default_rng(2).normal(size=(1, 4, 6, 6, 16)).astype("float32")
+    for kind in "ABC":
+        block = _block(kind)
+        y = ops.convert_to_numpy(block(x))
+        x2 = x.copy()
+        x2[:, 0] += 1
+        assert np.abs(ops.convert_to_numpy(block(x2))[:, 1] - y[:, 1]).max() > 1e-4, kind
+
+
+def _set_weights(block, seed=0):
+    """Identity BN and random kernels, the same for every graph."""
+    rng = np.random.default_rng(seed)
+    for v in block.weights:
+        name = v.path.split("/")[-1]
+        fixed = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0 - 1e-5}.get(name)
+        v.assign(np.full(v.shape, fixed, "float32") if fixed is not None
+                 else rng.normal(scale=0.3, size=v.shape).astype("float32"))
+
+
+@pytest.mark.parametrize("kind", "ABC")
+def test_graphs_differ_only_for_b_and_c(kind):
+    x = np.random.default_rng(3).normal(size=(1, 4, 6, 6, 16)).astype("float32")
+    outs = []
+    for graph in GRAPHS:
+        block = _block(kind, graph)
+        block.build(x.shape)
+        _set_weights(block)
+        outs.append(ops.convert_to_numpy(block(x)))
+    assert np.allclose(outs[0], outs[1]) == (kind == "A")
+
+
+def test_caffe_c_is_half_half():
+    """Caffe's C: u = ReLU(0.5 s + 0.5 BN(T s)); the port's C: u = s + ReLU(BN(T s))."""
+    from p3d_keras.layers import MERGES
+
+    s = np.array([1.0, -2.0, 3.0], "float32")
+    t = np.array([-3.0, 1.0, 1.0], "float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(MERGES["caffe"]["C"](s, t)), [0.0, 0.0, 2.0])
+    np.testing.assert_allclose(ops.convert_to_numpy(MERGES["pytorch"]["C"](s, t)), [1.0, -1.0, 4.0])
+    np.testing.assert_allclose(ops.convert_to_numpy(MERGES["caffe"]["B"](s, t)), [0.0, 0.0, 4.0])
+    np.testing.assert_allclose(ops.convert_to_numpy(MERGES["pytorch"]["B"](s, t)), [1.0, -1.0, 4.0])
+
+
+def test_config_round_trip():
+    block = P3DBottleneck(8, kind="C", graph="pytorch", strides=2, projection=True, bn_epsilon=1e-3, name="res3a")
+    config = block.get_config()
+    for key, value in dict(filters=8, kind="C", graph="pytorch", strides=2, projection=True, bn_epsilon=1e-3).items():
+        assert config[key] == value
+    clone = P3DBottleneck.from_config(config)
+    assert clone.get_config() == config
+
+
+def test_keras_file_round_trip(tmp_path):
+    inputs = keras.Input((4, 8, 8, 8))
+    x = P3DBottleneck(2, kind="B", projection=True)(inputs)
+    x = P3DBottleneck(2, kind="2D")(x)
+    model = keras.Model(inputs, x)
+    data = np.random.default_rng(4).normal(size=(2, 4, 8, 8, 8)).astype("float32")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(data)), ops.convert_to_numpy(model(data)), atol=1e-6)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(kind="D"), "Received: kind='D'"),
+    (dict(graph="torch"), "Received: graph='torch'"),
+    (dict(strides=3, projection=True), "Received: strides=3"),
+    (dict(strides=2), "needs a projection"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        P3DBottleneck(4, **kwargs)
+
+
+def test_bad_input_shapes():
+    with pytest.raises(ValueError, match="expects a clip"):
+        P3DBottleneck(4, kind="A")(np.zeros((1, 8, 8, 16), "float32"))
+    with pytest.raises(ValueError, match="identity shortcut needs 16 input channels"):
+        P3DBottleneck(4, kind="A")(np.zeros((1, 2, 8, 8, 8), "float32"))

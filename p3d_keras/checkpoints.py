@@ -18,6 +18,7 @@ view_metadata])` and a tensor is `torch._utils._rebuild_tensor_v2(storage, stora
 stride, requires_grad, backward_hooks[, metadata])` (torch 0.2/0.3: `_rebuild_tensor(storage,
 storage_offset, size, stride)`).
 """
+import _compat_pickle
 import collections
 import dataclasses
 import os
@@ -179,6 +180,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         self.storages = {}
 
     def find_class(self, module, name):
+        # Python 2 names (protocol 2 pickles write __builtin__.eval), mapped as pickle itself does.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:

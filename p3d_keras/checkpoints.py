@@ -29,6 +29,8 @@ import zipfile
 
 import numpy as np
 
+from p3d_keras import caffemodel
+
 FORMATS = ("pytorch-zip", "pytorch-legacy", "npz", "caffe")
 
 # torch/serialization.py: MAGIC_NUMBER and PROTOCOL_VERSION of the legacy format.
@@ -291,11 +293,9 @@ def sniff_format(path):
         return _zip_kind(path)
     if _is_legacy_torch(path, head):
         return "pytorch-legacy"
-    from p3d_keras import caffemodel  # noqa: PLC0415 (the caffe codec is only needed here)
-
     if path.endswith(".caffemodel") or caffemodel.is_caffemodel(path):
         return "caffe"
-    raise _unknown_format(path, f"its content matches none of them (Received: first bytes {head!r})")
+    raise _unknown_format(path, f"its content is not a known weights format (Received: first bytes {head!r})")
 
 
 # ---------------------------------------------------------------------------------------------

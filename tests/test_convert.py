@@ -1,0 +1,76 @@
+"""Converting original checkpoints: the CLI, and every way a checkpoint can fail to fit."""
+import numpy as np
+import pytest
+
+from p3d_keras import convert
+from p3d_keras.applications import P3DResNet
+
+
+@pytest.fixture(scope="module")
+def p3d63_npz(tmp_path_factory, reference):
+    path = tmp_path_factory.mktemp("convert") / "p3d63.npz"
+    np.savez(path, **reference.build_state_dict(0, depth=63))
+    return path
+
+
+def test_cli_writes_keras_weights_that_match_direct_loading(p3d63_npz, tmp_path, reference):
+    dst = tmp_path / "p3d63.weights.h5"
+    assert convert.main([str(p3d63_npz), str(dst), "--depth", "63", "--graph", "pytorch"]) == 0
+    clip = reference.reference_input(0)
+    direct = P3DResNet(63, graph="pytorch", weights=p3d63_npz).predict(clip, verbose=0)
+    converted = P3DResNet(63, graph="pytorch", weights=dst).predict(clip, verbose=0)
+    np.testing.assert_array_equal(direct, converted)
+
+
+def test_cli_reports_bad_input(tmp_path, caplog):
+    bogus = tmp_path / "notes.pth"
+    bogus.write_text("not a checkpoint")
+    assert convert.main([str(bogus), str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
+    assert "notes.pth" in caplog.text
+    with pytest.raises(SystemExit, match="must end in .weights.h5"):
+        convert.main([str(bogus), str(tmp_path / "x.h5")])
+
+
+def test_include_top_false_ignores_the_classifier(p3d63_npz, reference):
+    model = P3DResNet(63, include_top=False, pooling="avg", graph="caffe", weights=p3d63_npz)
+    features = model.predict(reference.reference_input(0), verbose=0)
+    assert features.shape == (1, 2048) and np.isfinite(features).all()
+
+
+def test_conflicting_classes_name_the_classifier(p3d63_npz):
+    with pytest.raises(ValueError, match=r"fc.weight: \(400, 2048\) in the file.*\(2048, 487\)"):
+        P3DResNet(63, classes=487, weights=p3d63_npz)
+
+
+def test_flow_model_rejects_an_rgb_checkpoint(p3d63_npz):
+    with pytest.raises(ValueError, match=r"mis-shaped \(1\): conv1_custom.weight: \(64, 3, 1, 7, 7\)"):
+        P3DResNet(63, modality="flow", weights=p3d63_npz)
+
+
+def test_another_architecture_lists_missing_and_unexpected(p3d63_npz):
+    with pytest.raises(ValueError) as info:
+        P3DResNet((3, 4, 6, 4), weights=p3d63_npz)
+    message = str(info.value)
+    assert str(p3d63_npz) in message
+    assert "missing (15): layer4.3.bn1.bias" in message and "layer4.3.conv_normal.weight" in message
+    with pytest.raises(ValueError, match=r"unexpected \(\d+\): layer1.0.bn1.bias.*more"):
+        P3DResNet((1, 1, 1, 1), width=64, weights=p3d63_npz)
+
+
+def test_nothing_changes_when_a_checkpoint_does_not_fit(p3d63_npz, tmp_path):
+    state = dict(np.load(p3d63_npz))
+    del state["layer2.1.conv3.weight"]
+    np.savez(tmp_path / "broken.npz", **state)
+    model = P3DResNet(63)
+    before = [v.numpy().copy() for v in model.weights[:3]]
+    with pytest.raises(ValueError, match=r"missing \(1\): layer2.1.conv3.weight"):
+        convert.load_original_weights(model, tmp_path / "broken.npz")
+    for b, v in zip(before, model.weights[:3]):
+        np.testing.assert_array_equal(b, v.numpy())
+
+
+def test_layouts():
+    conv = np.arange(2 * 3 * 1 * 2 * 5).reshape(2, 3, 1, 2, 5)
+    assert convert.to_keras_layout(conv).shape == (1, 2, 5, 3, 2)
+    assert convert.to_keras_layout(conv)[0, 1, 4, 2, 1] == conv[1, 2, 0, 1, 4]
+    assert convert.to_keras_layout(np.zeros((7, 3))).shape == (3, 7)

@@ -4,10 +4,14 @@ res2-res4 are P3D stages whose blocks cycle A, B, C (numbered continuously acros
 res5 is a plain 2D ResNet stage applied to each remaining time step. Time is reduced 16x by pool1
 and a (2, 1, 1) max pool after res2, res3 and res4; the head averages over time and space.
 """
+import os
+
 import keras
 from keras import layers
 
+from p3d_keras.applications.presets import get_preset
 from p3d_keras.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
+from p3d_keras.weights import fetch_preset, load_weights
 
 STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
 MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
@@ -66,30 +70,53 @@ def check_input_shape(shape, channels, modality):
     return shape
 
 
+ARCHITECTURE_DEFAULTS = dict(classes=400, modality="rgb", graph="caffe", dropout_rate=0.5)
+
+
+def preset_arguments(weights, include_top, depth, width, **given):
+    """The architecture arguments: those given (not None), else the preset's (when `weights`
+    names one) or the defaults. Arguments that contradict the preset raise."""
+    is_preset = isinstance(weights, str) and not os.path.exists(weights)
+    preset = get_preset(weights) if is_preset else None
+    if preset is None:
+        return {k: ARCHITECTURE_DEFAULTS[k] if v is None else v for k, v in given.items()}, None
+    fixed = dict(depth=depth, width=width, graph=given["graph"], modality=given["modality"])
+    if include_top:
+        fixed["classes"] = given["classes"]
+    for key, value in fixed.items():
+        if value is not None and value != getattr(preset, key):
+            hint = " (with include_top=False any classes work)" if key == "classes" else ""
+            raise ValueError(f"weights={weights!r} is a {key}={getattr(preset, key)!r} model{hint}. "
+                             f"Received: {key}={value!r}")
+    return {k: getattr(preset, k) if v is None else v for k, v in given.items()}, preset
+
+
 def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, input_shape=None,
-              pooling=None, classes=400, classifier_activation="softmax", modality="rgb", graph="caffe",
-              dropout_rate=0.5, width=64, temporal=True, name=None):
+              pooling=None, classes=None, classifier_activation="softmax", modality=None, graph=None,
+              dropout_rate=None, width=64, temporal=True, name=None):
     """Builds a P3D ResNet.
 
     Args:
         depth: 63, 131 or 199 (from ResNet-50/101/152), or four per-stage block counts for a
             small custom network, e.g. `(1, 1, 1, 1)`.
         include_top: whether to end with global average pooling, dropout and the classifier.
-        weights: `None` (random initialisation), a Keras weights file (`.weights.h5`), or an
-            original checkpoint (`.pth`, `.pth.tar`, `.npz` in the PyTorch port's names,
-            `.caffemodel`), converted on load.
+        weights: `None` (random initialisation), a preset name (see `PRESETS`; it sets the
+            defaults of `classes`, `modality`, `graph` and `dropout_rate`, and conflicting values
+            raise), a Keras weights file (`.weights.h5`), or an original checkpoint (`.pth`,
+            `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), converted on load.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: `(T, H, W, C)`, default `(16, 160, 160, C)`. T must be a multiple of 16,
             H and W at least 32; C is 3 for RGB and 2 for flow.
         pooling: with `include_top=False`, `None` (the 5-D res5 output), `"avg"` (the 2048-d
             pool5 clip descriptor of the paper) or `"max"`.
-        classes: number of classes of the classifier.
+        classes: number of classes of the classifier (default 400, or the preset's).
         classifier_activation: activation of the classifier output (`None` for logits);
             computed in float32 under mixed precision.
-        modality: `"rgb"` (3 channels) or `"flow"` (2 TV-L1 flow channels).
-        graph: `"caffe"` (the authors' released graph) or `"pytorch"` (the PyTorch port);
-            weights must be used with the graph they were trained with.
-        dropout_rate: dropout before the classifier (0.5 Kinetics RGB, 0.7 flow, 0.1 Sports-1M).
+        modality: `"rgb"` (3 channels, the default) or `"flow"` (2 TV-L1 flow channels).
+        graph: `"caffe"` (the authors' released graph, the default) or `"pytorch"` (the PyTorch
+            port); weights must be used with the graph they were trained with.
+        dropout_rate: dropout before the classifier (default 0.5; the presets use 0.5 Kinetics
+            RGB, 0.7 flow, 0.1 Sports-1M).
         width: bottleneck width of res2 (doubling per stage); 64 in the paper.
         temporal: `False` removes every temporal convolution (all blocks become per-frame 2D
             bottlenecks): a 2D control network with the same spatial structure.
@@ -99,6 +126,9 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         A `keras.Model`.
     """
     stage_blocks = resolve_stage_blocks(depth)
+    args, preset = preset_arguments(weights, include_top, depth, width, classes=classes, modality=modality,
+                                    graph=graph, dropout_rate=dropout_rate)
+    classes, modality, graph, dropout_rate = args["classes"], args["modality"], args["graph"], args["dropout_rate"]
     check_choice("modality", modality, tuple(MODALITY_CHANNELS))
     check_choice("graph", graph, GRAPHS)
     check_choice("pooling", pooling, POOLINGS)
@@ -143,17 +173,33 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         inputs = keras.utils.get_source_inputs(input_tensor)
     default_name = f"p3d_resnet{depth}" if isinstance(depth, int) else "p3d_resnet"
     model = keras.Model(inputs, x, name=name or default_name)
-    if weights is not None:
-        from p3d_keras.weights import load_weights  # noqa: PLC0415 (weights imports this module)
-
+    if preset is not None:
+        load_preset(model, preset, lambda: P3DResNet(
+            depth, weights=None, input_shape=shape, classes=preset.classes, classifier_activation=None,
+            modality=modality, graph=graph, dropout_rate=dropout_rate, width=width))
+    elif weights is not None:
         load_weights(model, weights)
     return model
 
 
+def load_preset(model, preset, build_full_model):
+    """Load a preset's converted file into `model`; a model without the classifier takes every
+    layer but the classifier from the full model."""
+    path = fetch_preset(preset, build_full_model)
+    if any(layer.name == "fc" for layer in model.layers):
+        model.load_weights(path)
+        return
+    full = build_full_model()
+    full.load_weights(path)
+    for layer in model.layers:
+        if layer.weights:
+            layer.set_weights(full.get_layer(layer.name).get_weights())
+
+
 def _family_member(depth):
     def build(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-              classes=400, classifier_activation="softmax", modality="rgb", graph="caffe",
-              dropout_rate=0.5, name=None):
+              classes=None, classifier_activation="softmax", modality=None, graph=None,
+              dropout_rate=None, name=None):
         return P3DResNet(depth, include_top=include_top, weights=weights, input_tensor=input_tensor,
                          input_shape=input_shape, pooling=pooling, classes=classes,
                          classifier_activation=classifier_activation, modality=modality, graph=graph,

@@ -35,7 +35,7 @@ def _port_names(model):
     names = {"conv1": "conv1_custom", "bn_conv1": "bn1", "fc": "fc"}
     for block, stage, index in _blocks(model):
         prefix = f"layer{stage - 1}.{index}"
-        for part, (conv, bn, _) in BLOCK_PARTS.items():
+        for part, (conv, bn, _) in _parts(block):
             if part == "spatial" and block.kind == "2D":
                 conv, bn = PORT_2D_SPATIAL
             names[f"{block.name}/{part}/conv"] = f"{prefix}.{conv}"
@@ -47,10 +47,21 @@ def _caffe_names(model, fc_name):
     """Keras layer -> checkpoint prefix, in the authors' Caffe layer names."""
     names = {"conv1": "conv1", "bn_conv1": "bn_conv1", "fc": fc_name}
     for block, _, _ in _blocks(model):
-        for part, (_, _, branch) in BLOCK_PARTS.items():
+        for part, (_, _, branch) in _parts(block):
             names[f"{block.name}/{part}/conv"] = f"{block.name}_{branch}"
             names[f"{block.name}/{part}/bn"] = f"bn{block.name[len('res'):]}_{branch}"
     return names
+
+
+def checkpoint_names(model, naming, caffe_fc="fc_kinetics"):
+    """Keras-side key (`"conv1"`, `"res3b1/temporal/bn"`, `"fc"`, ...) -> the checkpoint layer
+    name under `naming` ("pytorch": the port's state-dict prefixes; "caffe": the authors' layer
+    names, with the classifier called `caffe_fc`)."""
+    if naming == "caffe":
+        return _caffe_names(model, caffe_fc)
+    if naming == "pytorch":
+        return _port_names(model)
+    raise ValueError(f"Unknown checkpoint naming. Expected 'pytorch' or 'caffe'. Received: naming={naming!r}")
 
 
 def _blocks(model):
@@ -63,15 +74,20 @@ def _blocks(model):
             yield layer, stage, counts[stage]
 
 
+def _parts(block):
+    """(part, names) of the BLOCK_PARTS a block has (no temporal conv in 2D blocks, no shortcut
+    conv in identity blocks)."""
+    return [(part, names) for part, names in BLOCK_PARTS.items() if hasattr(block, f"conv_{part}")]
+
+
 def _keras_layers(model):
     """Keras-side key -> (conv / bn / dense layer) for every layer that holds weights."""
     found = {}
     for layer in model.layers:
         if isinstance(layer, P3DBottleneck):
-            for part in BLOCK_PARTS:
-                if hasattr(layer, f"conv_{part}"):
-                    found[f"{layer.name}/{part}/conv"] = getattr(layer, f"conv_{part}")
-                    found[f"{layer.name}/{part}/bn"] = getattr(layer, f"bn_{part}")
+            for part, _ in _parts(layer):
+                found[f"{layer.name}/{part}/conv"] = getattr(layer, f"conv_{part}")
+                found[f"{layer.name}/{part}/bn"] = getattr(layer, f"bn_{part}")
         elif layer.name in ("conv1", "bn_conv1", "fc"):
             found[layer.name] = layer
     return found
@@ -92,6 +108,20 @@ def to_keras_layout(array):
     if array.ndim >= 3:
         return np.transpose(array, tuple(range(2, array.ndim)) + (1, 0))
     return array.T if array.ndim == 2 else array
+
+
+def to_original_layout(array):
+    """The inverse of `to_keras_layout`: Keras (k..., I, O) -> (O, I, k...); dense (I, O) -> (O, I)."""
+    if array.ndim >= 3:
+        return np.transpose(array, (array.ndim - 1, array.ndim - 2) + tuple(range(array.ndim - 2)))
+    return array.T if array.ndim == 2 else array
+
+
+def original_tensors(model, naming="pytorch", caffe_fc="fc_kinetics"):
+    """`model`'s weights as a flat original checkpoint (the inverse of `assign_original`)."""
+    names = checkpoint_names(model, naming, caffe_fc)
+    return {name: to_original_layout(np.asarray(variable.numpy()))
+            for key, layer in _keras_layers(model).items() for name, variable in _variables(layer, names[key])}
 
 
 def caffe_to_flat(blobs_by_layer):
@@ -122,11 +152,8 @@ def read_original(path):
 def assign_original(model, tensors, naming, source="checkpoint"):
     """Set `model`'s weights from flat original tensors; raises ValueError listing every
     missing, unexpected or mis-shaped tensor before changing anything."""
-    if naming == "caffe":
-        fc_layers = sorted({k.rsplit(".", 1)[0] for k in tensors if k.startswith("fc")})
-        names = _caffe_names(model, fc_layers[0] if len(fc_layers) == 1 else "fc_kinetics")
-    else:
-        names = _port_names(model)
+    fc_layers = sorted({k.rsplit(".", 1)[0] for k in tensors if k.startswith("fc")})
+    names = checkpoint_names(model, naming, fc_layers[0] if len(fc_layers) == 1 else "fc_kinetics")
     fc_prefix = names.pop("fc")
     targets = [pair for key, layer in _keras_layers(model).items()
                for pair in _variables(layer, names.get(key, fc_prefix))]

@@ -74,3 +74,13 @@ def test_layouts():
     assert convert.to_keras_layout(conv).shape == (1, 2, 5, 3, 2)
     assert convert.to_keras_layout(conv)[0, 1, 4, 2, 1] == conv[1, 2, 0, 1, 4]
     assert convert.to_keras_layout(np.zeros((7, 3))).shape == (3, 7)
+
+
+def test_original_tensors_round_trip(small_clip):
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
+    for naming in ("pytorch", "caffe"):
+        state = convert.original_tensors(model, naming)
+        assert state["conv1_custom.weight" if naming == "pytorch" else "conv1.weight"].shape == (4, 3, 1, 7, 7)
+        clone = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
+        convert.assign_original(clone, state, naming)
+        np.testing.assert_array_equal(clone(small_clip), model(small_clip))

@@ -1,0 +1,65 @@
+"""Weight presets: one row per released P3D model. Weights are data, not code.
+
+A preset says where its original was published, which graph and input it was trained with, how
+frames must be normalised, and (once a maintainer publishes the converted Keras file) the URL and
+sha256 of that file. See `p3d_keras.weights` for how a preset is found, downloaded or converted.
+"""
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightPreset:
+    name: str
+    description: str
+    original_file: str        # the file name as released
+    published_at: str         # where the original was published
+    graph: str                # "caffe" or "pytorch"
+    modality: str             # "rgb" or "flow"
+    classes: int
+    labels: str               # label file in p3d_keras/applications/labels/ (without .txt)
+    normalization: str        # a key of p3d_keras.normalization.NORMALIZATIONS
+    dropout_rate: float       # head dropout of the released deploy graph
+    reported: str = "-"       # accuracy the authors report for this model
+    depth: object = 199
+    width: int = 64
+    input_shape: tuple = (16, 160, 160, 3)
+    url: str = None           # converted Keras file, once published
+    sha256: str = None
+
+    @property
+    def filename(self):
+        """The converted Keras weights file, in the cache and on the mirror."""
+        return f"p3d_keras_{self.name}.weights.h5"
+
+
+_CAFFE = "authors' OneDrive (github.com/ZhaofanQiu/pseudo-3d-residual-networks)"
+_PORT = "PyTorch port's Google Drive (github.com/qijiezhao/pseudo-3d-pytorch)"
+
+PRESETS = {
+    p.name: p
+    for p in (
+        WeightPreset("sports1m", "P3D ResNet-199, RGB, Sports-1M (the paper's model)",
+                     "p3d_resnet_sports1m.caffemodel", _CAFFE, "caffe", "rgb", 487, "sports1m", "caffe", 0.1,
+                     reported="Sports-1M: clip hit@1 47.9 %, video hit@1 66.4 %, video hit@5 87.4 % (paper, Table 3)"),
+        WeightPreset("kinetics400", "P3D ResNet-199, RGB, Kinetics-400",
+                     "p3d_resnet_kinetics.caffemodel", _CAFFE, "caffe", "rgb", 400, "kinetics400", "caffe", 0.5),
+        WeightPreset("kinetics400_flow", "P3D ResNet-199, TV-L1 flow, Kinetics-400",
+                     "p3d_resnet_kinetics_flow.caffemodel", _CAFFE, "caffe", "flow", 400, "kinetics400", "flow", 0.7,
+                     input_shape=(16, 160, 160, 2)),
+        # The port ships ImageNet mean/std in its training script; which normalisation its files
+        # expect is not settled upstream (see README, "Pretrained weights").
+        WeightPreset("kinetics400_pytorch", "P3D-199, RGB, Kinetics-400, PyTorch port",
+                     "p3d_rgb_199.checkpoint.pth.tar", _PORT, "pytorch", "rgb", 400, "kinetics400", "imagenet", 0.5),
+        WeightPreset("kinetics400_flow_pytorch", "P3D-199, flow, Kinetics-400, PyTorch port",
+                     "p3d_flow_199.checkpoint.pth.tar", _PORT, "pytorch", "flow", 400, "kinetics400", "flow", 0.5,
+                     input_shape=(16, 160, 160, 2)),
+    )
+}
+
+
+def get_preset(name):
+    """The `WeightPreset` called `name`; raises ValueError listing the known presets."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown weights preset. Expected one of {sorted(PRESETS)}, a Keras weights file "
+                         f"(.weights.h5) or an original checkpoint path. Received: weights={name!r}")
+    return PRESETS[name]

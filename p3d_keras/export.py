@@ -1,0 +1,406 @@
+"""Export a P3D ResNet classifier as a SavedModel for TF Serving, and the `p3d-export` program.
+
+The export lives under `<base_dir>/<name>/<version>/`, the layout TF Serving watches. It is a plain
+TensorFlow graph (no Keras or p3d_keras objects are needed to load it) with two signatures, both
+taking `frames`: uint8 `[batch, T, H, W, C]` with any `T >= T_model` and any frame size.
+
+* `serving_default` returns `probabilities` `[B, classes]` float32, `top_k_indices` `[B, k]` int32,
+  `top_k_labels` `[B, k]` string and `top_k_scores` `[B, k]` float32.
+* `features` returns `features` `[B, D]` float32, the pool5 clip descriptor of the same weights.
+
+Preprocessing runs inside the graph, in this order:
+
+1. temporal sampling: the centre window of `T_model` frames (`T_model = model.input_shape[1]`),
+   starting at `(T - T_model) // 2`; fewer than `T_model` frames fail with an assertion error;
+2. resize keeping the aspect ratio so the short side is `resize_short_side` (bilinear, no
+   antialiasing; the long side is `round(long * short_side / short)`, rounding half to even);
+3. centre crop to the model's `H x W`, starting at `(resized - crop) // 2` on each axis;
+4. cast to float32 and `p3d_keras.normalization.normalize` with the chosen preset.
+
+`assets.extra/tf_serving_warmup_requests` holds one `PredictionLog` per signature (TFRecord), so the
+server traces and warms both graphs before it reports the model as available.
+"""
+import argparse
+import logging
+import os
+import pathlib
+import shutil
+import struct
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from p3d_keras.normalization import normalize
+
+log = logging.getLogger(__name__)
+
+SERVING_SIGNATURE = "serving_default"
+FEATURES_SIGNATURE = "features"
+INPUT_KEY = "frames"
+FEATURE_LAYER = "pool5"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+# The paper trains on 182x242 frames cropped to 160x160: resize the short side by this ratio.
+PAPER_SHORT_SIDE, PAPER_CROP = 182, 160
+
+# Protobuf field numbers of the TF Serving messages the warmup file holds, from
+# github.com/tensorflow/serving, tensorflow_serving/apis/:
+#   prediction_log.proto  PredictionLog { PredictLog predict_log = 6; }
+#                         PredictLog { PredictRequest request = 1; }
+#   predict.proto         PredictRequest { ModelSpec model_spec = 1; map<string, TensorProto> inputs = 2; }
+#   model.proto           ModelSpec { string name = 1; string signature_name = 3; }
+# A map entry is a message { key = 1; value = 2; }. tensorflow_serving.apis is not a dependency:
+# the messages are written (and read back) in the protobuf wire format by the functions below.
+PREDICTION_LOG_PREDICT_LOG = 6
+PREDICT_LOG_REQUEST = 1
+PREDICT_REQUEST_MODEL_SPEC, PREDICT_REQUEST_INPUTS = 1, 2
+MODEL_SPEC_NAME, MODEL_SPEC_SIGNATURE_NAME = 1, 3
+MAP_ENTRY_KEY, MAP_ENTRY_VALUE = 1, 2
+WIRE_VARINT, WIRE_FIXED64, WIRE_LENGTH_DELIMITED, WIRE_FIXED32 = 0, 1, 2, 5
+
+
+# ----------------------------------------------------------------------------------------------
+# The serving graph
+
+
+def default_resize_short_side(crop_size):
+    """The short side to resize to before a `crop_size` centre crop: the paper's 182 -> 160 ratio."""
+    return round(crop_size * PAPER_SHORT_SIDE / PAPER_CROP)
+
+
+def feature_model(model):
+    """The pooled (pool5) clip descriptor of `model`, sharing its weights."""
+    try:
+        pool5 = model.get_layer(FEATURE_LAYER)
+    except ValueError:
+        raise ValueError(f"Expected a model with a {FEATURE_LAYER!r} layer (a P3D ResNet built with "
+                         f"include_top=True). Received: model={model.name!r}") from None
+    return keras.Model(model.inputs, pool5.output, name=f"{model.name}_features")
+
+
+def classifier_outputs_probabilities(model):
+    """True if the model ends in softmax, False if it returns logits; raises for anything else."""
+    activation = getattr(model.layers[-1], "activation", None)
+    name = getattr(activation, "__name__", None)
+    if name not in ("softmax", "linear"):
+        raise ValueError("Expected a classifier ending in softmax or returning logits (classifier_activation="
+                         f"'softmax' or None). Received: classifier_activation={name!r}")
+    return name == "softmax"
+
+
+def resize_short_side_to(frames, short_side):
+    """Bilinear resize of float `frames[N, H, W, C]` so that min(H, W) == short_side, aspect kept."""
+    shape = tf.shape(frames)
+    h, w = tf.cast(shape[1], tf.float64), tf.cast(shape[2], tf.float64)
+    scale = short_side / tf.minimum(h, w)
+    size = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
+    size = tf.maximum(size, short_side)  # the short side is exact, whatever the rounding
+    return tf.image.resize(frames, size, method="bilinear", antialias=False)
+
+
+def centre_crop(frames, height, width):
+    """The centre `height x width` window of `frames[N, H, W, C]` (offsets rounded down)."""
+    shape = tf.shape(frames)
+    top, left = (shape[1] - height) // 2, (shape[2] - width) // 2
+    return frames[:, top:top + height, left:left + width, :]
+
+
+def make_preprocess(model, normalization, resize_short_side):
+    """A function from uint8 `frames[B, T, H, W, C]` to the model's normalised float32 input."""
+    t_model, height, width, channels = model.input_shape[1:]
+
+    def preprocess(frames):
+        tf.debugging.assert_greater_equal(
+            tf.shape(frames)[1], t_model,
+            message=f"Expected at least {t_model} frames in axis 1 of frames[batch, T, H, W, {channels}]. "
+                    "Received: T = x below")
+        batch, t = tf.shape(frames)[0], tf.shape(frames)[1]
+        start = (t - t_model) // 2
+        x = frames[:, start:start + t_model]
+        x = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))  # [B * T_model, H, W, C]
+        x = resize_short_side_to(tf.cast(x, tf.float32), resize_short_side)
+        x = centre_crop(x, height, width)
+        x = tf.reshape(x, [batch, t_model, height, width, channels])
+        return normalize(x, normalization)
+
+    return preprocess
+
+
+def build_serving_module(model, *, labels, normalization, resize_short_side, top_k):
+    """A `tf.Module` holding the model's variables and the two serving functions."""
+    t_model, height, width, channels = model.input_shape[1:]
+    spec = tf.TensorSpec([None, None, None, None, channels], tf.uint8, name=INPUT_KEY)
+    preprocess = make_preprocess(model, normalization, resize_short_side)
+    features_model = feature_model(model)
+    softmax_done = classifier_outputs_probabilities(model)
+    labels = list(labels)
+
+    @tf.function(input_signature=[spec])
+    def serve(frames):
+        outputs = tf.cast(model(preprocess(frames), training=False), tf.float32)
+        probabilities = outputs if softmax_done else tf.nn.softmax(outputs, axis=-1)
+        scores, indices = tf.math.top_k(probabilities, k=top_k)
+        return {
+            "probabilities": probabilities,
+            "top_k_indices": tf.cast(indices, tf.int32),
+            "top_k_labels": tf.gather(tf.constant(labels, dtype=tf.string), indices),
+            "top_k_scores": scores,
+        }
+
+    @tf.function(input_signature=[spec])
+    def features(frames):
+        return {"features": tf.cast(features_model(preprocess(frames), training=False), tf.float32)}
+
+    module = tf.Module(name="p3d_serving")
+    module.model_variables = [getattr(v, "value", v) for v in model.variables]  # the tf.Variables
+    module.serve, module.features = serve, features
+    return module
+
+
+# ----------------------------------------------------------------------------------------------
+# Warmup requests: PredictionLog protos in the protobuf wire format
+
+
+def _varint(n):
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _field(number, payload):
+    """A length-delimited field (message, string or bytes)."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    return _varint(number << 3 | WIRE_LENGTH_DELIMITED) + _varint(len(payload)) + payload
+
+
+def encode_prediction_log(model_name, signature_name, inputs):
+    """A serialized `PredictionLog` holding one `PredictRequest` for `inputs` (name -> array)."""
+    model_spec = _field(MODEL_SPEC_NAME, model_name) + _field(MODEL_SPEC_SIGNATURE_NAME, signature_name)
+    request = _field(PREDICT_REQUEST_MODEL_SPEC, model_spec)
+    for key, value in inputs.items():
+        tensor = tf.make_tensor_proto(value).SerializeToString()
+        request += _field(PREDICT_REQUEST_INPUTS, _field(MAP_ENTRY_KEY, key) + _field(MAP_ENTRY_VALUE, tensor))
+    return _field(PREDICTION_LOG_PREDICT_LOG, _field(PREDICT_LOG_REQUEST, request))
+
+
+def _read_varint(data, pos):
+    result = shift = 0
+    while True:
+        byte = data[pos]
+        result |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return result, pos
+
+
+def _fields(data):
+    """(field number, value) pairs of a message; length-delimited values are bytes."""
+    pos, out = 0, []
+    while pos < len(data):
+        key, pos = _read_varint(data, pos)
+        number, wire = key >> 3, key & 7
+        if wire == WIRE_VARINT:
+            value, pos = _read_varint(data, pos)
+        elif wire == WIRE_LENGTH_DELIMITED:
+            size, pos = _read_varint(data, pos)
+            value, pos = bytes(data[pos:pos + size]), pos + size
+        elif wire in (WIRE_FIXED64, WIRE_FIXED32):
+            size = 8 if wire == WIRE_FIXED64 else 4
+            value, pos = struct.unpack("<Q" if size == 8 else "<I", data[pos:pos + size])[0], pos + size
+        else:
+            raise ValueError(f"Expected a protobuf message. Received: wire type {wire} at byte {pos}")
+        out.append((number, value))
+    return out
+
+
+def _only(fields, number):
+    return [value for n, value in fields if n == number]
+
+
+def decode_prediction_log(serialized):
+    """`(model_name, signature_name, inputs)` of a serialized `PredictionLog` with a predict_log."""
+    logs = _only(_fields(serialized), PREDICTION_LOG_PREDICT_LOG)
+    if len(logs) != 1:
+        raise ValueError("Expected a PredictionLog with one predict_log. "
+                         f"Received: {len(logs)} predict_log fields")
+    request = _fields(_only(_fields(logs[0]), PREDICT_LOG_REQUEST)[0])
+    spec = _fields(b"".join(_only(request, PREDICT_REQUEST_MODEL_SPEC)))
+    name = b"".join(_only(spec, MODEL_SPEC_NAME)).decode("utf-8")
+    signature = b"".join(_only(spec, MODEL_SPEC_SIGNATURE_NAME)).decode("utf-8")
+    inputs = {}
+    for entry in _only(request, PREDICT_REQUEST_INPUTS):
+        entry = _fields(entry)
+        proto = tf.make_tensor_proto(0)  # any TensorProto, overwritten by the parse
+        proto.ParseFromString(_only(entry, MAP_ENTRY_VALUE)[0])
+        inputs[_only(entry, MAP_ENTRY_KEY)[0].decode("utf-8")] = tf.make_ndarray(proto)
+    return name, signature, inputs
+
+
+def write_warmup_requests(export_dir, model_name, frames):
+    """Write `assets.extra/tf_serving_warmup_requests`: one request per signature with `frames`."""
+    path = os.path.join(export_dir, WARMUP_FILE)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature in (SERVING_SIGNATURE, FEATURES_SIGNATURE):
+            writer.write(encode_prediction_log(model_name, signature, {INPUT_KEY: frames}))
+    return path
+
+
+def read_warmup_requests(path):
+    """The `(model_name, signature_name, inputs)` of each request in a warmup file."""
+    return [decode_prediction_log(record.numpy()) for record in tf.data.TFRecordDataset(os.fspath(path))]
+
+
+# ----------------------------------------------------------------------------------------------
+# Export
+
+
+def next_version(model_dir):
+    """One more than the largest integer-named directory in `model_dir` (1 if there is none)."""
+    versions = [int(p.name) for p in pathlib.Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
+    return max(versions, default=0) + 1
+
+
+def resolve_labels(labels, classes):
+    if labels is None:
+        return [str(i) for i in range(classes)]
+    labels = [str(label) for label in labels]
+    if len(labels) != classes:
+        raise ValueError(f"Expected one label per class ({classes}). Received: len(labels)={len(labels)}")
+    return labels
+
+
+def check_export_args(model, resize_short_side, top_k, classes):
+    height, width = model.input_shape[2:4]
+    if not isinstance(resize_short_side, int) or resize_short_side < max(height, width):
+        raise ValueError(f"Expected resize_short_side to be an integer of at least the crop size "
+                         f"{max(height, width)}. Received: resize_short_side={resize_short_side!r}")
+    if not isinstance(top_k, int) or not 1 <= top_k <= classes:
+        raise ValueError(f"Expected top_k between 1 and the number of classes ({classes}). "
+                         f"Received: top_k={top_k!r}")
+
+
+def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None, normalization="caffe",
+                       resize_short_side=None, top_k=5, warmup=True):
+    """Export a P3D ResNet classifier as a TF Serving SavedModel under `<base_dir>/<name>/<version>/`.
+
+    Args:
+        model: a P3D ResNet built with `include_top=True` (softmax or logits output).
+        base_dir: the model base path TF Serving is pointed at (`--model_base_path` is
+            `<base_dir>/<name>`).
+        name: model name: the directory under `base_dir` and the name in the warmup requests.
+        version: integer version directory; `None` takes the next integer after the existing ones.
+            An existing version is never overwritten.
+        labels: class names, one per class; default `"0"` .. `"classes - 1"`.
+        normalization: a preset name of `p3d_keras.normalization` (`caffe`, `imagenet`, `unit`,
+            `flow`): how the weights were trained.
+        resize_short_side: short side before the centre crop; default `round(crop * 182 / 160)`,
+            the paper's 182x242 -> 160x160 ratio (182 for a 160 px model).
+        top_k: how many top classes the serving signature returns.
+        warmup: write `assets.extra/tf_serving_warmup_requests`.
+
+    Returns:
+        The path of the version directory.
+    """
+    classes = model.output_shape[-1]
+    labels = resolve_labels(labels, classes)
+    height, width = model.input_shape[2:4]
+    if resize_short_side is None:
+        resize_short_side = default_resize_short_side(max(height, width))
+    check_export_args(model, resize_short_side, top_k, classes)
+    model_dir = pathlib.Path(base_dir) / name
+    version = next_version(model_dir) if version is None else version
+    if not isinstance(version, int) or version < 0:
+        raise ValueError(f"Expected a non-negative integer version. Received: version={version!r}")
+    final = model_dir / str(version)
+    if final.exists():
+        raise ValueError(f"Expected a new version directory. Received: version={version} ({final} exists)")
+
+    module = build_serving_module(model, labels=labels, normalization=normalization,
+                                  resize_short_side=resize_short_side, top_k=top_k)
+    signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(),
+                  FEATURES_SIGNATURE: module.features.get_concrete_function()}
+    # Written next to the final directory and renamed, so a watching server never sees half an export.
+    staging = model_dir / f".tmp-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    tf.saved_model.save(module, os.fspath(staging), signatures=signatures)
+    if warmup:
+        frames = np.zeros((1, *model.input_shape[1:]), dtype="uint8")
+        write_warmup_requests(os.fspath(staging), name, frames)
+    os.rename(staging, final)
+    log.info("exported %s (%d classes, %s normalization, short side %d, top %d)",
+             final, classes, normalization, resize_short_side, top_k)
+    return os.fspath(final)
+
+
+# ----------------------------------------------------------------------------------------------
+# p3d-export
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="p3d-export",
+        description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
+                    "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--weights", help="a whole model (.keras), or weights (.weights.h5 or an original "
+                                          "checkpoint) for the network given by --depth/--classes/...")
+    source.add_argument("--preset", help="name of a released weights preset")
+    p.add_argument("--depth", type=int, default=199, choices=(63, 131, 199))
+    p.add_argument("--classes", type=int, default=400)
+    p.add_argument("--graph", default="caffe", choices=("caffe", "pytorch"))
+    p.add_argument("--modality", default="rgb", choices=("rgb", "flow"))
+    p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
+    p.add_argument("--name", default="p3d", help="model name (default: p3d)")
+    p.add_argument("--version", type=int, default=None, help="version (default: next integer)")
+    p.add_argument("--labels", help="text file with one class name per line")
+    p.add_argument("--normalization", default="caffe", help="caffe, imagenet, unit or flow (default: caffe)")
+    p.add_argument("--resize-short-side", type=int, default=None,
+                   help="short side before the centre crop (default: crop * 182 / 160)")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
+    return p
+
+
+def load_model(args):
+    """The model named by the command line: a `.keras` file, weights for a P3D ResNet, or a preset."""
+    from p3d_keras.applications import P3DResNet  # noqa: PLC0415 (keeps `import p3d_keras.export` light)
+
+    if args.weights and args.weights.endswith(".keras"):
+        import p3d_keras.layers  # noqa: F401, PLC0415 (registers the custom layers for loading)
+
+        return keras.models.load_model(args.weights, compile=False)
+    weights = args.weights or args.preset
+    try:
+        return P3DResNet(args.depth, weights=weights, classes=args.classes, graph=args.graph,
+                         modality=args.modality)
+    except ValueError as e:
+        if args.preset:
+            raise ValueError(f"Unknown preset. Received: preset={args.preset!r} ({e})") from None
+        raise
+
+
+def read_labels(path):
+    with open(path, encoding="utf-8") as f:
+        return [line.strip() for line in f if line.strip()]
+
+
+def main(argv=None):
+    """`p3d-export --weights model.keras --base-dir /models --name p3d [--labels labels.txt]`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        model = load_model(args)
+        labels = read_labels(args.labels) if args.labels else None
+        path = export_saved_model(model, args.base_dir, name=args.name, version=args.version, labels=labels,
+                                  normalization=args.normalization, resize_short_side=args.resize_short_side,
+                                  top_k=args.top_k, warmup=not args.no_warmup)
+    except (OSError, ValueError) as e:
+        log.error("p3d-export: %s", e)
+        return 2
+    log.info("p3d-export: wrote %s", path)
+    return 0

@@ -1,0 +1,96 @@
+"""What the programs (train, evaluate, extract-features, export, predict) share: the model
+arguments and how a model is made from them, and how a converter output folder is read."""
+import glob
+import json
+import logging
+import os
+
+MANIFEST = "manifest.json"  # written by p3d-tfrecords convert beside its shards
+LABELS = "labels.txt"
+
+
+def add_model_arguments(parser):
+    """`--model` (a saved .keras model) or an architecture with optional `--weights`."""
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", help="a whole saved Keras model (.keras), e.g. the output of p3d-train")
+    group.add_argument("--depth", default="199",
+                       help="63, 131, 199, or four comma-separated block counts (default 199)")
+    group.add_argument("--width", type=int, default=64, help="res2 bottleneck width (default 64)")
+    group.add_argument("--weights", help="a preset name, a .weights.h5 file or an original checkpoint")
+    group.add_argument("--graph", choices=("caffe", "pytorch"), help="default: caffe, or the preset's")
+    group.add_argument("--modality", choices=("rgb", "flow"), help="default: rgb, or the preset's")
+    group.add_argument("--frames", type=int, default=16, help="clip length T (default 16)")
+    group.add_argument("--size", type=int, default=160, help="crop size H = W (default 160)")
+    group.add_argument("--dropout", type=float, help="head dropout (default 0.5, or the preset's)")
+    group.add_argument("--no-temporal", action="store_true",
+                       help="remove every temporal convolution (a 2D control network)")
+    return group
+
+
+def parse_depth(text):
+    """`"199"` -> 199; `"1,1,1,1"` -> (1, 1, 1, 1)."""
+    parts = [int(p) for p in str(text).split(",")]
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def model_from_args(args, classes=None, **overrides):
+    """A `keras.Model` from `add_model_arguments` values: the saved `--model`, or a new
+    P3DResNet (with `classes`, loading `--weights`)."""
+    import keras  # noqa: PLC0415
+
+    from p3d_keras.applications import P3DResNet  # noqa: PLC0415
+
+    if args.model:
+        if not args.model.endswith(".keras") or not os.path.exists(args.model):
+            raise ValueError(f"--model must be an existing .keras file. Received: --model={args.model!r}")
+        return keras.saving.load_model(args.model)
+    channels = 2 if args.modality == "flow" else 3
+    kwargs = dict(weights=args.weights, classes=classes, graph=args.graph, modality=args.modality,
+                  dropout_rate=args.dropout, width=args.width, temporal=not args.no_temporal,
+                  input_shape=(args.frames, args.size, args.size, channels))
+    kwargs.update(overrides)
+    return P3DResNet(parse_depth(args.depth), **kwargs)
+
+
+def shard_files(path):
+    """Shard files from a converter output folder, a glob, or a file; raises if there are none."""
+    if os.path.isdir(path):
+        files = sorted(glob.glob(os.path.join(path, "*.tfrecord")) + glob.glob(os.path.join(path, "*.tfrecord.gz")))
+    else:
+        files = sorted(glob.glob(path))
+    if not files:
+        raise ValueError(f"Expected a folder of .tfrecord[.gz] shards (p3d-tfrecords convert output), a glob or a "
+                         f"shard file. Received: {path!r}, which matches no shard")
+    return files
+
+
+def read_labels(path):
+    """Class names, one per line (`labels.txt` beside the shards, or any such file)."""
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def collection_labels(path):
+    """The class names written by the converter beside the shards of `path`, or None."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    labels = os.path.join(folder, LABELS)
+    return read_labels(labels) if os.path.exists(labels) else None
+
+
+def collection_size(path):
+    """Number of records (videos) in the shards of `path`: from the converter's manifest when
+    present, else by counting records."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    manifest = os.path.join(folder, MANIFEST)
+    if os.path.isdir(path) and os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            return int(json.load(f)["totals"]["records"])
+    import tensorflow as tf  # noqa: PLC0415
+
+    files = shard_files(path)
+    compression = "GZIP" if files[0].endswith(".gz") else None
+    return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
+
+
+def setup_logging(level="INFO"):
+    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(message)s")

@@ -1,0 +1,186 @@
+"""Fine-tuning a P3D ResNet on TFRecord shards, and the `p3d-train` program.
+
+SGD with momentum, a step or cosine learning-rate schedule, "partial BN" (only the first
+BatchNorm keeps training, as the authors fine-tuned), mixed precision, XLA, checkpoints with
+resume after an interruption, TensorBoard and CSV logs. Several devices: `MirroredStrategy` on the
+TensorFlow backend, `keras.distribution.DataParallel` on the JAX backend.
+"""
+import argparse
+import contextlib
+import logging
+import math
+import os
+
+import keras
+
+from p3d_keras import cli_common
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("step", "cosine", "constant")
+DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def batch_norm_layers(model):
+    """Every BatchNormalization of `model`, in build order (including those inside blocks)."""
+    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+def apply_partial_bn(model):
+    """Freeze every BatchNormalization but the first (TSN's partial BN, used by the authors):
+    frozen layers keep their statistics and scale/shift. Returns how many were frozen."""
+    frozen = batch_norm_layers(model)[1:]
+    for layer in frozen:
+        layer.trainable = False
+    return len(frozen)
+
+
+def learning_rate_schedule(kind, base_lr, steps_per_epoch, epochs, step_epochs=None, gamma=0.1):
+    """`step`: multiply by `gamma` at each epoch in `step_epochs` (default: 2/3 and 8/9 of
+    training); `cosine`: cosine decay to 0 over all steps; `constant`."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"Unknown schedule. Expected one of {SCHEDULES}. Received: schedule={kind!r}")
+    total = steps_per_epoch * epochs
+    if kind == "cosine":
+        return keras.optimizers.schedules.CosineDecay(base_lr, decay_steps=max(total, 1))
+    if kind == "constant":
+        return base_lr
+    step_epochs = sorted(step_epochs or {max(1, round(epochs * 2 / 3)), max(1, round(epochs * 8 / 9))})
+    boundaries = [e * steps_per_epoch for e in step_epochs]
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        boundaries, [base_lr * gamma ** i for i in range(len(boundaries) + 1)])
+
+
+@contextlib.contextmanager
+def distribution_scope(kind):
+    """Build and compile the model inside this: `mirrored` (TF backend: every GPU, else every
+    logical CPU), `data-parallel` (JAX backend: every device), or `none`."""
+    if kind not in DISTRIBUTIONS:
+        raise ValueError(f"Unknown distribution. Expected one of {DISTRIBUTIONS}. Received: distribute={kind!r}")
+    backend = keras.backend.backend()
+    if kind == "none":
+        yield None
+    elif kind == "mirrored":
+        if backend != "tensorflow":
+            raise ValueError(f"distribute='mirrored' needs the TensorFlow backend. Received: backend={backend!r}")
+        import tensorflow as tf  # noqa: PLC0415
+
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
+        with strategy.scope():
+            yield strategy
+    else:
+        if backend != "jax":
+            raise ValueError(f"distribute='data-parallel' needs the JAX backend. Received: backend={backend!r}")
+        previous = keras.distribution.distribution()
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=keras.distribution.list_devices()))
+        try:
+            yield keras.distribution.distribution()
+        finally:
+            keras.distribution.set_distribution(previous)
+
+
+def compile_for_training(model, *, schedule, momentum=0.9, weight_decay=5e-4, jit_compile=False, partial_bn=True):
+    """Compile `model` for fine-tuning with SGD + momentum and sparse categorical cross-entropy."""
+    if partial_bn:
+        log.info("partial BN: froze %d of %d BatchNormalization layers", apply_partial_bn(model),
+                 len(batch_norm_layers(model)))
+    from_logits = model.layers[-1].get_config().get("activation") in (None, "linear")
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+                 keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
+        jit_compile=jit_compile,
+    )
+    return model
+
+
+def training_callbacks(out_dir, monitor_val):
+    """Resume state (BackupAndRestore), the last and best models, TensorBoard and CSV logs."""
+    os.makedirs(out_dir, exist_ok=True)
+    monitor = "val_accuracy" if monitor_val else "accuracy"
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "last.keras")),
+        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor, mode="max",
+                                        save_best_only=True),
+        keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")),
+        keras.callbacks.CSVLogger(os.path.join(out_dir, "log.csv"), append=True),
+    ]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="p3d-train", description="Fine-tune a P3D ResNet on TFRecord shards "
+                                "(from scratch, a weights preset, a checkpoint, or a saved .keras model).")
+    p.add_argument("--train", required=True, help="training shards: a p3d-tfrecords output folder or a glob")
+    p.add_argument("--val", help="validation shards (evaluated on one centre clip per video each epoch)")
+    p.add_argument("--out", required=True, help="output folder: last.keras, best.keras, logs, resume state")
+    p.add_argument("--classes", type=int, help="number of classes (default: labels.txt beside the shards)")
+    cli_common.add_model_arguments(p)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=10)
+    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--lr", type=float, default=0.001, help="base learning rate (default 0.001)")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--schedule", choices=SCHEDULES, default="step")
+    g.add_argument("--step-epochs", type=int, nargs="*", help="epochs at which the step schedule divides by 10")
+    g.add_argument("--no-partial-bn", action="store_true", help="train every BatchNormalization layer")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32")
+    g.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
+    g.add_argument("--distribute", choices=DISTRIBUTIONS, default="none")
+    g.add_argument("--frame-stride", type=int, default=1)
+    g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
+    g.add_argument("--seed", type=int, help="seed for a deterministic input pipeline")
+    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
+    return p
+
+
+def run(args):
+    """Train as `p3d-train` describes; returns the Keras History."""
+    from p3d_keras.applications import get_preset  # noqa: PLC0415
+    from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415
+
+    labels = cli_common.collection_labels(args.train)
+    classes = args.classes or (len(labels) if labels else None)
+    if classes is None and not args.model:
+        raise ValueError("Expected --classes, or a labels.txt beside the training shards. Received neither for "
+                         f"--train={args.train!r}")
+    normalization = args.normalization
+    if normalization is None and args.weights and not os.path.exists(args.weights):
+        normalization = get_preset(args.weights).normalization
+    keras.mixed_precision.set_dtype_policy(args.precision)
+    with distribution_scope(args.distribute):
+        model = cli_common.model_from_args(args, classes=classes)
+        _, frames, size, _, channels = (None,) + tuple(model.input_shape[1:])
+        data = dict(batch_size=args.batch_size, clip_length=frames, crop_size=size, frame_stride=args.frame_stride,
+                    normalization=normalization or ("flow" if channels == 2 else "caffe"),
+                    modality="flow" if channels == 2 else "rgb")
+        train = reader.training_dataset(cli_common.shard_files(args.train), deterministic=args.seed is not None,
+                                        seed=args.seed, **data).repeat()
+        val = reader.evaluation_dataset(cli_common.shard_files(args.val), num_clips=1, **data).map(
+            lambda clips, labels, ids: (clips, labels)) if args.val else None
+        steps = max(1, cli_common.collection_size(args.train) // args.batch_size)
+        schedule = learning_rate_schedule(args.schedule, args.lr, steps, args.epochs, args.step_epochs)
+        compile_for_training(model, schedule=schedule, momentum=args.momentum, weight_decay=args.weight_decay,
+                             jit_compile=args.jit_compile, partial_bn=not args.no_partial_bn)
+        log.info("training %s: %d steps per epoch, %d epochs, batch %d", model.name, steps, args.epochs,
+                 args.batch_size)
+        return model.fit(train, validation_data=val, epochs=args.epochs, steps_per_epoch=steps,
+                         callbacks=training_callbacks(args.out, monitor_val=val is not None), verbose=args.verbose)
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    cli_common.setup_logging()
+    try:
+        history = run(args)
+    except (OSError, ValueError) as e:
+        log.error("p3d-train: %s", e)
+        return 2
+    final = {k: round(v[-1], 4) for k, v in history.history.items() if v and not math.isnan(v[-1])}
+    log.info("done: %s; models in %s", final, args.out)
+    return 0

@@ -30,7 +30,7 @@ def clip_and_video_hits(scores, labels, video_ids, k=(1, 5)):
     video_labels = np.full(len(videos), -1)
     video_labels[video_index] = labels
     if np.any(video_labels[video_index] != labels):
-        bad = videos[video_index[video_labels[video_index] != labels][0]]
+        bad = videos[video_index[video_labels[video_index] != labels][0]].item()
         raise ValueError(f"Expected one label per video. Received: several labels for video_id={bad!r}")
     result = {"num_clips": len(labels), "num_videos": len(videos)}
     for kk in k:

@@ -147,11 +147,17 @@ def parse_video(path, serialized):
 
 def decode_frames(encoded, box, channels):
     """Decode the `box` region of each JPEG in `encoded` (`[N]`) into a `[N, h, w, channels]`
-    uint8 tensor (flow frames are stored as JPEGs with x, y in the first two channels)."""
+    uint8 tensor (flow frames are stored as JPEGs with x, y in the first two channels).
+
+    A static N (training clips) is unrolled into N independent decode ops, which is about twice
+    as fast as a `tf.map_fn` loop; a dynamic N (evaluation's unique frames) uses `tf.map_fn`."""
     def decode(jpeg):
         return tf.io.decode_and_crop_jpeg(jpeg, box, channels=3)[..., :channels]
 
-    frames = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
+    if encoded.shape[0] is not None:
+        frames = tf.stack([decode(encoded[i]) for i in range(encoded.shape[0])])
+    else:
+        frames = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
     return tf.ensure_shape(frames, [None, None, None, channels])
 
 
@@ -252,7 +258,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         seed_stride, seed_window, seed_crop = tf.unstack(sampling.split_seed([element_seed, 0], 3))
         stride = frame_stride if stride_range is None else sampling.sample_stride(stride_range, seed_stride)
         indices = sampling.training_indices(example["num_frames"], clip_length, stride, seed_window)
-        encoded = tf.gather(example[schema.ENCODED], indices)
+        encoded = tf.ensure_shape(tf.gather(example[schema.ENCODED], indices), [clip_length])
         return encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop
 
     def make_clip(encoded, label, clip_seed):

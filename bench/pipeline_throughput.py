@@ -1,0 +1,135 @@
+"""Training-pipeline throughput against the JPEG-decode limit, measured in the same run.
+
+Writes synthetic shards (smooth-noise 182x242 JPEGs, quality 90, the converter's default frame
+size), then times
+  - the pipeline: `training_dataset` clips/s (and frames/s = clips/s x clip_length), and
+  - the limit: the same number of whole frames through `tf.io.decode_jpeg` in a parallel map,
+and prints a Markdown table: both rates in total and per core, their ratio, and the cores a GPU
+consuming N clips/s would need at the measured per-core pipeline rate.
+
+    python bench/pipeline_throughput.py --clips 512 --rounds 3
+"""
+import argparse
+import os
+import pathlib
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from p3d_keras.tfrecords_tools import reader
+from p3d_keras.tfrecords_tools import schema
+
+HEIGHT, WIDTH = 182, 242
+
+
+def smooth_noise_frames(num_frames, rng):
+    """`num_frames` uint8 frames of smooth noise: a drifting low-resolution noise field upsampled."""
+    field = rng.uniform(0, 255, (num_frames + 8, 12, 16, 3)).astype("float32")
+    field = tf.nn.avg_pool3d(field[None], [1, 8, 1, 1, 1], [1, 1, 1, 1, 1], "VALID")[0][:num_frames]
+    frames = tf.image.resize(field, [HEIGHT, WIDTH], method="bicubic")
+    frames += rng.normal(0, 6, frames.shape)  # texture, so the JPEGs are not trivially small
+    return tf.cast(tf.clip_by_value(frames, 0, 255), tf.uint8)
+
+
+def write_shards(directory, *, videos, frames, num_shards, seed=0):
+    """Synthetic shards of `videos` videos of `frames` frames; returns (paths, mean JPEG bytes)."""
+    rng = np.random.default_rng(seed)
+    paths = [str(directory / f"bench-{i:05d}-of-{num_shards:05d}.tfrecord") for i in range(num_shards)]
+    writers = [tf.io.TFRecordWriter(p) for p in paths]
+    sizes = []
+    for v in range(videos):
+        encoded = [tf.io.encode_jpeg(f, quality=90).numpy() for f in smooth_noise_frames(frames, rng)]
+        sizes += [len(e) for e in encoded]
+        example = schema.make_example(
+            encoded_frames=encoded, timestamps_us=[40_000 * i for i in range(frames)], height=HEIGHT,
+            width=WIDTH, frame_rate=25.0, label_index=v % 10, label_string=f"c{v % 10}", media_id=f"v{v}")
+        writers[v % num_shards].write(example.SerializeToString())
+    for w in writers:
+        w.close()
+    return paths, float(np.mean(sizes))
+
+
+def decode_limit_dataset(paths, num_frames):
+    """`num_frames` whole frames of the shards through `tf.io.decode_jpeg` in a parallel map."""
+    jpegs = [bytes(j) for r in tf.data.TFRecordDataset(paths)
+             for j in schema.parse_example(r)[schema.ENCODED].numpy()]
+    return (tf.data.Dataset.from_tensor_slices(jpegs).repeat().take(num_frames)
+            .map(lambda j: tf.io.decode_jpeg(j, channels=3), num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(64).prefetch(tf.data.AUTOTUNE))
+
+
+def seconds_to_consume(dataset):
+    start = time.perf_counter()
+    for _ in dataset:
+        pass
+    return time.perf_counter() - start
+
+
+def measure(args, paths):
+    """Best-of-rounds (pipeline clips/s, decode-limit frames/s), alternating the two."""
+    epochs = -(-args.clips // args.videos)
+    pipeline = reader.training_dataset(
+        paths, batch_size=args.batch_size, clip_length=args.clip_length, crop_size=args.crop_size,
+        multiscale=args.multiscale, normalization=args.normalization, drop_remainder=False).repeat(epochs).take(
+        -(-args.clips // args.batch_size))
+    frames = -(-args.clips // args.batch_size) * args.batch_size * args.clip_length
+    limit = decode_limit_dataset(paths, frames)
+    seconds_to_consume(pipeline.take(2))  # warm up: traces functions, fills the shard cache
+    seconds_to_consume(limit.take(2))
+    clips_per_s, frames_per_s = 0.0, 0.0
+    for _ in range(args.rounds):
+        clips_per_s = max(clips_per_s, frames / args.clip_length / seconds_to_consume(pipeline))
+        frames_per_s = max(frames_per_s, frames / seconds_to_consume(limit))
+    return clips_per_s, frames_per_s
+
+
+def table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores):
+    frames_per_s = clips_per_s * args.clip_length
+    per_core = clips_per_s / cores
+    lines = [
+        f"{args.videos} videos x {args.frames} frames, {HEIGHT}x{WIDTH} JPEG q90 (mean {jpeg_bytes / 1024:.1f} KiB), "
+        f"clip {args.clip_length} x {args.crop_size}{' multi-scale' if args.multiscale else ''}, "
+        f"{args.normalization} normalization, batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores",
+        "",
+        "| | frames/s | clips/s | clips/s per core |",
+        "|---|---:|---:|---:|",
+        f"| JPEG-decode limit (`tf.io.decode_jpeg`, whole frames) | {limit_frames_per_s:,.0f} | "
+        f"{limit_frames_per_s / args.clip_length:,.1f} | {limit_frames_per_s / args.clip_length / cores:,.1f} |",
+        f"| training pipeline | {frames_per_s:,.0f} | {clips_per_s:,.1f} | {per_core:,.1f} |",
+        f"| ratio | {frames_per_s / limit_frames_per_s:.0%} | | |",
+        "",
+        "| GPU consumes (clips/s) | cores needed at the measured pipeline rate |",
+        "|---:|---:|",
+    ]
+    lines += [f"| {n} | {n / per_core:,.0f} |" for n in args.gpu_clips_per_s]
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--videos", type=int, default=32)
+    parser.add_argument("--frames", type=int, default=48, help="frames per video")
+    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--clips", type=int, default=512, help="clips timed per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--clip-length", type=int, default=16)
+    parser.add_argument("--crop-size", type=int, default=160)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--multiscale", action="store_true")
+    parser.add_argument("--normalization", default="caffe")
+    parser.add_argument("--gpu-clips-per-s", type=int, nargs="+", default=[200, 500])
+    args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, jpeg_bytes = write_shards(pathlib.Path(tmp), videos=args.videos, frames=args.frames,
+                                         num_shards=args.shards)
+        clips_per_s, limit_frames_per_s = measure(args, paths)
+    print(table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,50 @@
+"""Clip and video hit@k from a model's clip scores (NumPy only, so any Keras backend's outputs work).
+
+Video scores are the mean of the scores of the video's clips, as in the paper. A clip or video is
+a hit at k when its label is among its k highest scores; ties count in its favour (a hit when
+fewer than k classes score strictly higher).
+"""
+import numpy as np
+
+
+def _hits(scores, labels, k):
+    label_scores = np.take_along_axis(scores, labels[:, None], axis=1)
+    return (scores > label_scores).sum(axis=1) < k
+
+
+def clip_and_video_hits(scores, labels, video_ids, k=(1, 5)):
+    """Hit rates from `scores [N, classes]`, `labels [N]` and `video_ids [N]` (one row per clip).
+
+    Returns a dict with `clip_hit@k` and `video_hit@k` for each k (fractions in [0, 1]),
+    `num_clips` and `num_videos`. Raises if a video's clips disagree on the label."""
+    scores = np.asarray(scores, dtype="float64")
+    labels = np.asarray(labels).astype("int64").reshape(-1)
+    video_ids = np.asarray(video_ids).reshape(-1)
+    if scores.ndim != 2 or not len(scores) == len(labels) == len(video_ids) or not len(scores):
+        raise ValueError("Expected scores [N, classes] with N > 0 and N labels and video_ids. Received: "
+                         f"scores.shape={scores.shape}, {len(labels)} labels, {len(video_ids)} video_ids")
+    videos, video_index = np.unique(video_ids, return_inverse=True)
+    video_scores = np.zeros((len(videos), scores.shape[1]))
+    np.add.at(video_scores, video_index, scores)
+    video_scores /= np.bincount(video_index)[:, None]
+    video_labels = np.full(len(videos), -1)
+    video_labels[video_index] = labels
+    if np.any(video_labels[video_index] != labels):
+        bad = videos[video_index[video_labels[video_index] != labels][0]].item()
+        raise ValueError(f"Expected one label per video. Received: several labels for video_id={bad!r}")
+    result = {"num_clips": len(labels), "num_videos": len(videos)}
+    for kk in k:
+        result[f"clip_hit@{kk}"] = float(_hits(scores, labels, kk).mean())
+        result[f"video_hit@{kk}"] = float(_hits(video_scores, video_labels, kk).mean())
+    return result
+
+
+def evaluate_clips(model, dataset, k=(1, 5)):
+    """Score an `evaluation_dataset` with `model.predict_on_batch` and return
+    `clip_and_video_hits` (the dataset's video ids never reach the model)."""
+    scores, labels, video_ids = [], [], []
+    for clips, batch_labels, batch_ids in dataset.as_numpy_iterator():
+        scores.append(np.asarray(model.predict_on_batch(clips)))
+        labels.append(batch_labels)
+        video_ids.append(batch_ids)
+    return clip_and_video_hits(np.concatenate(scores), np.concatenate(labels), np.concatenate(video_ids), k)

@@ -1,0 +1,341 @@
+"""The `tf.data` clip reader: TFRecord shards of `schema` SequenceExamples -> batches of clips.
+
+`training_dataset` yields `(clips, labels)`, one random window per video per epoch;
+`evaluation_dataset` yields `(clips, labels, video_ids)`, `num_clips` uniform windows x 1 or 3
+crops per video. Both decode only the frames of a window (the encoded JPEGs are gathered first)
+and only the crop's region of each frame (`tf.io.decode_and_crop_jpeg`).
+
+Pipeline (training): shard names -> parallel interleave of `TFRecordDataset`s -> parse and pick
+a window, keeping only its encoded frames -> shuffle (so the buffer holds windows, not whole
+videos) -> parallel decode + crop + flip + normalise -> batch -> prefetch.
+
+Corrupt shards: `TFRecordDataset` stops a shard at its first corrupt or truncated record with a
+`DataLossError` that does not name the file. The reader therefore reads each shard with errors
+ignored and checks, at the shard's end, that the records it read add up to the shard's length
+(for GZIP shards: to the uncompressed length in the gzip trailer). A shortfall raises an
+`InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
+`dataset.corrupt_records` and reading goes on with the next shard.
+"""
+import struct
+
+import tensorflow as tf
+
+from p3d_keras import normalization as norm_lib
+from p3d_keras.tfrecords_tools import sampling
+from p3d_keras.tfrecords_tools import schema
+
+AUTOTUNE = tf.data.AUTOTUNE
+MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
+DEFAULT_NORMALIZATION = {"rgb": "caffe", "flow": "flow"}
+CROPS = ("center", "three")
+COMPRESSIONS = ("auto", None, "", "GZIP")
+RECORD_FRAMING_BYTES = 16  # length (8) + CRC of length (4) + CRC of data (4)
+
+
+class CorruptRecordCounter:
+    """How many shard reads stopped early at a corrupt or truncated record (`skip_corrupt=True`).
+
+    Each read of a corrupt shard counts once, so the count grows by one per corrupt shard per
+    epoch; the records after the corrupt one in that shard are not read."""
+
+    def __init__(self):
+        self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="corrupt_records")
+
+    @property
+    def count(self):
+        return int(self.variable.numpy())
+
+    def reset(self):
+        self.variable.assign(0)
+
+
+# --- shards ----------------------------------------------------------------------------------
+
+def list_shards(file_pattern):
+    """The sorted shard paths matching a glob pattern, a path, or a list of either."""
+    patterns = [file_pattern] if isinstance(file_pattern, (str, bytes)) else list(file_pattern)
+    paths = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)})
+    if not paths:
+        raise ValueError(f"Expected file_pattern to match at least one shard. "
+                         f"Received: file_pattern={file_pattern!r}")
+    return paths
+
+
+def shard_compression(path, compression="auto"):
+    """The `TFRecordDataset` compression type of a shard: `auto` means GZIP for names ending in
+    `.gz` or `.gzip`, none otherwise."""
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"Expected compression to be one of {COMPRESSIONS}. Received: compression={compression!r}")
+    if compression == "auto":
+        return "GZIP" if path.endswith((".gz", ".gzip")) else ""
+    return compression or ""
+
+
+def expected_record_bytes(path, compression):
+    """The bytes of framed records a shard should yield: its length, or for GZIP the
+    uncompressed length mod 2**32 from the gzip trailer (-1 if the file is too short to have one)."""
+    length = tf.io.gfile.stat(path).length
+    if compression != "GZIP":
+        return length
+    if length < 4:
+        return -1
+    with tf.io.gfile.GFile(path, "rb") as f:
+        f.seek(length - 4)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def _read_shard(path, compression, expected, counter):
+    """One shard's `(path, serialized)` records, with the end-of-shard length check."""
+    records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
+    marked = records.map(lambda r: (r, False)).concatenate(
+        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+
+    def account(total, element):
+        record, is_end = element
+        total += tf.cast(tf.strings.length(record) + RECORD_FRAMING_BYTES, tf.int64) * tf.cast(~is_end, tf.int64)
+        read = tf.where(tf.equal(compression, "GZIP"), tf.math.floormod(total, 2 ** 32), total)
+        ok = tf.logical_or(~is_end, tf.equal(read, expected))
+        return total, (record, is_end, ok)
+
+    checked = marked.scan(tf.constant(0, tf.int64), account)
+
+    def check(record, is_end, ok):
+        if counter is None:
+            message = tf.strings.join([
+                "Expected every TFRecord shard to read to its end. Received: a corrupt or truncated "
+                "record in shard=", path])
+            guard = tf.debugging.Assert(ok, [message])
+        else:
+            guard = counter.variable.assign_add(tf.cast(~ok, tf.int64))
+        with tf.control_dependencies([guard]):
+            return tf.identity(is_end)
+
+    ends = checked.map(check)
+    return tf.data.Dataset.zip(checked, ends).filter(lambda c, is_end: ~is_end).map(
+        lambda c, is_end: (path, c[0]))
+
+
+def read_records(paths, *, compression="auto", shuffle=False, seed=None, deterministic=True,
+                 cycle_length=None, counter=None):
+    """`(shard_path, serialized_example)` from the shards, interleaved across shards in parallel."""
+    compressions = [shard_compression(p, compression) for p in paths]
+    expected = [expected_record_bytes(p, c) for p, c in zip(paths, compressions)]
+    shards = tf.data.Dataset.from_tensor_slices(
+        (paths, compressions, tf.constant(expected, tf.int64)))
+    if shuffle:
+        shards = shards.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    return shards.interleave(
+        lambda p, c, e: _read_shard(p, c, e, counter),
+        cycle_length=min(len(paths), cycle_length or 16),
+        num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+# --- one video -------------------------------------------------------------------------------
+
+def parse_video(path, serialized):
+    """The parsed example (`schema.parse_example`) with `num_frames`; a record without frames
+    raises an error naming its shard."""
+    example = schema.parse_example(serialized)
+    num_frames = tf.shape(example[schema.ENCODED])[0]
+    message = tf.strings.join([
+        "Expected every record to have at least one frame. Received: 0 frames in media_id=",
+        example[schema.MEDIA_ID], " of shard=", path])
+    with tf.control_dependencies([tf.debugging.Assert(num_frames > 0, [message])]):
+        example["num_frames"] = tf.identity(num_frames)
+    return example
+
+
+def decode_frames(encoded, box, channels):
+    """Decode the `box` region of each JPEG in `encoded` (`[N]`) into a `[N, h, w, channels]`
+    uint8 tensor (flow frames are stored as JPEGs with x, y in the first two channels).
+
+    A static N (training clips) is unrolled into N independent decode ops, which is about twice
+    as fast as a `tf.map_fn` loop; a dynamic N (evaluation's unique frames) uses `tf.map_fn`."""
+    def decode(jpeg):
+        return tf.io.decode_and_crop_jpeg(jpeg, box, channels=3)[..., :channels]
+
+    if encoded.shape[0] is not None:
+        frames = tf.stack([decode(encoded[i]) for i in range(encoded.shape[0])])
+    else:
+        frames = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
+    return tf.ensure_shape(frames, [None, None, None, channels])
+
+
+def finish_clip(frames, crop_size, normalization):
+    """Resize uint8 frames `[N, h, w, C]` to `crop_size` (only if they are not that size already:
+    multi-scale or jittered crops, frames smaller than the crop), cast to float32 and normalise."""
+    frames = tf.cast(frames, tf.float32)
+    same_size = tf.reduce_all(tf.equal(tf.shape(frames)[1:3], crop_size))
+    frames = tf.cond(same_size, lambda: frames,
+                     lambda: tf.image.resize(frames, [crop_size, crop_size], method="bilinear"))
+    return norm_lib.normalize(tf.ensure_shape(frames, [None, crop_size, crop_size, None]), normalization)
+
+
+def crop_windows(frames, boxes, region):
+    """Cut every box of `boxes` (`[K, 4]`, K static) out of every window of `frames`
+    (`[N, T, h, w, C]`, decoded over `region`): `[N * K, T, box_h, box_w, C]`, window-major."""
+    relative = boxes - tf.concat([region[:2], [0, 0]], axis=0)
+    crops = [frames[:, :, y:y + h, x:x + w] for y, x, h, w in (tf.unstack(b) for b in tf.unstack(relative))]
+    stacked = tf.stack(crops, axis=1)
+    shape = tf.shape(stacked)
+    return tf.reshape(stacked, tf.concat([[-1], shape[2:]], axis=0))
+
+
+# --- options ---------------------------------------------------------------------------------
+
+def _check_options(*, batch_size, clip_length, frame_stride, crop_size, modality, normalization,
+                   stride_range=None, scale_jitter=None, multiscale=False):
+    for name, value in (("batch_size", batch_size), ("clip_length", clip_length),
+                        ("frame_stride", frame_stride), ("crop_size", crop_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
+    if modality not in MODALITY_CHANNELS:
+        raise ValueError(f"Expected modality to be one of {sorted(MODALITY_CHANNELS)}. Received: modality={modality!r}")
+    norm = norm_lib.get_normalization(normalization or DEFAULT_NORMALIZATION[modality])
+    if norm.channels != MODALITY_CHANNELS[modality]:
+        raise ValueError(f"Expected a normalization with {MODALITY_CHANNELS[modality]} channels for "
+                         f"modality={modality!r}. Received: normalization={norm.name!r}")
+    if stride_range is not None:
+        if frame_stride != 1 or len(stride_range) != 2 or not 1 <= stride_range[0] <= stride_range[1]:
+            raise ValueError("Expected stride_range=(low, high) with 1 <= low <= high, and frame_stride "
+                             f"left at 1. Received: stride_range={stride_range!r}, frame_stride={frame_stride!r}")
+    if scale_jitter is not None:
+        if multiscale or len(scale_jitter) != 2 or not 0 < scale_jitter[0] <= scale_jitter[1]:
+            raise ValueError("Expected scale_jitter=(low, high) with 0 < low <= high, and multiscale=False. "
+                             f"Received: scale_jitter={scale_jitter!r}, multiscale={multiscale!r}")
+    return norm
+
+
+def _options(deterministic):
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    return options
+
+
+# --- training --------------------------------------------------------------------------------
+
+def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1, stride_range=None,
+                     crop_size=160, multiscale=False, flip=True, scale_jitter=None, normalization=None,
+                     modality="rgb", shuffle_buffer=512, deterministic=False, seed=None,
+                     compression="auto", skip_corrupt=False, drop_remainder=True,
+                     num_parallel_calls=None, cycle_length=None):
+    """Training clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32)`.
+
+    Each epoch reads every video once, as one window of `clip_length` frames `frame_stride` apart
+    (or a stride drawn per video from `stride_range=(low, high)`) at a random start; videos
+    shorter than the window loop their frames. The whole clip gets one crop box and one flip:
+    a random `crop_size` square; or with `multiscale=True` TSN's multi-scale corner crop resized
+    to `crop_size`; or with `scale_jitter=(low, high)` a random square of side
+    `crop_size / factor`, factor uniform in the range, resized to `crop_size`.
+
+    Args:
+        file_pattern: a glob, a path, or a list of them (shards of `schema` SequenceExamples).
+        normalization: a `p3d_keras.normalization` preset (`caffe`, `imagenet`, `unit`, `flow`);
+            defaults to `caffe` for `modality="rgb"` and `flow` for `modality="flow"`.
+        modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).
+        shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling.
+        deterministic: with an integer `seed`, the same batches run after run (fixed shard order,
+            order-preserving parallelism, stateless random ops seeded per element and epoch).
+        compression: `auto` (GZIP for `.gz` names), `None`, or `GZIP`.
+        skip_corrupt: False raises an error naming the shard at a corrupt or truncated record;
+            True skips the rest of that shard and counts it in `dataset.corrupt_records.count`.
+        num_parallel_calls: parallel decode calls; None means AUTOTUNE.
+    """
+    norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
+                          crop_size=crop_size, modality=modality, normalization=normalization,
+                          stride_range=stride_range, scale_jitter=scale_jitter, multiscale=multiscale)
+    if deterministic and not isinstance(seed, int):
+        raise ValueError(f"Expected an integer seed when deterministic=True. Received: seed={seed!r}")
+    channels = MODALITY_CHANNELS[modality]
+    counter = CorruptRecordCounter() if skip_corrupt else None
+    records = read_records(list_shards(file_pattern), compression=compression, shuffle=True, seed=seed,
+                           deterministic=deterministic, cycle_length=cycle_length, counter=counter)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+    def pick_window(record, element_seed):
+        path, serialized = record
+        example = parse_video(path, serialized)
+        seed_stride, seed_window, seed_crop = tf.unstack(sampling.split_seed([element_seed, 0], 3))
+        stride = frame_stride if stride_range is None else sampling.sample_stride(stride_range, seed_stride)
+        indices = sampling.training_indices(example["num_frames"], clip_length, stride, seed_window)
+        encoded = tf.ensure_shape(tf.gather(example[schema.ENCODED], indices), [clip_length])
+        return encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop
+
+    def make_clip(encoded, label, clip_seed):
+        seed_box, seed_scale, seed_flip = tf.unstack(sampling.split_seed(clip_seed, 3))
+        height, width = tf.unstack(tf.io.extract_jpeg_shape(encoded[0])[:2])
+        if multiscale:
+            box = sampling.multiscale_crop_box(height, width, seed_box)
+        else:
+            side = crop_size if scale_jitter is None else sampling.jittered_box_side(crop_size, scale_jitter, seed_scale)
+            box = sampling.random_crop_box(height, width, side, side, seed_box)
+        clip = decode_frames(encoded, box, channels)
+        if flip:
+            clip = sampling.random_flip(clip, seed_flip)
+        clip = finish_clip(clip, crop_size, norm)
+        return tf.ensure_shape(clip, [clip_length, crop_size, crop_size, channels]), label
+
+    parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+    windows = tf.data.Dataset.zip(records, seeds).map(pick_window, num_parallel_calls=parallel,
+                                                      deterministic=deterministic)
+    if shuffle_buffer:
+        windows = windows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = (windows.map(make_clip, num_parallel_calls=parallel, deterministic=deterministic)
+               .batch(batch_size, drop_remainder=drop_remainder)
+               .prefetch(AUTOTUNE)
+               .with_options(_options(deterministic)))
+    dataset.corrupt_records = counter
+    return dataset
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1, num_clips=20,
+                       crops="center", crop_size=160, normalization=None, modality="rgb",
+                       compression="auto", skip_corrupt=False, num_parallel_calls=None, cycle_length=None):
+    """Evaluation clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32,
+    video_ids [B] string)`, in a fixed order.
+
+    Each video gives `num_clips` windows spaced uniformly over it (the paper uses 20) x one
+    centred crop (`crops="center"`) or three crops along the longer side (`crops="three"`),
+    window-major. Frames shared by overlapping windows are decoded once. Score the outputs with
+    `metrics.clip_and_video_hits` or `metrics.evaluate_clips`. Other arguments as in
+    `training_dataset`.
+    """
+    norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
+                          crop_size=crop_size, modality=modality, normalization=normalization)
+    if not isinstance(num_clips, int) or num_clips < 1:
+        raise ValueError(f"Expected num_clips to be a positive integer. Received: num_clips={num_clips!r}")
+    if crops not in CROPS:
+        raise ValueError(f"Expected crops to be one of {CROPS}. Received: crops={crops!r}")
+    channels = MODALITY_CHANNELS[modality]
+    counter = CorruptRecordCounter() if skip_corrupt else None
+    records = read_records(list_shards(file_pattern), compression=compression, deterministic=True,
+                           cycle_length=cycle_length, counter=counter)
+
+    def video_clips(path, serialized):
+        example = parse_video(path, serialized)
+        indices = sampling.evaluation_indices(example["num_frames"], clip_length, frame_stride, num_clips)
+        unique, position = tf.unique(tf.reshape(indices, [-1]))
+        encoded = tf.gather(example[schema.ENCODED], unique)
+        height, width = tf.unstack(tf.io.extract_jpeg_shape(encoded[0])[:2])
+        if crops == "center":
+            boxes = sampling.center_crop_box(height, width, crop_size)[None]
+        else:
+            boxes = sampling.three_crop_boxes(height, width, crop_size)
+        region = sampling.union_box(boxes)
+        frames = tf.gather(decode_frames(encoded, region, channels), tf.reshape(position, tf.shape(indices)))
+        clips = crop_windows(frames, boxes, region)
+        shape = tf.shape(clips)
+        clips = finish_clip(tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0)), crop_size, norm)
+        clips = tf.reshape(clips, [-1, clip_length, crop_size, crop_size, channels])
+        count = tf.shape(clips)[0]
+        return (clips, tf.fill([count], tf.cast(example[schema.LABEL_INDEX], tf.int32)),
+                tf.fill([count], example[schema.MEDIA_ID]))
+
+    parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
+    return (records.map(video_clips, num_parallel_calls=parallel, deterministic=True)
+            .unbatch()
+            .batch(batch_size)
+            .prefetch(AUTOTUNE)
+            .with_options(_options(True)))

@@ -1,4 +1,4 @@
-"""Read and write Caffe `.caffemodel` weights with a minimal protobuf wire-format codec.
+"""Read and write Caffe `.caffemodel` weights with the hand-written codec of `p3d_keras.protowire`.
 
 No caffe and no protobuf package: a `.caffemodel` is a serialized `caffe.NetParameter`, and the
 few fields that carry weights are decoded here by hand. Field numbers follow BVLC/caffe
@@ -19,8 +19,20 @@ import os
 
 import numpy as np
 
-# Wire types (protobuf encoding spec).
-VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
+from p3d_keras.protowire import (  # noqa: F401 (iter_fields and the wire types stay importable from here)
+    FIXED32,
+    FIXED64,
+    LENGTH_DELIMITED,
+    VARINT,
+    ProtobufDecodeError,
+    decode_varint,
+    encode_varint,
+    group_fields,
+    iter_fields,
+    length_delimited,
+    payload,
+    signed64,
+)
 
 # caffe.proto field numbers: the one place both the reader and the writer take them from.
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
@@ -36,62 +48,8 @@ _NET_FIELDS = {NET_NAME: LENGTH_DELIMITED, NET_LAYERS_V1: LENGTH_DELIMITED, 3: L
                8: LENGTH_DELIMITED, NET_LAYER: LENGTH_DELIMITED}
 
 
-class ProtobufDecodeError(ValueError):
-    """Bytes that are not valid protobuf wire format (the caller adds the file name)."""
-
-
 # ---------------------------------------------------------------------------------------------
-# Wire format: decoding
-
-
-def _read_varint(buf, pos):
-    """Decode the varint at `buf[pos]`; return `(value, next_pos)`."""
-    value, shift = 0, 0
-    while True:
-        if pos >= len(buf):
-            raise ProtobufDecodeError(f"varint runs past the end of the data at byte {pos}")
-        byte = buf[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, pos
-        shift += 7
-        if shift >= 70:
-            raise ProtobufDecodeError(f"varint longer than 10 bytes ending at byte {pos}")
-
-
-def iter_fields(buf):
-    """Yield `(field_number, wire_type, value)` for each field of the message in `buf`.
-
-    `value` is an int for varints, a memoryview of the payload for length-delimited fields, and
-    the raw little-endian bytes (a memoryview) for 32- and 64-bit fields. Groups are rejected:
-    caffe.proto has none.
-    """
-    buf = memoryview(buf)
-    pos, end = 0, len(buf)
-    while pos < end:
-        key, pos = _read_varint(buf, pos)
-        field, wire = key >> 3, key & 7
-        if field == 0:
-            raise ProtobufDecodeError(f"field number 0 at byte {pos}")
-        if wire == VARINT:
-            value, pos = _read_varint(buf, pos)
-        elif wire in (FIXED64, FIXED32):
-            size = 8 if wire == FIXED64 else 4
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == LENGTH_DELIMITED:
-            size, pos = _read_varint(buf, pos)
-            value, pos = buf[pos:pos + size], pos + size
-        else:
-            raise ProtobufDecodeError(f"unsupported wire type {wire} for field {field} at byte {pos}")
-        if pos > end:
-            raise ProtobufDecodeError(f"field {field} runs past the end of the data ({pos} > {end} bytes)")
-        yield field, wire, value
-
-
-def _signed64(value):
-    """Two's complement reinterpretation of a varint as int64."""
-    return value - (1 << 64) if value >= 1 << 63 else value
+# Decoding
 
 
 def _repeated_int64(values):
@@ -99,12 +57,12 @@ def _repeated_int64(values):
     out = []
     for wire, value in values:
         if wire == VARINT:
-            out.append(_signed64(value))
+            out.append(signed64(value))
         elif wire == LENGTH_DELIMITED:
             pos = 0
             while pos < len(value):
-                item, pos = _read_varint(value, pos)
-                out.append(_signed64(item))
+                item, pos = decode_varint(value, pos)
+                out.append(signed64(item))
         else:
             raise ProtobufDecodeError(f"repeated int64 with wire type {wire}")
     return out
@@ -123,24 +81,9 @@ def _repeated_real(values, dtype):
     return np.concatenate(parts) if parts else np.zeros((0,), dtype)
 
 
-def _group(buf):
-    """`{field: [(wire_type, value), ...]}` for the message in `buf`, in order of appearance."""
-    fields = {}
-    for field, wire, value in iter_fields(buf):
-        fields.setdefault(field, []).append((wire, value))
-    return fields
-
-
-def _payload(wire, value):
-    """The bytes of a string or message field; any other wire type is an error."""
-    if wire != LENGTH_DELIMITED:
-        raise ProtobufDecodeError(f"string or message field with wire type {wire}")
-    return value
-
-
 def _string(values):
     """The last occurrence of a string field (protobuf's rule for a repeated optional field)."""
-    return bytes(_payload(*values[-1])).decode("utf-8")
+    return bytes(payload(*values[-1])).decode("utf-8")
 
 
 def _last_varint(values):
@@ -148,19 +91,19 @@ def _last_varint(values):
     wire, value = values[-1]
     if wire != VARINT:
         raise ProtobufDecodeError(f"integer field with wire type {wire}")
-    return _signed64(value)
+    return signed64(value)
 
 
 def decode_blob(buf):
     """A `BlobProto` message -> float32 array in its declared shape."""
-    fields = _group(buf)
+    fields = group_fields(buf)
     if BLOB_DOUBLE_DATA in fields:
         data = _repeated_real(fields[BLOB_DOUBLE_DATA], "<f8").astype(np.float32)
     else:
         data = _repeated_real(fields.get(BLOB_DATA, []), "<f4").astype(np.float32)
     legacy = [BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH]
     if BLOB_SHAPE in fields:
-        shape_fields = _group(_payload(*fields[BLOB_SHAPE][-1]))
+        shape_fields = group_fields(payload(*fields[BLOB_SHAPE][-1]))
         shape = tuple(_repeated_int64(shape_fields.get(SHAPE_DIM, [])))
     elif any(f in fields for f in legacy):
         # Caffe's Blob::FromProto: the legacy dims always make a 4-D blob (unset ones are 0).
@@ -174,9 +117,9 @@ def decode_blob(buf):
 
 def _decode_layer(buf, name_field, blobs_field):
     """A LayerParameter or V1LayerParameter message -> `(name, [blobs])`."""
-    fields = _group(buf)
+    fields = group_fields(buf)
     name = _string(fields[name_field]) if name_field in fields else ""
-    return name, [decode_blob(_payload(wire, value)) for wire, value in fields.get(blobs_field, [])]
+    return name, [decode_blob(payload(wire, value)) for wire, value in fields.get(blobs_field, [])]
 
 
 def _looks_like_net(buf):
@@ -241,37 +184,15 @@ def read_caffemodel(path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Wire format: encoding
-
-
-def _varint(value):
-    """Encode a non-negative int, or an int64 negative as protobuf does (ten bytes)."""
-    if value < 0:
-        value += 1 << 64  # int64 negatives are ten-byte varints
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _key(field, wire):
-    """A field's tag: number and wire type."""
-    return _varint(field << 3 | wire)
-
-
-def _length_delimited(field, payload):
-    """A string, bytes or sub-message field."""
-    return _key(field, LENGTH_DELIMITED) + _varint(len(payload)) + payload
+# Encoding
 
 
 def encode_blob(array):
     """A float array -> `BlobProto` bytes (BlobShape + packed float32 data)."""
     array = np.asarray(array, dtype="<f4")
-    shape = _length_delimited(SHAPE_DIM, b"".join(_varint(int(d)) for d in array.shape))
-    return (_length_delimited(BLOB_SHAPE, shape)
-            + _length_delimited(BLOB_DATA, np.ascontiguousarray(array).tobytes()))
+    shape = length_delimited(SHAPE_DIM, b"".join(encode_varint(int(d)) for d in array.shape))
+    return (length_delimited(BLOB_SHAPE, shape)
+            + length_delimited(BLOB_DATA, np.ascontiguousarray(array).tobytes()))
 
 
 def encode_net(layers, layer_types=None, net_name="P3D"):
@@ -281,13 +202,13 @@ def encode_net(layers, layer_types=None, net_name="P3D"):
     if unknown:
         raise ValueError(f"layer_types names layers that are not in `layers`. Expected a subset of "
                          f"{sorted(layers)}. Received: unknown names {unknown}")
-    parts = [_length_delimited(NET_NAME, net_name.encode("utf-8"))]
+    parts = [length_delimited(NET_NAME, net_name.encode("utf-8"))]
     for name, blobs in layers.items():
-        layer = _length_delimited(LAYER_NAME, name.encode("utf-8"))
+        layer = length_delimited(LAYER_NAME, name.encode("utf-8"))
         if name in layer_types:
-            layer += _length_delimited(LAYER_TYPE, layer_types[name].encode("utf-8"))
-        layer += b"".join(_length_delimited(LAYER_BLOBS, encode_blob(b)) for b in blobs)
-        parts.append(_length_delimited(NET_LAYER, layer))
+            layer += length_delimited(LAYER_TYPE, layer_types[name].encode("utf-8"))
+        layer += b"".join(length_delimited(LAYER_BLOBS, encode_blob(b)) for b in blobs)
+        parts.append(length_delimited(NET_LAYER, layer))
     return b"".join(parts)
 
 

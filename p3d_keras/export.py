@@ -25,13 +25,13 @@ import logging
 import os
 import pathlib
 import shutil
-import struct
 
 import keras
 import numpy as np
 import tensorflow as tf
 
 from p3d_keras.normalization import normalize
+from p3d_keras.protowire import group_fields, length_delimited, payload
 
 log = logging.getLogger(__name__)
 
@@ -50,13 +50,12 @@ PAPER_SHORT_SIDE, PAPER_CROP = 182, 160
 #   predict.proto         PredictRequest { ModelSpec model_spec = 1; map<string, TensorProto> inputs = 2; }
 #   model.proto           ModelSpec { string name = 1; string signature_name = 3; }
 # A map entry is a message { key = 1; value = 2; }. tensorflow_serving.apis is not a dependency:
-# the messages are written (and read back) in the protobuf wire format by the functions below.
+# the messages are written (and read back) with p3d_keras.protowire by the functions below.
 PREDICTION_LOG_PREDICT_LOG = 6
 PREDICT_LOG_REQUEST = 1
 PREDICT_REQUEST_MODEL_SPEC, PREDICT_REQUEST_INPUTS = 1, 2
 MODEL_SPEC_NAME, MODEL_SPEC_SIGNATURE_NAME = 1, 3
 MAP_ENTRY_KEY, MAP_ENTRY_VALUE = 1, 2
-WIRE_VARINT, WIRE_FIXED64, WIRE_LENGTH_DELIMITED, WIRE_FIXED32 = 0, 1, 2, 5
 
 
 # ----------------------------------------------------------------------------------------------
@@ -161,79 +160,36 @@ def build_serving_module(model, *, labels, normalization, resize_short_side, top
 # Warmup requests: PredictionLog protos in the protobuf wire format
 
 
-def _varint(n):
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
-def _field(number, payload):
-    """A length-delimited field (message, string or bytes)."""
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8")
-    return _varint(number << 3 | WIRE_LENGTH_DELIMITED) + _varint(len(payload)) + payload
-
-
 def encode_prediction_log(model_name, signature_name, inputs):
     """A serialized `PredictionLog` holding one `PredictRequest` for `inputs` (name -> array)."""
-    model_spec = _field(MODEL_SPEC_NAME, model_name) + _field(MODEL_SPEC_SIGNATURE_NAME, signature_name)
-    request = _field(PREDICT_REQUEST_MODEL_SPEC, model_spec)
+    model_spec = (length_delimited(MODEL_SPEC_NAME, model_name)
+                  + length_delimited(MODEL_SPEC_SIGNATURE_NAME, signature_name))
+    request = length_delimited(PREDICT_REQUEST_MODEL_SPEC, model_spec)
     for key, value in inputs.items():
         tensor = tf.make_tensor_proto(value).SerializeToString()
-        request += _field(PREDICT_REQUEST_INPUTS, _field(MAP_ENTRY_KEY, key) + _field(MAP_ENTRY_VALUE, tensor))
-    return _field(PREDICTION_LOG_PREDICT_LOG, _field(PREDICT_LOG_REQUEST, request))
-
-
-def _read_varint(data, pos):
-    result = shift = 0
-    while True:
-        byte = data[pos]
-        result |= (byte & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not byte & 0x80:
-            return result, pos
-
-
-def _fields(data):
-    """(field number, value) pairs of a message; length-delimited values are bytes."""
-    pos, out = 0, []
-    while pos < len(data):
-        key, pos = _read_varint(data, pos)
-        number, wire = key >> 3, key & 7
-        if wire == WIRE_VARINT:
-            value, pos = _read_varint(data, pos)
-        elif wire == WIRE_LENGTH_DELIMITED:
-            size, pos = _read_varint(data, pos)
-            value, pos = bytes(data[pos:pos + size]), pos + size
-        elif wire in (WIRE_FIXED64, WIRE_FIXED32):
-            size = 8 if wire == WIRE_FIXED64 else 4
-            value, pos = struct.unpack("<Q" if size == 8 else "<I", data[pos:pos + size])[0], pos + size
-        else:
-            raise ValueError(f"Expected a protobuf message. Received: wire type {wire} at byte {pos}")
-        out.append((number, value))
-    return out
+        entry = length_delimited(MAP_ENTRY_KEY, key) + length_delimited(MAP_ENTRY_VALUE, tensor)
+        request += length_delimited(PREDICT_REQUEST_INPUTS, entry)
+    return length_delimited(PREDICTION_LOG_PREDICT_LOG, length_delimited(PREDICT_LOG_REQUEST, request))
 
 
 def _only(fields, number):
-    return [value for n, value in fields if n == number]
+    """The payloads (bytes) of the length-delimited field `number`, in order."""
+    return [bytes(payload(wire, value)) for wire, value in fields.get(number, [])]
 
 
 def decode_prediction_log(serialized):
     """`(model_name, signature_name, inputs)` of a serialized `PredictionLog` with a predict_log."""
-    logs = _only(_fields(serialized), PREDICTION_LOG_PREDICT_LOG)
+    logs = _only(group_fields(serialized), PREDICTION_LOG_PREDICT_LOG)
     if len(logs) != 1:
         raise ValueError("Expected a PredictionLog with one predict_log. "
                          f"Received: {len(logs)} predict_log fields")
-    request = _fields(_only(_fields(logs[0]), PREDICT_LOG_REQUEST)[0])
-    spec = _fields(b"".join(_only(request, PREDICT_REQUEST_MODEL_SPEC)))
+    request = group_fields(_only(group_fields(logs[0]), PREDICT_LOG_REQUEST)[0])
+    spec = group_fields(b"".join(_only(request, PREDICT_REQUEST_MODEL_SPEC)))
     name = b"".join(_only(spec, MODEL_SPEC_NAME)).decode("utf-8")
     signature = b"".join(_only(spec, MODEL_SPEC_SIGNATURE_NAME)).decode("utf-8")
     inputs = {}
     for entry in _only(request, PREDICT_REQUEST_INPUTS):
-        entry = _fields(entry)
+        entry = group_fields(entry)
         proto = tf.make_tensor_proto(0)  # any TensorProto, overwritten by the parse
         proto.ParseFromString(_only(entry, MAP_ENTRY_VALUE)[0])
         inputs[_only(entry, MAP_ENTRY_KEY)[0].decode("utf-8")] = tf.make_ndarray(proto)

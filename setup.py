@@ -17,12 +17,13 @@ EXTRAS = {
     "tf": ["tensorflow>=2.16"],
     "tf-cpu": ["tensorflow-cpu>=2.16"],
     "video": ["av>=12", "pillow>=9"],
+    "plots": ["matplotlib>=3.6"],
     "beam": ["apache-beam[tfrecord]>=2.50"],
     "jax": ["jax[cpu]>=0.4.30"],
 }
 EXTRAS["test"] = sorted(set(
-    ["pytest>=7", "tensorflow-cpu==2.21.0", "torch==2.13.0", "scikit-video", "matplotlib"]
-    + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"]
+    ["pytest>=7", "tensorflow-cpu==2.21.0", "torch==2.13.0", "scikit-video"]
+    + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"]
 ))
 
 setup(
@@ -41,11 +42,18 @@ setup(
     },
     package_data={"p3d_keras.applications": ["labels/*.txt"]},
     install_requires=["keras>=3.3", "numpy>=1.23", "h5py"],
+    # TensorFlow is an extra: `tf` (tensorflow) or `tf-cpu`; the demo and tests use `tf-cpu`.
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
             "p3d-convert-weights=p3d_keras.convert:main",
             "p3d-tfrecords=p3d_keras.tfrecords_tools.cli:main",
+            "p3d-train=p3d_keras.training:main",
+            "p3d-evaluate=p3d_keras.evaluation:main",
+            "p3d-extract-features=p3d_keras.features:main",
+            "p3d-export=p3d_keras.export:main",
+            "p3d-predict=p3d_keras.predict:main",
+            "p3d-demo=p3d_keras.demo:main",
         ],
     },
 )

@@ -30,6 +30,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from p3d_keras import cli_common
+from p3d_keras.features import feature_model
 from p3d_keras.normalization import normalize
 from p3d_keras.protowire import group_fields, length_delimited, payload
 
@@ -38,7 +40,6 @@ log = logging.getLogger(__name__)
 SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
 INPUT_KEY = "frames"
-FEATURE_LAYER = "pool5"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # The paper trains on 182x242 frames cropped to 160x160: resize the short side by this ratio.
 PAPER_SHORT_SIDE, PAPER_CROP = 182, 160
@@ -65,16 +66,6 @@ MAP_ENTRY_KEY, MAP_ENTRY_VALUE = 1, 2
 def default_resize_short_side(crop_size):
     """The short side to resize to before a `crop_size` centre crop: the paper's 182 -> 160 ratio."""
     return round(crop_size * PAPER_SHORT_SIDE / PAPER_CROP)
-
-
-def feature_model(model):
-    """The pooled (pool5) clip descriptor of `model`, sharing its weights."""
-    try:
-        pool5 = model.get_layer(FEATURE_LAYER)
-    except ValueError:
-        raise ValueError(f"Expected a model with a {FEATURE_LAYER!r} layer (a P3D ResNet built with "
-                         f"include_top=True). Received: model={model.name!r}") from None
-    return keras.Model(model.inputs, pool5.output, name=f"{model.name}_features")
 
 
 def classifier_outputs_probabilities(model):
@@ -302,19 +293,13 @@ def build_parser():
         prog="p3d-export",
         description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
                     "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
-    source = p.add_mutually_exclusive_group(required=True)
-    source.add_argument("--weights", help="a whole model (.keras), or weights (.weights.h5 or an original "
-                                          "checkpoint) for the network given by --depth/--classes/...")
-    source.add_argument("--preset", help="name of a released weights preset")
-    p.add_argument("--depth", type=int, default=199, choices=(63, 131, 199))
-    p.add_argument("--classes", type=int, default=400)
-    p.add_argument("--graph", default="caffe", choices=("caffe", "pytorch"))
-    p.add_argument("--modality", default="rgb", choices=("rgb", "flow"))
+    cli_common.add_model_arguments(p)
+    p.add_argument("--classes", type=int, help="classes of a new network (default 400, or the preset's)")
     p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
     p.add_argument("--name", default="p3d", help="model name (default: p3d)")
     p.add_argument("--version", type=int, default=None, help="version (default: next integer)")
-    p.add_argument("--labels", help="text file with one class name per line")
-    p.add_argument("--normalization", default="caffe", help="caffe, imagenet, unit or flow (default: caffe)")
+    p.add_argument("--labels", help="text file with one class name per line (default: the preset's class names)")
+    p.add_argument("--normalization", help="caffe, imagenet, unit or flow (default: caffe, or the preset's)")
     p.add_argument("--resize-short-side", type=int, default=None,
                    help="short side before the centre crop (default: crop * 182 / 160)")
     p.add_argument("--top-k", type=int, default=5)
@@ -322,38 +307,24 @@ def build_parser():
     return p
 
 
-def load_model(args):
-    """The model named by the command line: a `.keras` file, weights for a P3D ResNet, or a preset."""
-    from p3d_keras.applications import P3DResNet  # noqa: PLC0415 (keeps `import p3d_keras.export` light)
+def labels_and_normalization(args):
+    """Class names and normalisation from the command line, else from a `--weights` preset."""
+    from p3d_keras.applications import get_preset, load_labels  # noqa: PLC0415
 
-    if args.weights and args.weights.endswith(".keras"):
-        import p3d_keras.layers  # noqa: F401, PLC0415 (registers the custom layers for loading)
-
-        return keras.models.load_model(args.weights, compile=False)
-    weights = args.weights or args.preset
-    try:
-        return P3DResNet(args.depth, weights=weights, classes=args.classes, graph=args.graph,
-                         modality=args.modality)
-    except ValueError as e:
-        if args.preset:
-            raise ValueError(f"Unknown preset. Received: preset={args.preset!r} ({e})") from None
-        raise
-
-
-def read_labels(path):
-    with open(path, encoding="utf-8") as f:
-        return [line.strip() for line in f if line.strip()]
+    preset = get_preset(args.weights) if args.weights and not os.path.exists(args.weights) else None
+    labels = cli_common.read_labels(args.labels) if args.labels else (load_labels(preset.labels) if preset else None)
+    return labels, args.normalization or (preset.normalization if preset else "caffe")
 
 
 def main(argv=None):
-    """`p3d-export --weights model.keras --base-dir /models --name p3d [--labels labels.txt]`."""
+    """`p3d-export --model model.keras --base-dir /models --name p3d [--labels labels.txt]`."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cli_common.setup_logging()
     try:
-        model = load_model(args)
-        labels = read_labels(args.labels) if args.labels else None
+        model = cli_common.model_from_args(args, classes=args.classes)
+        labels, normalization = labels_and_normalization(args)
         path = export_saved_model(model, args.base_dir, name=args.name, version=args.version, labels=labels,
-                                  normalization=args.normalization, resize_short_side=args.resize_short_side,
+                                  normalization=normalization, resize_short_side=args.resize_short_side,
                                   top_k=args.top_k, warmup=not args.no_warmup)
     except (OSError, ValueError) as e:
         log.error("p3d-export: %s", e)

@@ -179,7 +179,7 @@ def test_main_exports_the_next_version(model, exported, tmp_path):
     model.save(tmp_path / "tiny.keras")
     (tmp_path / "labels.txt").write_text("\n".join(LABELS) + "\n")
     base = pathlib.Path(exported).parents[1]
-    assert main(["--weights", str(tmp_path / "tiny.keras"), "--base-dir", str(base), "--name", "tiny",
+    assert main(["--model", str(tmp_path / "tiny.keras"), "--base-dir", str(base), "--name", "tiny",
                  "--labels", str(tmp_path / "labels.txt"), "--top-k", "3", "--no-warmup"]) == 0
     assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2"]
     assert (base / "tiny" / "2" / "saved_model.pb").exists()
@@ -187,6 +187,6 @@ def test_main_exports_the_next_version(model, exported, tmp_path):
 
 
 def test_main_unknown_preset(tmp_path, caplog):
-    assert main(["--preset", "no-such-preset", "--depth", "63", "--base-dir", str(tmp_path)]) == 2
-    assert "Unknown preset. Received: preset='no-such-preset'" in caplog.text
+    assert main(["--weights", "no-such-preset", "--depth", "63", "--base-dir", str(tmp_path)]) == 2
+    assert "Unknown weights preset" in caplog.text and "Received: weights='no-such-preset'" in caplog.text
     assert not any(tmp_path.iterdir())

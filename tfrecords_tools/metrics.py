@@ -12,26 +12,37 @@ def _hits(scores, labels, k):
     return (scores > label_scores).sum(axis=1) < k
 
 
-def clip_and_video_hits(scores, labels, video_ids, k=(1, 5)):
-    """Hit rates from `scores [N, classes]`, `labels [N]` and `video_ids [N]` (one row per clip).
+def average_by_video(values, labels, video_ids, name="values"):
+    """Mean of `values [N, D]` (clip scores or features) per video, as in the paper.
 
-    Returns a dict with `clip_hit@k` and `video_hit@k` for each k (fractions in [0, 1]),
-    `num_clips` and `num_videos`. Raises if a video's clips disagree on the label."""
-    scores = np.asarray(scores, dtype="float64")
+    Returns `(videos, video_values [V, D], video_labels [V])`, videos in sorted order. Raises if
+    a video's clips disagree on the label."""
+    values = np.asarray(values, dtype="float64")
     labels = np.asarray(labels).astype("int64").reshape(-1)
     video_ids = np.asarray(video_ids).reshape(-1)
-    if scores.ndim != 2 or not len(scores) == len(labels) == len(video_ids) or not len(scores):
-        raise ValueError("Expected scores [N, classes] with N > 0 and N labels and video_ids. Received: "
-                         f"scores.shape={scores.shape}, {len(labels)} labels, {len(video_ids)} video_ids")
+    if values.ndim != 2 or not len(values) == len(labels) == len(video_ids) or not len(values):
+        raise ValueError(f"Expected {name} [N, D] with N > 0 and N labels and video_ids. Received: "
+                         f"{name}.shape={values.shape}, {len(labels)} labels, {len(video_ids)} video_ids")
     videos, video_index = np.unique(video_ids, return_inverse=True)
-    video_scores = np.zeros((len(videos), scores.shape[1]))
-    np.add.at(video_scores, video_index, scores)
-    video_scores /= np.bincount(video_index)[:, None]
+    video_values = np.zeros((len(videos), values.shape[1]))
+    np.add.at(video_values, video_index, values)
+    video_values /= np.bincount(video_index)[:, None]
     video_labels = np.full(len(videos), -1)
     video_labels[video_index] = labels
     if np.any(video_labels[video_index] != labels):
         bad = videos[video_index[video_labels[video_index] != labels][0]].item()
         raise ValueError(f"Expected one label per video. Received: several labels for video_id={bad!r}")
+    return videos, video_values, video_labels
+
+
+def clip_and_video_hits(scores, labels, video_ids, k=(1, 5)):
+    """Hit rates from `scores [N, classes]`, `labels [N]` and `video_ids [N]` (one row per clip).
+
+    Returns a dict with `clip_hit@k` and `video_hit@k` for each k (fractions in [0, 1]),
+    `num_clips` and `num_videos`. Raises if a video's clips disagree on the label."""
+    videos, video_scores, video_labels = average_by_video(scores, labels, video_ids, name="scores")
+    scores = np.asarray(scores, dtype="float64")
+    labels = np.asarray(labels).astype("int64").reshape(-1)
     result = {"num_clips": len(labels), "num_videos": len(videos)}
     for kk in k:
         result[f"clip_hit@{kk}"] = float(_hits(scores, labels, kk).mean())
@@ -39,12 +50,17 @@ def clip_and_video_hits(scores, labels, video_ids, k=(1, 5)):
     return result
 
 
-def evaluate_clips(model, dataset, k=(1, 5)):
-    """Score an `evaluation_dataset` with `model.predict_on_batch` and return
-    `clip_and_video_hits` (the dataset's video ids never reach the model)."""
-    scores, labels, video_ids = [], [], []
+def predict_clips(model, dataset):
+    """Run `model.predict_on_batch` over an `evaluation_dataset`; returns `(outputs, labels,
+    video_ids)` for all clips (the video ids never reach the model)."""
+    outputs, labels, video_ids = [], [], []
     for clips, batch_labels, batch_ids in dataset.as_numpy_iterator():
-        scores.append(np.asarray(model.predict_on_batch(clips)))
+        outputs.append(np.asarray(model.predict_on_batch(clips)))
         labels.append(batch_labels)
         video_ids.append(batch_ids)
-    return clip_and_video_hits(np.concatenate(scores), np.concatenate(labels), np.concatenate(video_ids), k)
+    return np.concatenate(outputs), np.concatenate(labels), np.concatenate(video_ids)
+
+
+def evaluate_clips(model, dataset, k=(1, 5)):
+    """Score an `evaluation_dataset` with `model` and return `clip_and_video_hits`."""
+    return clip_and_video_hits(*predict_clips(model, dataset), k)

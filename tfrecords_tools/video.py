@@ -5,6 +5,7 @@ dropped one at a time, so memory does not grow with resolution times length.
 """
 import dataclasses
 import io
+import os
 
 PAPER_SIZE = (182, 242)  # (height, width) the P3D paper resizes frames to
 INTERPOLATION = "BILINEAR"
@@ -87,6 +88,8 @@ class _FrameIterator:
     def __iter__(self):
         import av
 
+        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise VideoError("empty file (0 bytes)")
         try:
             container = av.open(self.path)
         except (av.error.FFmpegError, UnicodeDecodeError) as error:

@@ -21,6 +21,9 @@ import os
 import pathlib
 import time
 
+import tensorflow as tf  # once, up front, in the main process and in each worker
+
+from . import schema
 from . import video as video_lib
 
 logger = logging.getLogger(__name__)
@@ -141,11 +144,12 @@ def _check_or_write_params(work, params):
     _write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def _write_atomic(path, data):
+def _write_atomic(path, *chunks):
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        for chunk in chunks:
+            f.write(chunk)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -153,15 +157,15 @@ def _write_atomic(path, data):
 
 def convert_item(item, label_index, decode):
     """`(serialised SequenceExample, frame count)` for one item; raises `VideoError`."""
-    from . import schema
-
     clip = video_lib.encode_clip(item.path, decode, item.start, item.end)
     example = schema.make_example(
         encoded_frames=clip.encoded_frames, timestamps_us=clip.timestamps_us, height=clip.height,
         width=clip.width, frame_rate=clip.frame_rate, label_index=label_index,
         label_string=item.label, media_id=item.media_id, start_us=clip.start_us, end_us=clip.end_us,
     )
-    return example.SerializeToString(deterministic=True), len(clip.timestamps_us)
+    frames = len(clip.timestamps_us)
+    del clip  # the example holds its own copy of the JPEGs: keep at most two copies alive
+    return example.SerializeToString(deterministic=True), frames
 
 
 def _convert_task(index, item, label_index, decode, work):
@@ -174,7 +178,7 @@ def _convert_task(index, item, label_index, decode, work):
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the run
         reason = f"{type(error).__name__}: {error}"
     else:
-        _write_atomic(base.with_suffix(".rec"), frames.to_bytes(8, "little") + record)
+        _write_atomic(base.with_suffix(".rec"), frames.to_bytes(8, "little"), record)
         return index, frames, None
     _write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
     return index, 0, reason
@@ -184,8 +188,9 @@ def _read_item(work, index):
     """`(record bytes or None, frames, failure reason or None)` of a finished item, else None."""
     base = pathlib.Path(work) / f"{index:08d}"
     if base.with_suffix(".rec").exists():
-        data = base.with_suffix(".rec").read_bytes()
-        return data[8:], int.from_bytes(data[:8], "little"), None
+        with open(base.with_suffix(".rec"), "rb") as f:
+            frames = int.from_bytes(f.read(8), "little")
+            return f.read(), frames, None
     if base.with_suffix(".fail").exists():
         return None, 0, json.loads(base.with_suffix(".fail").read_text(encoding="utf-8"))["reason"]
     return None
@@ -213,7 +218,7 @@ class _Job:
         if resumed:
             logger.info("Resuming: %d of %d shards already written", resumed, self.num_shards)
         todo = [i for k in pending_shards for i in range(*self.blocks[k])
-                if _read_item(self.work, i) is None]
+                if not self._item_finished(i)]
         counter = Progress(len(self.items) - len(todo), len(self.items), 0, 0, 0, 0.0)
         next_shard = iter(pending_shards)
         shard = next(next_shard, None)
@@ -263,8 +268,6 @@ class _Job:
 
     def _write_shard(self, k):
         """Write shard k from its item files, in order; atomically; then its marker."""
-        import tensorflow as tf
-
         path, tmp = self.path(k), self.path(k).with_name(self.path(k).name + ".tmp")
         records, frames, failures = 0, 0, []
         options = tf.io.TFRecordOptions(compression_type=self.compression or "")

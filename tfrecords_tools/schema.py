@@ -54,11 +54,16 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
         FRAME_RATE: _float([float(frame_rate)]),
         FORMAT: _bytes([image_format.encode("ascii")]),
     })
-    feature_lists = tf.train.FeatureLists(feature_list={
-        ENCODED: tf.train.FeatureList(feature=[_bytes([f]) for f in encoded_frames]),
-        TIMESTAMP: tf.train.FeatureList(feature=[_int64([int(t)]) for t in timestamps_us]),
-    })
-    return tf.train.SequenceExample(context=context, feature_lists=feature_lists)
+    example = tf.train.SequenceExample(context=context)
+    # Filled in place: building Feature messages first and then the list copies every frame
+    # twice more, which for a long video costs several times its JPEG bytes in memory.
+    encoded = example.feature_lists.feature_list[ENCODED].feature
+    for frame in encoded_frames:
+        encoded.add().bytes_list.value.append(frame)
+    timestamps = example.feature_lists.feature_list[TIMESTAMP].feature
+    for t in timestamps_us:
+        timestamps.add().int64_list.value.append(int(t))
+    return example
 
 
 CONTEXT_SPEC = {

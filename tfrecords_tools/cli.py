@@ -1,0 +1,207 @@
+"""`p3d-tfrecords`: convert a video collection into sharded TFRecords, or inspect shards.
+
+    p3d-tfrecords convert --layout folder --root videos/ --output shards/ --workers 8
+    p3d-tfrecords beam --layout csv --csv list.csv --output gs://bucket/shards/data -- --runner=DataflowRunner ...
+    p3d-tfrecords inspect shards/ --contact-sheet sheet.png
+"""
+import argparse
+import json
+import logging
+import os
+import pathlib
+import sys
+import time
+
+from . import sources
+from . import video
+from . import writer
+
+logger = logging.getLogger("p3d_keras.tfrecords_tools")
+
+
+def _size(text):
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"Expected HEIGHTxWIDTH, e.g. 182x242. Received: --size={text!r}")
+    return height, width
+
+
+def _positive(kind):
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value <= 0:
+            raise argparse.ArgumentTypeError(f"Expected a positive {kind.__name__}. Received: {text!r}")
+        return value
+    return parse
+
+
+def _add_input_args(parser):
+    group = parser.add_argument_group("input")
+    group.add_argument("--layout", choices=sources.LAYOUTS, default="folder",
+                       help="folder: <root>/<class>/*.video (also HMDB51); ucf101/hmdb51: with "
+                            "--split-dir; kinetics: --csv rows label,youtube_id,time_start,"
+                            "time_end,split; csv: --csv rows path,label[,start,end]")
+    group.add_argument("--root", help="folder holding the videos (csv: paths are relative to it; "
+                                      "default: the CSV's folder)")
+    group.add_argument("--csv", help="the Kinetics or path,label CSV file")
+    group.add_argument("--split-dir", help="folder with the official split files (UCF101, HMDB51)")
+    group.add_argument("--split", help="train/test (UCF101, HMDB51) or the Kinetics split column value")
+    group.add_argument("--fold", type=int, default=1, help="official split number (default 1)")
+    group.add_argument("--label-file", help="class names in index order (default: sorted names)")
+    group = parser.add_argument_group("frames")
+    group.add_argument("--size", type=_size, default=video.PAPER_SIZE,
+                       help="HEIGHTxWIDTH to resize to (default 182x242, the paper's)")
+    group.add_argument("--short-side", type=_positive(int), help="resize the short side to N, keep aspect")
+    group.add_argument("--fps", type=_positive(float), help="resample to this frame rate")
+    group.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95 (default 90)")
+    group.add_argument("--max-frames", type=_positive(int), help="keep at most N frames per video")
+    group.add_argument("--min-frames", type=_positive(int), default=1,
+                       help="fewer frames is a failure (default 1)")
+    group = parser.add_argument_group("output")
+    group.add_argument("--output", "-o", required=True, help="output folder (beam: file prefix)")
+    group.add_argument("--shards", type=_positive(int), help="number of shards")
+    group.add_argument("--videos-per-shard", type=_positive(int), default=100,
+                       help="sets the shard count when --shards is not given (default 100)")
+    group.add_argument("--gzip", action="store_true", help="GZIP-compress the shards")
+
+
+def _build_parser():
+    parser = argparse.ArgumentParser(prog="p3d-tfrecords", description=__doc__.split("\n")[0])
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert videos into sharded TFRecords (resumable)")
+    _add_input_args(convert)
+    convert.add_argument("--prefix", default="data", help="shard file prefix (default 'data')")
+    convert.add_argument("--workers", type=int, help="worker processes (default: all cores; 0: in-process)")
+    convert.add_argument("--threads", type=int, help="decoder threads per worker (default: cores/workers)")
+    convert.add_argument("--strict", action="store_true", help="exit 1 if any video failed")
+    convert.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    beam = commands.add_parser("beam", help="the same conversion as an Apache Beam pipeline; "
+                                            "arguments after -- go to the Beam runner")
+    _add_input_args(beam)
+    inspect = commands.add_parser("inspect", help="summarise shards and draw a contact sheet")
+    inspect.add_argument("paths", nargs="+", help="shard files or folders of shards")
+    inspect.add_argument("--gzip", action="store_true", help="the shards are GZIP-compressed")
+    inspect.add_argument("--contact-sheet", help="save a PNG grid of one record's frames here")
+    inspect.add_argument("--record", type=int, default=0, help="record for the contact sheet")
+    return parser
+
+
+def _list(args):
+    needs = {"csv": ("csv",), "kinetics": ("csv", "root"), "ucf101": ("root", "split_dir")}
+    for name in needs.get(args.layout, ("root",)):
+        if getattr(args, name) is None:
+            raise ValueError(f"Expected --{name.replace('_', '-')} for --layout {args.layout}. Received: none")
+    return sources.list_videos(args.layout, args.root, csv_path=args.csv, split_dir=args.split_dir,
+                               split=args.split, fold=args.fold, label_file=args.label_file)
+
+
+def _decode_options(args, threads=0):
+    return video.DecodeOptions(size=args.size, short_side=args.short_side, fps=args.fps,
+                               jpeg_quality=args.jpeg_quality, max_frames=args.max_frames,
+                               min_frames=args.min_frames, threads=threads)
+
+
+class _ProgressDisplay:
+    """A bar with videos/s, frames/s and ETA on a terminal; a log line every 10 s otherwise."""
+
+    def __init__(self, stream, interactive):
+        self.stream, self.interactive, self.last = stream, interactive, 0.0
+
+    def __call__(self, p):
+        rate = p.converted + p.failed
+        videos_s = rate / p.elapsed_s if p.elapsed_s else 0.0
+        eta = (p.total - p.done) / videos_s if videos_s else float("nan")
+        text = (f"{p.done}/{p.total} videos ({p.failed} failed) | {videos_s:.2f} videos/s | "
+                f"{p.frames / max(p.elapsed_s, 1e-9):.0f} frames/s | ETA {eta:.0f}s")
+        if self.interactive:
+            filled = int(30 * p.done / p.total)
+            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}\033[K")
+            self.stream.flush()
+        elif p.done == p.total or time.monotonic() - self.last >= 10:
+            self.last = time.monotonic()
+            logger.info("%s", text)
+
+    def close(self):
+        if self.interactive:
+            self.stream.write("\n")
+
+
+def _convert(args):
+    items, label_map = _list(args)
+    workers = os.cpu_count() if args.workers is None else args.workers
+    threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // max(workers, 1))
+    display = _ProgressDisplay(sys.stderr, sys.stderr.isatty() and not args.no_progress)
+    num_shards = args.shards or writer.default_num_shards(len(items), args.videos_per_shard)
+    try:
+        summary = writer.convert(items, label_map, args.output, decode=_decode_options(args, threads),
+                                 num_shards=num_shards, compression="GZIP" if args.gzip else None,
+                                 prefix=args.prefix, workers=workers, on_progress=display)
+    finally:
+        display.close()
+    totals = summary.manifest["totals"]
+    logger.info("Done in %.1fs: %d records (%d frames, %.1f MB) in %d shards, %d failed, %d shards "
+                "kept from an earlier run. Manifest: %s", summary.elapsed_s, totals["records"],
+                totals["frames"], totals["bytes"] / 1e6, len(summary.manifest["shards"]),
+                summary.failed, summary.resumed_shards, pathlib.Path(args.output) / writer.MANIFEST)
+    if summary.failed:
+        logger.warning("%d videos failed; see %s", summary.failed, pathlib.Path(args.output) / writer.FAILURES)
+    if summary.converted == 0 or (args.strict and summary.failed):
+        return 1
+    return 0
+
+
+def _beam(args, pipeline_args):
+    from . import beam
+
+    items, label_map = _list(args)
+    beam.run(items, label_map, args.output, pipeline_args=pipeline_args,
+             decode=_decode_options(args), num_shards=args.shards or 0,
+             compression="GZIP" if args.gzip else None)
+    return 0
+
+
+def _shard_paths(paths):
+    found = []
+    for path in map(pathlib.Path, paths):
+        found.extend(sorted(path.glob("*.tfrecord*")) if path.is_dir() else [path])
+    if not found:
+        raise ValueError(f"Expected shard files or folders holding *.tfrecord. Received: {paths}")
+    return found
+
+
+def _inspect(args):
+    from . import inspect
+
+    paths = _shard_paths(args.paths)
+    compression = "GZIP" if args.gzip else None
+    print(json.dumps(inspect.summarize(paths, compression), indent=1, ensure_ascii=False))
+    if args.contact_sheet:
+        media_id = inspect.contact_sheet(paths, args.contact_sheet, record=args.record,
+                                         compression=compression)
+        print(f"Contact sheet of {media_id!r}: {args.contact_sheet}")
+    return 0
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, pipeline_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        if args.command == "convert":
+            return _convert(args)
+        if args.command == "beam":
+            return _beam(args, pipeline_args)
+        return _inspect(args)
+    except (ValueError, FileNotFoundError) as error:
+        logger.error("%s", error)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,200 @@
+"""PyAV decode -> resized RGB frames -> JPEG bytes + timestamps, streaming frame by frame.
+
+Only the JPEG bytes of the clip (what its record needs) are kept; decoded frames are encoded and
+dropped one at a time, so memory does not grow with resolution times length.
+"""
+import dataclasses
+import io
+import os
+
+PAPER_SIZE = (182, 242)  # (height, width) the P3D paper resizes frames to
+INTERPOLATION = "BILINEAR"
+
+
+class VideoError(Exception):
+    """A video that cannot be converted; `str(error)` is the reason written to failures.jsonl."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """How frames are decoded and encoded.
+
+    size: `(height, width)` to resize to; ignored when `short_side` is given.
+    short_side: resize so the shorter side is this many pixels, keeping the aspect ratio.
+    fps: resample to this frame rate (None keeps every decoded frame).
+    jpeg_quality: 1..95. max_frames: keep at most this many frames.
+    min_frames: fewer decoded frames is a failure. threads: decoder threads (0 = FFmpeg picks).
+    """
+    size: tuple = PAPER_SIZE
+    short_side: int | None = None
+    fps: float | None = None
+    jpeg_quality: int = 90
+    max_frames: int | None = None
+    min_frames: int = 1
+    threads: int = 0
+
+    def __post_init__(self):
+        _check(self.size is not None and len(self.size) == 2 and min(self.size) > 0,
+               "size to be (height, width) with positive sides", size=self.size)
+        _check(self.short_side is None or self.short_side > 0,
+               "short_side to be a positive int or None", short_side=self.short_side)
+        _check(self.fps is None or self.fps > 0, "fps to be positive or None", fps=self.fps)
+        _check(1 <= self.jpeg_quality <= 95, "jpeg_quality in 1..95", jpeg_quality=self.jpeg_quality)
+        _check(self.max_frames is None or self.max_frames > 0,
+               "max_frames to be a positive int or None", max_frames=self.max_frames)
+        _check(self.min_frames >= 1, "min_frames >= 1", min_frames=self.min_frames)
+        _check(self.threads >= 0, "threads >= 0", threads=self.threads)
+
+    def output_size(self, height, width):
+        """`(height, width)` of the encoded frames for a source of `height x width`."""
+        if self.short_side is None:
+            return tuple(int(s) for s in self.size)
+        scale = self.short_side / min(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _check(ok, expected, **received):
+    if not ok:
+        shown = ", ".join(f"{k}={v!r}" for k, v in received.items())
+        raise ValueError(f"Expected {expected}. Received: {shown}")
+
+
+@dataclasses.dataclass
+class Clip:
+    """The encoded frames of one video or segment."""
+    encoded_frames: list
+    timestamps_us: list
+    height: int
+    width: int
+    frame_rate: float
+    start_us: int
+    end_us: int
+
+
+def iter_frames(path, options, start=None, end=None):
+    """Yield `(timestamp_us from the clip start, av.VideoFrame)`, after segment selection, fps
+    resampling and the frame cap. Also returns the source frame rate through `.frame_rate`."""
+    return _FrameIterator(path, options, start, end)
+
+
+class _FrameIterator:
+    def __init__(self, path, options, start, end):
+        self.path, self.options = str(path), options
+        self.start_us = int(round((start or 0.0) * 1e6))
+        self.end_us = None if end is None else int(round(end * 1e6))
+        self.frame_rate = None
+        self.duration_us = None
+
+    def __iter__(self):
+        import av
+
+        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
+            raise VideoError("empty file (0 bytes)")
+        try:
+            container = av.open(self.path)
+        except (av.error.FFmpegError, UnicodeDecodeError) as error:
+            raise VideoError(f"unreadable: {error}") from error
+        with container:
+            if not container.streams.video:
+                raise VideoError("not a video: no video stream")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            stream.codec_context.thread_count = self.options.threads
+            self.frame_rate = float(stream.average_rate or stream.guessed_rate or 0) or None
+            self.duration_us = _duration_us(container, stream)
+            yield from self._select(self._decode(container, stream))
+
+    def _decode(self, container, stream):
+        """(timestamp from the clip start in us, frame) of every decoded frame in the segment."""
+        import av
+
+        origin = stream.start_time or 0
+        if self.start_us > 0:
+            container.seek(int(self.start_us / 1e6 / stream.time_base) + origin, stream=stream)
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                t_us = int(round(float((frame.pts - origin) * stream.time_base) * 1e6))
+                if t_us < self.start_us:
+                    continue
+                if self.end_us is not None and t_us >= self.end_us:
+                    return
+                yield t_us - self.start_us, frame
+        except av.error.FFmpegError as error:
+            raise VideoError(f"decode error: {error}") from error
+
+    def _select(self, frames):
+        """Fps resampling (each target time takes the first frame at or after it) + frame cap."""
+        fps, cap = self.options.fps, self.options.max_frames
+        count = 0
+        target = 0
+        for t_us, frame in frames:
+            if fps is None:
+                emitted = [t_us]
+            else:
+                emitted = []
+                while round(target * 1e6 / fps) <= t_us:
+                    emitted.append(round(target * 1e6 / fps))
+                    target += 1
+            for out_us in emitted:
+                yield out_us, frame
+                count += 1
+                if cap is not None and count >= cap:
+                    return
+
+
+def _duration_us(container, stream):
+    if stream.duration is not None:
+        return int(float(stream.duration * stream.time_base) * 1e6)
+    if container.duration is not None:
+        return int(container.duration)  # av.time_base is microseconds
+    return None
+
+
+def encode_jpeg(frame, height, width, quality):
+    """JPEG bytes of `frame` resized to `height x width` (deterministic for a fixed quality)."""
+    image = frame.reformat(width=width, height=height, format="rgb24",
+                           interpolation=INTERPOLATION).to_image()
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def encode_clip(path, options=DecodeOptions(), start=None, end=None):
+    """Decode `path` (optionally the segment `[start, end)` seconds) into a `Clip`.
+
+    Raises `VideoError` (with the reason) for unreadable, non-video, truncated, empty or too
+    short inputs."""
+    frames = iter_frames(path, options, start, end)
+    encoded, timestamps = [], []
+    size = None
+    last_jpeg, last_frame = None, None
+    for t_us, frame in frames:
+        if size is None:
+            size = options.output_size(frame.height, frame.width)
+        if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
+            last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality), frame
+        encoded.append(last_jpeg)
+        timestamps.append(t_us)
+    _check_complete(frames, options, timestamps, end)
+    frame_rate = options.fps or frames.frame_rate or 0.0
+    start_us = frames.start_us
+    end_us = start_us + (timestamps[-1] + round(1e6 / frame_rate) if frame_rate else timestamps[-1])
+    return Clip(encoded, timestamps, size[0], size[1], float(frame_rate), start_us, end_us)
+
+
+def _check_complete(frames, options, timestamps, end):
+    if not timestamps:
+        raise VideoError("zero frames decoded")
+    if len(timestamps) < options.min_frames:
+        raise VideoError(f"too short: {len(timestamps)} frames < min_frames={options.min_frames}")
+    capped = options.max_frames is not None and len(timestamps) >= options.max_frames
+    expected_us = frames.duration_us if end is None else None
+    if capped or not expected_us or not frames.frame_rate:
+        return
+    reached_us = frames.start_us + timestamps[-1] + 1e6 / frames.frame_rate
+    if reached_us < 0.9 * expected_us - 2e6 / frames.frame_rate:
+        raise VideoError(
+            f"truncated: decoded up to {reached_us / 1e6:.2f}s of {expected_us / 1e6:.2f}s"
+        )

@@ -1,0 +1,327 @@
+"""Items -> sharded TFRecords: deterministic shard assignment, a worker pool, atomic shard files,
+a manifest, failures.jsonl, and resume after any interruption (even `kill -9`).
+
+How it stays deterministic, bounded and resumable:
+- items are ordered by a hash of their media id (classes mixed, order fixed) and shard k takes
+  the k-th contiguous block of that order, so shards fill up one after another;
+- workers convert one video per task, in any order, and write its serialised record (or its
+  failure reason) to `<out>/.work/<item>.rec|.fail` atomically; the main process writes shard k
+  from those files, in the fixed order, one record in memory at a time, once its block is done;
+- a shard is written to a temporary name and renamed, then a per-shard marker (record count,
+  sha256, failures) is written, then its item files are removed. A rerun keeps every shard that
+  has a marker and redoes only the unfinished items.
+"""
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import pathlib
+import time
+
+import tensorflow as tf  # once, up front, in the main process and in each worker
+
+from . import schema
+from . import video as video_lib
+
+logger = logging.getLogger(__name__)
+
+WORK_DIR = ".work"
+MANIFEST = "manifest.json"
+FAILURES = "failures.jsonl"
+LABELS = "labels.txt"
+COMPRESSIONS = (None, "GZIP")
+
+
+@dataclasses.dataclass
+class Progress:
+    """A snapshot passed to `on_progress` after every finished video."""
+    done: int
+    total: int
+    converted: int
+    failed: int
+    frames: int
+    elapsed_s: float
+
+
+@dataclasses.dataclass
+class Summary:
+    """What `convert` did. `manifest` is the content of manifest.json."""
+    output_dir: str
+    manifest: dict
+    failures: list
+    resumed_shards: int
+    elapsed_s: float
+
+    @property
+    def converted(self):
+        return self.manifest["totals"]["records"]
+
+    @property
+    def failed(self):
+        return len(self.failures)
+
+
+def shard_name(prefix, index, num_shards):
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+
+
+def default_num_shards(num_items, videos_per_shard=100):
+    return max(1, -(-num_items // videos_per_shard))
+
+
+def shard_order(items):
+    """Items in a fixed order that mixes classes: by sha1 of the media id."""
+    return sorted(items, key=lambda item: hashlib.sha1(item.media_id.encode("utf-8")).hexdigest())
+
+
+def shard_blocks(num_items, num_shards):
+    """`[(first, stop), ...]`: balanced contiguous blocks (sizes differ by at most one)."""
+    return [(k * num_items // num_shards, (k + 1) * num_items // num_shards)
+            for k in range(num_shards)]
+
+
+def convert(items, label_map, output_dir, *, decode=video_lib.DecodeOptions(), num_shards=None,
+            prefix="data", compression=None, workers=None, on_progress=None):
+    """Convert `items` (`sources.VideoItem`s) into `num_shards` TFRecord shards in `output_dir`.
+
+    workers: processes (None = all cores, 0 = in this process). compression: None or "GZIP".
+    Rerunning with the same arguments after an interruption resumes; different arguments in a
+    non-empty output dir raise. Returns a `Summary`; failed videos are skipped and listed in
+    failures.jsonl."""
+    items = shard_order(items)
+    num_shards = default_num_shards(len(items)) if num_shards is None else num_shards
+    _validate(items, num_shards, compression, workers)
+    out = pathlib.Path(output_dir)
+    work = out / WORK_DIR
+    work.mkdir(parents=True, exist_ok=True)
+    params = _params(items, label_map, decode, num_shards, prefix, compression)
+    _check_or_write_params(work, params)
+    job = _Job(items, label_map, decode, out, work, prefix, compression, num_shards)
+    started = time.monotonic()
+    resumed = job.run(workers, on_progress, started)
+    manifest, failures = job.finish(params)
+    return Summary(str(out), manifest, failures, resumed, time.monotonic() - started)
+
+
+def _validate(items, num_shards, compression, workers):
+    if not items:
+        raise ValueError("Expected at least one video to convert. Received: 0 items")
+    if not isinstance(num_shards, int) or num_shards < 1:
+        raise ValueError(f"Expected num_shards to be a positive int. Received: num_shards={num_shards!r}")
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"Expected compression in {COMPRESSIONS}. Received: compression={compression!r}")
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"Expected workers to be an int >= 0 or None. Received: workers={workers!r}")
+
+
+def _params(items, label_map, decode, num_shards, prefix, compression):
+    listing = json.dumps([dataclasses.astuple(item) for item in items]).encode("utf-8")
+    return {
+        "decode": dataclasses.asdict(decode),
+        "num_shards": num_shards,
+        "prefix": prefix,
+        "compression": compression,
+        "labels": sorted(label_map, key=label_map.get),
+        "num_items": len(items),
+        "items_sha256": hashlib.sha256(listing).hexdigest(),
+    }
+
+
+def _check_or_write_params(work, params):
+    path = work / "params.json"
+    if path.exists():
+        previous = json.loads(path.read_text(encoding="utf-8"))
+        if previous != json.loads(json.dumps(params)):
+            changed = sorted(k for k in params if previous.get(k) != json.loads(json.dumps(params[k])))
+            raise ValueError(
+                f"Expected the same inputs and parameters as the unfinished run in "
+                f"{work.parent} (or an empty output dir). Received: changed {changed}"
+            )
+        return
+    _write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
+
+
+def _write_atomic(path, *chunks):
+    path = pathlib.Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def convert_item(item, label_index, decode):
+    """`(serialised SequenceExample, frame count)` for one item; raises `VideoError`."""
+    clip = video_lib.encode_clip(item.path, decode, item.start, item.end)
+    example = schema.make_example(
+        encoded_frames=clip.encoded_frames, timestamps_us=clip.timestamps_us, height=clip.height,
+        width=clip.width, frame_rate=clip.frame_rate, label_index=label_index,
+        label_string=item.label, media_id=item.media_id, start_us=clip.start_us, end_us=clip.end_us,
+    )
+    frames = len(clip.timestamps_us)
+    del clip  # the example holds its own copy of the JPEGs: keep at most two copies alive
+    return example.SerializeToString(deterministic=True), frames
+
+
+def _convert_task(index, item, label_index, decode, work):
+    """Worker task: convert one item and leave `<index>.rec` or `<index>.fail` in `work`."""
+    base = pathlib.Path(work) / f"{index:08d}"
+    try:
+        record, frames = convert_item(item, label_index, decode)
+    except video_lib.VideoError as error:
+        reason = str(error)
+    except Exception as error:  # noqa: BLE001 - one bad file must not stop the run
+        reason = f"{type(error).__name__}: {error}"
+    else:
+        _write_atomic(base.with_suffix(".rec"), frames.to_bytes(8, "little"), record)
+        return index, frames, None
+    _write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
+    return index, 0, reason
+
+
+def _read_item(work, index):
+    """`(record bytes or None, frames, failure reason or None)` of a finished item, else None."""
+    base = pathlib.Path(work) / f"{index:08d}"
+    if base.with_suffix(".rec").exists():
+        with open(base.with_suffix(".rec"), "rb") as f:
+            frames = int.from_bytes(f.read(8), "little")
+            return f.read(), frames, None
+    if base.with_suffix(".fail").exists():
+        return None, 0, json.loads(base.with_suffix(".fail").read_text(encoding="utf-8"))["reason"]
+    return None
+
+
+class _Job:
+    def __init__(self, items, label_map, decode, out, work, prefix, compression, num_shards):
+        self.items, self.label_map, self.decode = items, label_map, decode
+        self.out, self.work, self.prefix = out, work, prefix
+        self.compression, self.num_shards = compression, num_shards
+        self.blocks = shard_blocks(len(items), num_shards)
+
+    def marker(self, k):
+        return self.work / f"shard-{k:05d}.json"
+
+    def path(self, k):
+        return self.out / shard_name(self.prefix, k, self.num_shards)
+
+    def shard_done(self, k):
+        return self.marker(k).exists() and self.path(k).exists()
+
+    def run(self, workers, on_progress, started):
+        pending_shards = [k for k in range(self.num_shards) if not self.shard_done(k)]
+        resumed = self.num_shards - len(pending_shards)
+        if resumed:
+            logger.info("Resuming: %d of %d shards already written", resumed, self.num_shards)
+        todo = [i for k in pending_shards for i in range(*self.blocks[k])
+                if not self._item_finished(i)]
+        counter = Progress(len(self.items) - len(todo), len(self.items), 0, 0, 0, 0.0)
+        next_shard = iter(pending_shards)
+        shard = next(next_shard, None)
+        for index, frames, reason in self._execute(todo, workers):
+            counter.converted += reason is None
+            counter.failed += reason is not None
+            counter.frames += frames
+            counter.done += 1
+            counter.elapsed_s = time.monotonic() - started
+            if reason is not None:
+                logger.warning("Skipped %s: %s", self.items[index].path, reason)
+            if on_progress is not None:
+                on_progress(dataclasses.replace(counter))
+            while shard is not None and self._block_finished(shard):
+                self._write_shard(shard)
+                shard = next(next_shard, None)
+        while shard is not None:  # shards with nothing left to convert
+            self._write_shard(shard)
+            shard = next(next_shard, None)
+        return resumed
+
+    def _execute(self, todo, workers):
+        args = [(i, self.items[i], self.label_map[self.items[i].label], self.decode, str(self.work))
+                for i in todo]
+        if workers == 0:
+            yield from (_convert_task(*a) for a in args)
+            return
+        workers = workers or os.cpu_count() or 1
+        context = multiprocessing.get_context("spawn")  # never fork a process that loaded TF
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            pending, queue = set(), iter(args)
+            for a in queue:  # keep a bounded number of tasks in flight
+                pending.add(pool.submit(_convert_task, *a))
+                if len(pending) >= 2 * workers:
+                    done, pending = concurrent.futures.wait(
+                        pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                    yield from (f.result() for f in done)
+            for future in concurrent.futures.as_completed(pending):
+                yield future.result()
+
+    def _block_finished(self, k):
+        return all(self._item_finished(i) for i in range(*self.blocks[k]))
+
+    def _item_finished(self, i):
+        base = self.work / f"{i:08d}"
+        return base.with_suffix(".rec").exists() or base.with_suffix(".fail").exists()
+
+    def _write_shard(self, k):
+        """Write shard k from its item files, in order; atomically; then its marker."""
+        path, tmp = self.path(k), self.path(k).with_name(self.path(k).name + ".tmp")
+        records, frames, failures = 0, 0, []
+        options = tf.io.TFRecordOptions(compression_type=self.compression or "")
+        with tf.io.TFRecordWriter(str(tmp), options) as writer:
+            for i in range(*self.blocks[k]):
+                record, item_frames, reason = _read_item(self.work, i)
+                if reason is not None:
+                    failures.append({"path": self.items[i].path, "media_id": self.items[i].media_id,
+                                     "reason": reason})
+                    continue
+                writer.write(record)
+                records, frames = records + 1, frames + item_frames
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        marker = {"file": path.name, "records": records, "frames": frames,
+                  "sha256": _sha256(path), "bytes": path.stat().st_size, "failures": failures}
+        _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
+        for i in range(*self.blocks[k]):
+            for suffix in (".rec", ".fail"):
+                (self.work / f"{i:08d}").with_suffix(suffix).unlink(missing_ok=True)
+        logger.info("Wrote %s (%d records, %d frames)", path.name, records, frames)
+
+    def finish(self, params):
+        """Check kept shards, then write labels.txt, failures.jsonl and manifest.json."""
+        shards, failures = [], []
+        for k in range(self.num_shards):
+            marker = json.loads(self.marker(k).read_text(encoding="utf-8"))
+            if _sha256(self.path(k)) != marker["sha256"]:
+                raise RuntimeError(
+                    f"Expected {self.path(k)} to match its sha256 {marker['sha256']}. "
+                    f"Received: a modified file; delete it and rerun to rewrite it"
+                )
+            failures.extend(marker.pop("failures"))
+            shards.append(marker)
+        labels = params["labels"]
+        _write_atomic(self.out / LABELS, "".join(f"{name}\n" for name in labels).encode("utf-8"))
+        _write_atomic(self.out / FAILURES, "".join(
+            json.dumps(f, ensure_ascii=False, sort_keys=True) + "\n" for f in failures
+        ).encode("utf-8"))
+        manifest = {
+            "params": params,
+            "shards": shards,
+            "totals": {"videos": len(self.items), "records": sum(s["records"] for s in shards),
+                       "failed": len(failures), "frames": sum(s["frames"] for s in shards),
+                       "bytes": sum(s["bytes"] for s in shards)},
+        }
+        _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+        return manifest, failures
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

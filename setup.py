@@ -14,15 +14,15 @@ def read_version():
 
 
 EXTRAS = {
-    "tf": ["tensorflow>=2.16"],
-    "tf-cpu": ["tensorflow-cpu>=2.16"],
+    "tf": ["tensorflow>=2.16", "tensorboard"],
+    "tf-cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
     "video": ["av>=12", "pillow>=9"],
     "plots": ["matplotlib>=3.6"],
     "beam": ["apache-beam[tfrecord]>=2.50"],
     "jax": ["jax[cpu]>=0.4.30"],
 }
 EXTRAS["test"] = sorted(set(
-    ["pytest>=7", "tensorflow-cpu==2.21.0", "torch==2.13.0", "scikit-video"]
+    ["pytest>=7", "tensorflow-cpu==2.21.0", "tensorboard", "torch==2.13.0", "scikit-video"]
     + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"]
 ))
 

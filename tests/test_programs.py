@@ -1,0 +1,180 @@
+"""The programs (train, evaluate, extract-features, predict, demo), run in-process on tiny data."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from p3d_keras import evaluation, features, predict, training
+from p3d_keras.applications import P3DResNet
+from shard_fixtures import write_shards
+
+MODEL_ARGS = ["--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Train and test shard folders (converter layout: shards + labels.txt) of 3 classes."""
+    root = tmp_path_factory.mktemp("programs")
+    for split, n in (("train", 12), ("test", 6)):
+        folder = root / split
+        folder.mkdir()
+        write_shards(folder, [(20 + i, i % 3) for i in range(n)], num_shards=2, prefix=split, height=36, width=40)
+        (folder / "labels.txt").write_text("jump\nrun\nsit\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def trained(shards, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained")
+    code = training.main(["--train", str(shards / "train"), "--val", str(shards / "test"), "--out", str(out),
+                          "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--seed", "1", "--verbose", "0",
+                          *MODEL_ARGS])
+    assert code == 0
+    return out
+
+
+def test_train_writes_models_and_logs(trained):
+    assert {"last.keras", "best.keras", "log.csv", "tensorboard"} <= set(os.listdir(trained))
+    rows = list(csv.DictReader(open(trained / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "accuracy", "val_accuracy", "top5"} <= set(rows[0])
+    model = keras.saving.load_model(trained / "last.keras")
+    assert model.output_shape == (None, 3) and model.input_shape == (None, 16, 32, 32, 3)
+
+
+def test_training_resumes_after_an_interruption(shards, tmp_path, monkeypatch):
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt("simulated crash")
+
+    make_callbacks = training.training_callbacks
+    monkeypatch.setattr(training, "training_callbacks", lambda *a, **k: make_callbacks(*a, **k) + [Crash()])
+    args = ["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "3", "--batch-size", "4",
+            "--seed", "2", "--verbose", "0", *MODEL_ARGS]
+    with pytest.raises(KeyboardInterrupt):
+        training.main(args)
+    monkeypatch.setattr(training, "training_callbacks", make_callbacks)
+    history = training.run(training.build_parser().parse_args(args))
+    assert len(history.history["loss"]) == 1  # only epoch 2 was left
+    assert [int(r["epoch"]) for r in csv.DictReader(open(tmp_path / "log.csv"))] == [0, 1, 2]
+
+
+def test_partial_bn_freezes_all_but_the_first():
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
+    bns = training.batch_norm_layers(model)
+    assert training.apply_partial_bn(model) == len(bns) - 1
+    assert bns[0].name == "bn_conv1" and bns[0].trainable and not any(b.trainable for b in bns[1:])
+    before = [b.moving_mean.numpy().copy() for b in bns[:2]]
+    training.compile_for_training(model, schedule=0.01, partial_bn=False)
+    model.train_on_batch(np.random.default_rng(0).normal(size=(2, 16, 32, 32, 3)).astype("float32"), np.array([0, 1]))
+    assert not np.allclose(bns[0].moving_mean.numpy(), before[0])
+    np.testing.assert_array_equal(bns[1].moving_mean.numpy(), before[1])
+
+
+def test_learning_rate_schedules():
+    step = training.learning_rate_schedule("step", 0.1, steps_per_epoch=10, epochs=9, step_epochs=[3, 6])
+    assert [float(step(s)) for s in (0, 29, 31, 61)] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    cosine = training.learning_rate_schedule("cosine", 0.1, steps_per_epoch=10, epochs=2)
+    assert float(cosine(0)) == pytest.approx(0.1) and float(cosine(10)) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="Received: schedule='linear'"):
+        training.learning_rate_schedule("linear", 0.1, 1, 1)
+    with pytest.raises(ValueError, match="needs the JAX backend"):
+        with training.distribution_scope("data-parallel"):
+            pass
+
+
+@pytest.mark.parametrize("backend, distribute, setup", [
+    ("tensorflow", "mirrored", "import tensorflow as tf; cpu = tf.config.list_physical_devices('CPU')[0]; "
+                               "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)"),
+    ("jax", "data-parallel", "import jax; assert len(jax.devices()) == 2"),
+])
+def test_multi_device_training(shards, tmp_path, backend, distribute, setup):
+    env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    argv = ["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "4",
+            "--distribute", distribute, "--verbose", "0", *MODEL_ARGS]
+    code = f"{setup}\nimport sys\nfrom p3d_keras.training import main\nsys.exit(main({argv!r}))"
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.exists(tmp_path / "last.keras")
+    if distribute == "mirrored":
+        assert "CPU:1" in result.stderr  # MirroredStrategy logs its devices
+
+
+def test_evaluation_report_against_hand_computed_values():
+    scores = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1],    # video a (label 0): mean [0.4, 0.5, 0.1] -> 1
+                       [0.1, 0.2, 0.7], [0.1, 0.1, 0.8],    # video b (label 2): -> 2
+                       [0.5, 0.4, 0.1]])                    # video c (label 1): -> 0
+    report = evaluation.evaluation_report(scores, [0, 0, 2, 2, 1], ["a", "a", "b", "b", "c"], ["x", "y", "z"])
+    assert report["clip_hit@1"] == pytest.approx(3 / 5) and report["video_hit@1"] == pytest.approx(1 / 3)
+    assert report["confusion_matrix"] == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
+    assert report["per_class_accuracy"]["z"] == {"videos": 1, "accuracy": 1.0}
+    assert report["per_class_accuracy"]["x"]["accuracy"] == 0.0
+
+
+def test_evaluate_program(shards, trained, tmp_path):
+    out = tmp_path / "eval"
+    assert evaluation.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "2",
+                            "--model", str(trained / "last.keras")]) == 0
+    report = json.load(open(out / "report.json"))
+    assert report["num_videos"] == 6 and report["num_clips"] == 12
+    assert report["classes"] == ["jump", "run", "sit"]
+    assert sum(map(sum, report["confusion_matrix"])) == 6
+    assert 0 <= report["video_hit@1"] <= report["video_hit@5"] == 1.0
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_extract_features_program(shards, trained, tmp_path):
+    out = tmp_path / "features.npz"
+    assert features.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "3",
+                          "--model", str(trained / "last.keras")]) == 0
+    data = np.load(out)
+    assert data["clip_features"].shape == (18, 128) and data["video_features"].shape == (6, 128)
+    first = data["video_ids"][0]
+    np.testing.assert_allclose(data["video_features"][0],
+                               data["clip_features"][data["clip_video_ids"] == first].mean(axis=0), rtol=1e-5)
+    assert sorted(data["video_ids"]) == [f"v{i}" for i in range(6)]
+    assert features.main(["--data", str(shards / "test"), "--out", str(tmp_path / "f.txt"), *MODEL_ARGS]) == 2
+
+
+def test_predict_program(trained, tmp_path, capsys):
+    from p3d_keras import export, synthetic
+
+    rng = np.random.default_rng(0)
+    video = tmp_path / "clip.mp4"
+    synthetic.write_video(video, synthetic.render_clip("move_left", rng, frames=24, size=48))
+    assert predict.main([str(video), "--model", str(trained / "last.keras"), "--labels",
+                         str(trained.parent / "dummy")]) == 2  # a missing labels file is reported
+    labels = tmp_path / "labels.txt"
+    labels.write_text("jump\nrun\nsit\n")
+    assert predict.main([str(video), "--model", str(trained / "last.keras"), "--labels", str(labels),
+                         "--top", "3", "--num-clips", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "clip.mp4" in printed and all(name in printed for name in ("jump", "run", "sit"))
+    model = keras.saving.load_model(trained / "last.keras")
+    saved = export.export_saved_model(model, tmp_path / "serving", labels=["jump", "run", "sit"], top_k=3,
+                                      warmup=False)
+    frames = predict.read_video(str(video))
+    probabilities, top_labels = predict.predict_saved_model(frames, saved)
+    assert probabilities.shape == (3,) and set(top_labels) == {"jump", "run", "sit"}
+    np.testing.assert_allclose(probabilities, predict.predict_video(frames, model, num_clips=1), atol=1e-5)
+    with pytest.raises(ValueError, match="at least 16 frames. Received: 8 frames"):
+        predict.window_starts(8, 16, 2)
+
+
+def test_demo_fast_mode(tmp_path):
+    from p3d_keras import demo
+
+    summary = demo.run_demo(str(tmp_path), demo.FAST)
+    assert summary["test_videos"] == 16
+    assert set(summary["p3d"]["pairs"]) == {"/".join(p) for p in demo.PAIRS}
+    assert os.path.exists(os.path.join(summary["saved_model"], "saved_model.pb"))
+    assert open(summary["picture"], "rb").read(4) == b"\x89PNG"
+    assert "video accuracy" in demo.format_summary(summary)

@@ -44,6 +44,8 @@ class Progress:
     failed: int
     frames: int
     elapsed_s: float
+    last_media_id: str = ""
+    last_frames: int = 0
 
 
 @dataclasses.dataclass
@@ -119,8 +121,10 @@ def _validate(items, num_shards, compression, workers):
 
 def _params(items, label_map, decode, num_shards, prefix, compression):
     listing = json.dumps([dataclasses.astuple(item) for item in items]).encode("utf-8")
+    decode = dataclasses.asdict(decode)
+    del decode["threads"]  # changes speed, not records: a resume may use other --workers/--threads
     return {
-        "decode": dataclasses.asdict(decode),
+        "decode": decode,
         "num_shards": num_shards,
         "prefix": prefix,
         "compression": compression,
@@ -228,6 +232,7 @@ class _Job:
             counter.frames += frames
             counter.done += 1
             counter.elapsed_s = time.monotonic() - started
+            counter.last_media_id, counter.last_frames = self.items[index].media_id, frames
             if reason is not None:
                 logger.warning("Skipped %s: %s", self.items[index].path, reason)
             if on_progress is not None:

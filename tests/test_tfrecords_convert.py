@@ -157,3 +157,14 @@ def test_cli_bad_arguments_name_the_argument(tmp_path, capsys):
         cli.main(["convert", "--root", str(tmp_path), "--output", str(tmp_path), "--size", "big"])
     assert "Expected HEIGHTxWIDTH" in capsys.readouterr().err
     assert cli.main(["convert", "--layout", "csv", "--output", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow  # spawns several worker pools, each importing TensorFlow
+def test_a_crashing_worker_costs_only_its_video(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "_convert_task", fx.crashing_task)
+    items = [sources.VideoItem(str(fx.make_video(tmp_path / "in" / name, "h264", 3)), "a", name)
+             for name in ("v1", "v2", "crash", "v3")]
+    summary = writer.convert(items, {"a": 0}, tmp_path / "out", decode=DECODE, workers=1)
+    assert summary.converted == 3
+    assert [f["media_id"] for f in summary.failures] == ["crash"]
+    assert summary.failures[0]["reason"].startswith("worker process crashed")

@@ -222,6 +222,8 @@ class _Job:
         resumed = self.num_shards - len(pending_shards)
         if resumed:
             logger.info("Resuming: %d of %d shards already written", resumed, self.num_shards)
+        for k in set(range(self.num_shards)) - set(pending_shards):
+            self._remove_items(k)  # left behind by a run killed right after writing shard k
         todo = [i for k in pending_shards for i in range(*self.blocks[k])
                 if not self._item_finished(i)]
         counter = Progress(len(self.items) - len(todo), len(self.items), 0, 0, 0, 0.0)
@@ -290,10 +292,13 @@ class _Job:
         marker = {"file": path.name, "records": records, "frames": frames,
                   "sha256": _sha256(path), "bytes": path.stat().st_size, "failures": failures}
         _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
+        self._remove_items(k)
+        logger.info("Wrote %s (%d records, %d frames)", path.name, records, frames)
+
+    def _remove_items(self, k):
         for i in range(*self.blocks[k]):
             for suffix in (".rec", ".fail"):
                 (self.work / f"{i:08d}").with_suffix(suffix).unlink(missing_ok=True)
-        logger.info("Wrote %s (%d records, %d frames)", path.name, records, frames)
 
     def finish(self, params):
         """Check kept shards, then write labels.txt, failures.jsonl and manifest.json."""

@@ -293,7 +293,7 @@ class _Job:
                   "sha256": _sha256(path), "bytes": path.stat().st_size, "failures": failures}
         _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
         self._remove_items(k)
-        logger.info("Wrote %s (%d records, %d frames)", path.name, records, frames)
+        logger.debug("Wrote %s (%d records, %d frames)", path.name, records, frames)
 
     def _remove_items(self, k):
         for i in range(*self.blocks[k]):

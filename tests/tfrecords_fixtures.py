@@ -65,3 +65,14 @@ def make_bad_files(folder):
     files["truncated_webm"].write_bytes(whole[: len(whole) * 6 // 10])
     (folder / "whole.webm").unlink()
     return files
+
+
+def crashing_task(index, item, *args):
+    """`writer._convert_task`, except that a worker given a media id containing "crash" dies."""
+    import os
+
+    from p3d_keras.tfrecords_tools import writer
+
+    if "crash" in item.media_id:
+        os._exit(3)
+    return writer._convert_task(index, item, *args)

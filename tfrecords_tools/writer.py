@@ -11,6 +11,7 @@ How it stays deterministic, bounded and resumable:
   sha256, failures) is written, then its item files are removed. A rerun keeps every shard that
   has a marker and redoes only the unfinished items.
 """
+import collections
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -44,6 +45,8 @@ class Progress:
     failed: int
     frames: int
     elapsed_s: float
+    last_media_id: str = ""
+    last_frames: int = 0
 
 
 @dataclasses.dataclass
@@ -119,8 +122,10 @@ def _validate(items, num_shards, compression, workers):
 
 def _params(items, label_map, decode, num_shards, prefix, compression):
     listing = json.dumps([dataclasses.astuple(item) for item in items]).encode("utf-8")
+    decode = dataclasses.asdict(decode)
+    del decode["threads"]  # changes speed, not records: a resume may use other --workers/--threads
     return {
-        "decode": dataclasses.asdict(decode),
+        "decode": decode,
         "num_shards": num_shards,
         "prefix": prefix,
         "compression": compression,
@@ -217,6 +222,8 @@ class _Job:
         resumed = self.num_shards - len(pending_shards)
         if resumed:
             logger.info("Resuming: %d of %d shards already written", resumed, self.num_shards)
+        for k in set(range(self.num_shards)) - set(pending_shards):
+            self._remove_items(k)  # left behind by a run killed right after writing shard k
         todo = [i for k in pending_shards for i in range(*self.blocks[k])
                 if not self._item_finished(i)]
         counter = Progress(len(self.items) - len(todo), len(self.items), 0, 0, 0, 0.0)
@@ -228,6 +235,7 @@ class _Job:
             counter.frames += frames
             counter.done += 1
             counter.elapsed_s = time.monotonic() - started
+            counter.last_media_id, counter.last_frames = self.items[index].media_id, frames
             if reason is not None:
                 logger.warning("Skipped %s: %s", self.items[index].path, reason)
             if on_progress is not None:
@@ -241,23 +249,21 @@ class _Job:
         return resumed
 
     def _execute(self, todo, workers):
-        args = [(i, self.items[i], self.label_map[self.items[i].label], self.decode, str(self.work))
-                for i in todo]
+        """Yield `_convert_task` results. A worker that dies (a decoder crash) breaks the pool:
+        the videos it had in flight are then retried one at a time, and the one that kills its
+        worker alone is recorded as failed; the others continue in a new pool."""
+        args = collections.deque(
+            (i, self.items[i], self.label_map[self.items[i].label], self.decode, str(self.work))
+            for i in todo)
         if workers == 0:
             yield from (_convert_task(*a) for a in args)
             return
         workers = workers or os.cpu_count() or 1
-        context = multiprocessing.get_context("spawn")  # never fork a process that loaded TF
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-            pending, queue = set(), iter(args)
-            for a in queue:  # keep a bounded number of tasks in flight
-                pending.add(pool.submit(_convert_task, *a))
-                if len(pending) >= 2 * workers:
-                    done, pending = concurrent.futures.wait(
-                        pending, return_when=concurrent.futures.FIRST_COMPLETED)
-                    yield from (f.result() for f in done)
-            for future in concurrent.futures.as_completed(pending):
-                yield future.result()
+        while args:
+            suspects = yield from _run_pool(args, workers)
+            for a in suspects:  # alone, so a crash is the suspect's own
+                if (yield from _run_pool(collections.deque([a]), 1)):
+                    yield _record_crash(*a)
 
     def _block_finished(self, k):
         return all(self._item_finished(i) for i in range(*self.blocks[k]))
@@ -286,10 +292,13 @@ class _Job:
         marker = {"file": path.name, "records": records, "frames": frames,
                   "sha256": _sha256(path), "bytes": path.stat().st_size, "failures": failures}
         _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
+        self._remove_items(k)
+        logger.debug("Wrote %s (%d records, %d frames)", path.name, records, frames)
+
+    def _remove_items(self, k):
         for i in range(*self.blocks[k]):
             for suffix in (".rec", ".fail"):
                 (self.work / f"{i:08d}").with_suffix(suffix).unlink(missing_ok=True)
-        logger.info("Wrote %s (%d records, %d frames)", path.name, records, frames)
 
     def finish(self, params):
         """Check kept shards, then write labels.txt, failures.jsonl and manifest.json."""
@@ -325,3 +334,35 @@ def _sha256(path):
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _new_pool(workers):
+    context = multiprocessing.get_context("spawn")  # never fork a process that loaded TF
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+
+
+def _run_pool(args, workers):
+    """Run tasks from the deque `args` (at most 2 per worker in flight, so memory stays bounded)
+    and yield their results; returns the tasks in flight if a worker died, else []."""
+    with _new_pool(workers) as pool:
+        pending = {}
+        while args or pending:
+            while args and len(pending) < 2 * workers:
+                a = args.popleft()
+                pending[pool.submit(_convert_task, *a)] = a
+            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in done:
+                try:
+                    result = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    return list(pending.values())
+                del pending[future]
+                yield result
+    return []
+
+
+def _record_crash(index, item, label_index, decode, work):
+    reason = "worker process crashed while decoding (e.g. a decoder fault)"
+    _write_atomic((pathlib.Path(work) / f"{index:08d}").with_suffix(".fail"),
+                  json.dumps({"reason": reason}).encode("utf-8"))
+    return index, 0, reason

@@ -21,24 +21,18 @@ def read_video(path, max_frames=None):
     return np.stack(frames)
 
 
-def window_starts(num_frames, clip_length, num_clips):
-    """Starts of `num_clips` windows spaced uniformly over the video (the paper's evaluation)."""
-    if num_frames < clip_length:
-        raise ValueError(f"Expected a video of at least {clip_length} frames. Received: {num_frames} frames")
-    return np.linspace(0, num_frames - clip_length, num_clips).round().astype(int)
-
-
 def predict_video(frames, model, *, normalization="caffe", num_clips=5):
-    """Mean class probabilities of a Keras classifier over `num_clips` windows of uint8 `frames`
-    (each window resized, centre-cropped and normalised exactly as the exported SavedModel does)."""
+    """Mean class probabilities of a Keras classifier over `num_clips` windows of uint8 `frames`,
+    placed as in evaluation (one window: the centre one; short videos loop), each resized,
+    centre-cropped and normalised exactly as the exported SavedModel does."""
     import keras  # noqa: PLC0415
 
     from p3d_keras import export  # noqa: PLC0415
+    from p3d_keras.tfrecords_tools import sampling  # noqa: PLC0415
 
     clip_length, size = model.input_shape[1], model.input_shape[2]
     preprocess = export.make_preprocess(model, normalization, export.default_resize_short_side(size))
-    starts = window_starts(len(frames), clip_length, num_clips)
-    clips = np.stack([frames[s:s + clip_length] for s in starts])
+    clips = frames[sampling.evaluation_indices(len(frames), clip_length, 1, num_clips).numpy()]
     outputs = keras.ops.convert_to_numpy(model(np.asarray(preprocess(clips)), training=False))
     if not export.classifier_outputs_probabilities(model):
         outputs = keras.ops.convert_to_numpy(keras.ops.softmax(outputs))

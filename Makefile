@@ -17,5 +17,8 @@ $(STAMP): setup.py
 test: $(STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+demo: $(STAMP)
+	$(VENV)/bin/p3d-demo --out demo_out $(DEMO_ARGS)
+
 clean:
 	rm -rf $(VENV) build *.egg-info

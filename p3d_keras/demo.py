@@ -61,7 +61,7 @@ def train_and_evaluate(records, out, cfg, temporal):
                   "--dropout", "0.2"] + ([] if temporal else ["--no-temporal"])
     train_args = ["--train", os.path.join(records, "train"), "--out", os.path.join(out, name),
                   "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
-                  "--schedule", "cosine", "--no-partial-bn", "--weight-decay", "1e-4", "--seed", str(cfg.seed),
+                  "--schedule", "cosine", "--no-partial-bn", "--no-flip", "--weight-decay", "1e-4", "--seed", str(cfg.seed),
                   "--verbose", "2"] + model_args
     history = training.run(training.build_parser().parse_args(train_args))
     if not history.history:

@@ -133,6 +133,8 @@ def build_parser():
     g.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
     g.add_argument("--distribute", choices=DISTRIBUTIONS, default="none")
     g.add_argument("--frame-stride", type=int, default=1)
+    g.add_argument("--no-flip", action="store_true",
+                   help="no random horizontal flip (when left/right or cw/ccw are different classes)")
     g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
     g.add_argument("--seed", type=int, help="seed for a deterministic input pipeline")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
@@ -160,7 +162,7 @@ def run(args):
                     normalization=normalization or ("flow" if channels == 2 else "caffe"),
                     modality="flow" if channels == 2 else "rgb")
         train = reader.training_dataset(cli_common.shard_files(args.train), deterministic=args.seed is not None,
-                                        seed=args.seed, **data).repeat()
+                                        seed=args.seed, flip=not args.no_flip, **data).repeat()
         val = reader.evaluation_dataset(cli_common.shard_files(args.val), num_clips=1, **data).map(
             lambda clips, labels, ids: (clips, labels)) if args.val else None
         steps = max(1, cli_common.collection_size(args.train) // args.batch_size)

@@ -92,5 +92,19 @@ def collection_size(path):
     return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
 
 
+class ProgramError(Exception):
+    """Bad input reported by a program; `main` turns it into exit status 2."""
+
+
+def run_program(name, fn, *args):
+    """`fn(*args)`, with bad input (OSError, ValueError) logged as `name: message` and re-raised
+    as ProgramError, so a `main` reports it and exits 2 instead of printing a traceback."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as e:
+        logging.getLogger(name).error("%s: %s", name, e)
+        raise ProgramError(str(e)) from e
+
+
 def setup_logging(level="INFO"):
     logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(message)s")

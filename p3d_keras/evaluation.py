@@ -120,9 +120,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli_common.setup_logging()
     try:
-        report = run(args)
-    except (OSError, ValueError) as e:
-        log.error("p3d-evaluate: %s", e)
+        report = cli_common.run_program("p3d-evaluate", run, args)
+    except cli_common.ProgramError:
         return 2
     log.info("%d videos, %d clips: clip hit@1 %.4f, hit@5 %.4f; video hit@1 %.4f, hit@5 %.4f; report in %s",
              report["num_videos"], report["num_clips"], report["clip_hit@1"], report["clip_hit@5"],

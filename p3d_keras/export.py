@@ -26,7 +26,6 @@ import os
 import pathlib
 import shutil
 
-import keras
 import numpy as np
 import tensorflow as tf
 

@@ -1,13 +1,10 @@
 """Classify a video file with a P3D ResNet (Keras model, preset) or an exported SavedModel, and
 the `p3d-predict` program, which prints the top classes."""
 import argparse
-import logging
 
 import numpy as np
 
 from p3d_keras import cli_common
-
-log = logging.getLogger(__name__)
 
 
 def read_video(path, max_frames=None):
@@ -87,9 +84,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli_common.setup_logging("WARNING")
     try:
-        top = run(args)
-    except (OSError, ValueError) as e:
-        log.error("p3d-predict: %s", e)
+        top = cli_common.run_program("p3d-predict", run, args)
+    except cli_common.ProgramError:
         return 2
     print(f"{args.video}:")  # noqa: T201 (a CLI's output)
     for rank, (index, label, probability) in enumerate(top, 1):

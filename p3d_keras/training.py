@@ -179,9 +179,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     cli_common.setup_logging()
     try:
-        history = run(args)
-    except (OSError, ValueError) as e:
-        log.error("p3d-train: %s", e)
+        history = cli_common.run_program("p3d-train", run, args)
+    except cli_common.ProgramError:
         return 2
     final = {k: round(v[-1], 4) for k, v in history.history.items() if v and not math.isnan(v[-1])}
     log.info("done: %s; models in %s", final, args.out)

@@ -28,14 +28,15 @@ PAIRS = (("move_left", "move_right"), ("move_up", "move_down"), ("rotate_cw", "r
 
 @dataclasses.dataclass(frozen=True)
 class DemoConfig:
-    train_per_class: int = 40
+    train_per_class: int = 100
     test_per_class: int = 12
     frames: int = 32
     size: int = 64
     depth: str = "1,1,1,1"
     width: int = 8
-    epochs: int = 10
-    batch_size: int = 16
+    frame_stride: int = 2
+    epochs: int = 5
+    batch_size: int = 8
     lr: float = 0.05
     eval_clips: int = 3
     seed: int = 0
@@ -59,17 +60,18 @@ def train_and_evaluate(records, out, cfg, temporal):
     name = "p3d" if temporal else "control_2d"
     model_args = ["--depth", cfg.depth, "--width", str(cfg.width), "--frames", "16", "--size", str(cfg.size),
                   "--dropout", "0.2"] + ([] if temporal else ["--no-temporal"])
+    stride = ["--frame-stride", str(cfg.frame_stride)]
     train_args = ["--train", os.path.join(records, "train"), "--out", os.path.join(out, name),
                   "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
                   "--schedule", "cosine", "--no-partial-bn", "--no-flip", "--weight-decay", "1e-4", "--seed", str(cfg.seed),
-                  "--verbose", "2"] + model_args
+                  "--verbose", "2"] + model_args + stride
     history = training.run(training.build_parser().parse_args(train_args))
     if not history.history:
         raise RuntimeError(f"training {name} ran no epoch")
     model_path = os.path.join(out, name, "last.keras")
     report = evaluation.run(evaluation.build_parser().parse_args(
         ["--data", os.path.join(records, "test"), "--out", os.path.join(out, name, "evaluation"),
-         "--num-clips", str(cfg.eval_clips), "--model", model_path]))
+         "--num-clips", str(cfg.eval_clips), "--model", model_path] + stride))
     return model_path, report
 
 

@@ -142,7 +142,13 @@ def multiscale_crop_box(height, width, seed, scales=TSN_SCALES, max_distort=1):
     return _box(offset_y, offset_x, box_h, box_w)
 
 
-def random_flip(clip, seed):
-    """Flip a whole clip `[T, H, W, C]` left-right with probability 1/2 (the same for all frames)."""
+def random_flip(clip, seed, reverse_channels=False):
+    """Flip a whole clip `[T, H, W, C]` left-right with probability 1/2 (the same for all frames).
+
+    With `reverse_channels=True` the channel axis is reversed too (RGB -> BGR), flipped or not,
+    in the same `tf.reverse`: on a uint8 clip, reversing the width and channel axes together is
+    faster than reversing the width alone."""
     flip = tf.random.stateless_uniform([], seed) < 0.5
-    return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2]), lambda: clip)
+    channels = [-1] if reverse_channels else []
+    unflipped = (lambda: tf.reverse(clip, axis=channels)) if reverse_channels else (lambda: clip)
+    return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2] + channels), unflipped)

@@ -14,6 +14,13 @@ autotuned again), so the default epoch holds as many videos as the clips timed p
 bench of a few tens of videos mostly times epoch restarts, not the steady state of training.
 
     python bench/pipeline_throughput.py --videos 256 --frames 20 --clips 256 --rounds 3
+    TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py ...
+
+Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips x 16 x 160 x 160
+x 3 = 79 MB) is fresh memory from `mmap` (glibc maps anything over 32 MB), so filling it page-
+faults ~19,000 pages: ~2 ms per clip, as much as the rest of the clip's work after decoding.
+`TF_CPU_ALLOCATOR_USE_BFC=true` (read when TensorFlow starts) makes TensorFlow reuse its CPU memory;
+the table's header says which allocator ran.
 """
 import argparse
 import os
@@ -112,7 +119,8 @@ def table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores):
     lines = [
         f"{args.videos} videos x {args.frames} frames, {HEIGHT}x{WIDTH} JPEG q90 (mean {jpeg_bytes / 1024:.1f} KiB), "
         f"clip {args.clip_length} x {args.crop_size}{' multi-scale' if args.multiscale else ''}, "
-        f"{args.normalization} normalization, batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores",
+        f"{args.normalization} normalization, batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores, "
+        f"{'BFC' if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true') else 'default'} CPU allocator",
         "",
         "| | frames/s | clips/s | clips/s per core |",
         "|---|---:|---:|---:|",

@@ -89,32 +89,29 @@ def _read_shard(path, compression, expected, counter):
     """One shard's `(path, serialized)` records, with the end-of-shard length check.
 
     One pass over the shard: the records and an end marker run through a `scan` that adds up
-    their framed lengths, and the end marker carries the check (an assertion naming the shard, or
-    a count with `skip_corrupt=True`) before it is filtered out."""
+    their framed lengths and, at the end marker, checks the total (an assertion naming the shard,
+    or a count with `skip_corrupt=True`); the marker is then filtered out."""
     records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
     marked = records.map(lambda r: (r, False)).concatenate(
         tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+    message = tf.strings.join([
+        "Expected every TFRecord shard to read to its end. Received: a corrupt or truncated "
+        "record in shard=", path])
+    is_gzip = tf.equal(compression, "GZIP")
 
     def account(total, element):
         record, is_end = element
         total += tf.cast(tf.strings.length(record) + RECORD_FRAMING_BYTES, tf.int64) * tf.cast(~is_end, tf.int64)
-        return total, (record, is_end, total)
-
-    def check(record, is_end, total):
-        read = tf.where(tf.equal(compression, "GZIP"), tf.math.floormod(total, 2 ** 32), total)
+        read = tf.where(is_gzip, tf.math.floormod(total, 2 ** 32), total)
         ok = tf.logical_or(~is_end, tf.equal(read, expected))
         if counter is None:
-            message = tf.strings.join([
-                "Expected every TFRecord shard to read to its end. Received: a corrupt or truncated "
-                "record in shard=", path])
             guard = tf.debugging.Assert(ok, [message])
         else:
             guard = counter.variable.assign_add(tf.cast(~ok, tf.int64))
         with tf.control_dependencies([guard]):
-            return tf.identity(record), is_end
+            return total, (record, tf.identity(is_end))
 
     return (marked.scan(tf.constant(0, tf.int64), account)
-            .map(check)
             .filter(lambda record, is_end: ~is_end)
             .map(lambda record, is_end: (path, record)))
 

@@ -3,11 +3,24 @@
 Writes synthetic shards (smooth-noise 182x242 JPEGs, quality 90, the converter's default frame
 size), then times
   - the pipeline: `training_dataset` clips/s (and frames/s = clips/s x clip_length), and
-  - the limit: the same number of whole frames through `tf.io.decode_jpeg` in a parallel map,
+  - the limit: the same number of frames, as clip-length windows of the same shards, decoded whole
+    by `tf.io.decode_jpeg` (unrolled, as the reader does) in a map with the same parallelism
+    (AUTOTUNE), batched and prefetched like the pipeline; nothing else is done to them,
 and prints a Markdown table: both rates in total and per core, their ratio, and the cores a GPU
 consuming N clips/s would need at the measured per-core pipeline rate.
 
-    python bench/pipeline_throughput.py --clips 512 --rounds 3
+One epoch of `--videos` videos is a fresh iterator (shuffle buffer filled again, parallelism
+autotuned again), so the default epoch holds as many videos as the clips timed per round: a
+bench of a few tens of videos mostly times epoch restarts, not the steady state of training.
+
+    python bench/pipeline_throughput.py --videos 256 --frames 20 --clips 256 --rounds 3
+    TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py ...
+
+Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips x 16 x 160 x 160
+x 3 = 79 MB) is fresh memory from `mmap` (glibc maps anything over 32 MB), so filling it page-
+faults ~19,000 pages: ~2 ms per clip, as much as the rest of the clip's work after decoding.
+`TF_CPU_ALLOCATOR_USE_BFC=true` (read when TensorFlow starts) makes TensorFlow reuse its CPU memory;
+the table's header says which allocator ran.
 """
 import argparse
 import os
@@ -52,13 +65,25 @@ def write_shards(directory, *, videos, frames, num_shards, seed=0):
     return paths, float(np.mean(sizes))
 
 
-def decode_limit_dataset(paths, num_frames):
-    """`num_frames` whole frames of the shards through `tf.io.decode_jpeg` in a parallel map."""
-    jpegs = [bytes(j) for r in tf.data.TFRecordDataset(paths)
-             for j in schema.parse_example(r)[schema.ENCODED].numpy()]
-    return (tf.data.Dataset.from_tensor_slices(jpegs).repeat().take(num_frames)
-            .map(lambda j: tf.io.decode_jpeg(j, channels=3), num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(64).prefetch(tf.data.AUTOTUNE))
+def decode_limit_dataset(paths, *, num_clips, clip_length, batch_size, seed=0):
+    """`num_clips` windows of `clip_length` consecutive frames of the shards' videos (one random
+    window per video, cycling over the videos), each decoded whole by `tf.io.decode_jpeg` in a
+    parallel map (AUTOTUNE), batched and prefetched: the JPEG-decode work of the pipeline's clips
+    with none of its other work."""
+    rng = np.random.default_rng(seed)
+    videos = [schema.parse_example(r)[schema.ENCODED].numpy() for r in tf.data.TFRecordDataset(paths)]
+    windows = []
+    for n in range(num_clips):
+        frames = videos[n % len(videos)]
+        start = rng.integers(0, max(len(frames) - clip_length, 0) + 1)
+        windows.append([frames[(start + i) % len(frames)] for i in range(clip_length)])
+
+    def decode(encoded):
+        return tf.stack([tf.io.decode_jpeg(encoded[i], channels=3) for i in range(clip_length)])
+
+    return (tf.data.Dataset.from_tensor_slices(tf.constant(windows, tf.string))
+            .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
 
 
 def seconds_to_consume(dataset):
@@ -75,8 +100,10 @@ def measure(args, paths):
         paths, batch_size=args.batch_size, clip_length=args.clip_length, crop_size=args.crop_size,
         multiscale=args.multiscale, normalization=args.normalization, drop_remainder=False).repeat(epochs).take(
         -(-args.clips // args.batch_size))
-    frames = -(-args.clips // args.batch_size) * args.batch_size * args.clip_length
-    limit = decode_limit_dataset(paths, frames)
+    num_clips = -(-args.clips // args.batch_size) * args.batch_size
+    frames = num_clips * args.clip_length
+    limit = decode_limit_dataset(paths, num_clips=num_clips, clip_length=args.clip_length,
+                                 batch_size=args.batch_size)
     seconds_to_consume(pipeline.take(2))  # warm up: traces functions, fills the shard cache
     seconds_to_consume(limit.take(2))
     clips_per_s, frames_per_s = 0.0, 0.0
@@ -92,11 +119,12 @@ def table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores):
     lines = [
         f"{args.videos} videos x {args.frames} frames, {HEIGHT}x{WIDTH} JPEG q90 (mean {jpeg_bytes / 1024:.1f} KiB), "
         f"clip {args.clip_length} x {args.crop_size}{' multi-scale' if args.multiscale else ''}, "
-        f"{args.normalization} normalization, batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores",
+        f"{args.normalization} normalization, batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores, "
+        f"{'BFC' if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true') else 'default'} CPU allocator",
         "",
         "| | frames/s | clips/s | clips/s per core |",
         "|---|---:|---:|---:|",
-        f"| JPEG-decode limit (`tf.io.decode_jpeg`, whole frames) | {limit_frames_per_s:,.0f} | "
+        f"| JPEG-decode limit (`tf.io.decode_jpeg`, whole frames, same parallelism) | {limit_frames_per_s:,.0f} | "
         f"{limit_frames_per_s / args.clip_length:,.1f} | {limit_frames_per_s / args.clip_length / cores:,.1f} |",
         f"| training pipeline | {frames_per_s:,.0f} | {clips_per_s:,.1f} | {per_core:,.1f} |",
         f"| ratio | {frames_per_s / limit_frames_per_s:.0%} | | |",
@@ -110,10 +138,10 @@ def table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=32)
-    parser.add_argument("--frames", type=int, default=48, help="frames per video")
+    parser.add_argument("--videos", type=int, default=256, help="videos, so also clips per epoch")
+    parser.add_argument("--frames", type=int, default=20, help="frames per video")
     parser.add_argument("--shards", type=int, default=4)
-    parser.add_argument("--clips", type=int, default=512, help="clips timed per round")
+    parser.add_argument("--clips", type=int, default=256, help="clips timed per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--clip-length", type=int, default=16)
     parser.add_argument("--crop-size", type=int, default=160)

@@ -127,3 +127,15 @@ def test_bad_options_raise(shards):
         reader.training_dataset(shards, batch_size=1, compression="zip")
     with pytest.raises(ValueError, match="Received: stride_range="):
         reader.training_dataset(shards, batch_size=1, frame_stride=2, stride_range=(1, 3))
+
+
+def test_caffe_clips_are_bgr_minus_mean_of_the_same_clips(shards):
+    # The reader reverses the channels on uint8 frames (with the flip in training) itself.
+    mean = np.array([104.0, 117.0, 123.0], "float32")
+    for make in (lambda **kw: reader.training_dataset(shards, batch_size=2, deterministic=True, seed=4,
+                                                      clip_length=4, crop_size=24, **kw),
+                 lambda **kw: reader.evaluation_dataset(shards, batch_size=5, num_clips=2, crops="three",
+                                                        clip_length=4, crop_size=24, **kw)):
+        for unit, caffe in zip(epoch(make(normalization="unit")), epoch(make(normalization="caffe"))):
+            np.testing.assert_allclose(caffe[0], np.rint(unit[0] * 255)[..., ::-1] - mean, atol=1e-3)
+            np.testing.assert_array_equal(caffe[1], unit[1])

@@ -142,7 +142,21 @@ def multiscale_crop_box(height, width, seed, scales=TSN_SCALES, max_distort=1):
     return _box(offset_y, offset_x, box_h, box_w)
 
 
-def random_flip(clip, seed):
-    """Flip a whole clip `[T, H, W, C]` left-right with probability 1/2 (the same for all frames)."""
+def _reverse_width(clip):
+    """`clip[..., ::-1, :]` as a `tf.reverse` of a 3-D `[-1, W, C]` view, which TensorFlow (Eigen)
+    reverses 2-3x faster than the same axis of the 4-D clip."""
+    shape = tf.shape(clip)
+    flat = tf.reshape(clip, tf.concat([[-1], shape[-2:]], axis=0))
+    return tf.ensure_shape(tf.reshape(tf.reverse(flat, axis=[1]), shape), clip.shape)
+
+
+def random_flip(clip, seed, reverse_channels=False):
+    """Flip a whole clip `[T, H, W, C]` left-right with probability 1/2 (the same for all frames).
+
+    With `reverse_channels=True` the channel axis is reversed too (RGB -> BGR), flipped or not,
+    in the same `tf.reverse`: on a uint8 clip, reversing the width and channel axes together is
+    faster than reversing the width alone."""
     flip = tf.random.stateless_uniform([], seed) < 0.5
-    return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2]), lambda: clip)
+    if reverse_channels:
+        return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2, -1]), lambda: tf.reverse(clip, axis=[-1]))
+    return tf.cond(flip, lambda: _reverse_width(clip), lambda: clip)

@@ -206,7 +206,7 @@ def _family_member(depth):
                          dropout_rate=dropout_rate, name=name)
 
     build.__name__ = build.__qualname__ = f"P3DResNet{depth}"
-    build.__doc__ = (f"P3D ResNet-{depth} (from ResNet-{depth - 3 * sum(STAGE_BLOCKS[depth][:3])} with "
+    build.__doc__ = (f"P3D ResNet-{depth} (from ResNet-{depth - sum(STAGE_BLOCKS[depth][:3])} with "
                      f"{sum(STAGE_BLOCKS[depth][:3])} temporal convs). Arguments as `P3DResNet`, "
                      "without `depth`, `width` and `temporal`.\n\n" + P3DResNet.__doc__.split("Args:")[1])
     return build

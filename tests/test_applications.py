@@ -144,4 +144,5 @@ def test_bad_arguments_raise(kwargs, match):
 def test_family_members_take_no_depth():
     with pytest.raises(TypeError):
         P3DResNet199(199)
-    assert "P3D ResNet-199" in P3DResNet199.__doc__ and P3DResNet199.__name__ == "P3DResNet199"
+    assert P3DResNet199.__doc__.startswith("P3D ResNet-199 (from ResNet-152 with 47 temporal convs)")
+    assert P3DResNet199.__name__ == "P3DResNet199"

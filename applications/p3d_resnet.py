@@ -191,9 +191,15 @@ def load_preset(model, preset, build_full_model):
         return
     full = build_full_model()
     full.load_weights(path)
-    for layer in model.layers:
-        if layer.weights:
-            layer.set_weights(full.get_layer(layer.name).get_weights())
+    copy_weights(full, model)
+
+
+def copy_weights(source, target, skip=()):
+    """Copy the weights of every layer of `target` (except those named in `skip`) from the layer of
+    the same name in `source`: e.g. a preset's trunk into a network with another classifier."""
+    for layer in target.layers:
+        if layer.weights and layer.name not in skip:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def _family_member(depth):

@@ -112,6 +112,23 @@ def training_callbacks(out_dir, monitor_val):
     ]
 
 
+def model_for_classes(args, classes):
+    """The model to fine-tune. A weights preset trained on another number of classes keeps every
+    layer but the classifier, which starts afresh (e.g. Kinetics-400 weights for UCF101)."""
+    from p3d_keras.applications import get_preset  # noqa: PLC0415
+    from p3d_keras.applications.p3d_resnet import copy_weights  # noqa: PLC0415
+
+    preset = get_preset(args.weights) if args.weights and not os.path.exists(args.weights) else None
+    if args.model or preset is None or classes in (None, preset.classes):
+        return cli_common.model_from_args(args, classes=classes)
+    source = cli_common.model_from_args(args)
+    model = cli_common.model_from_args(args, classes=classes, weights=None, graph=preset.graph,
+                                       modality=preset.modality)
+    copy_weights(source, model, skip=("fc",))
+    log.info("%s: kept every layer but the classifier (%d -> %d classes)", preset.name, preset.classes, classes)
+    return model
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="p3d-train", description="Fine-tune a P3D ResNet on TFRecord shards "
                                 "(from scratch, a weights preset, a checkpoint, or a saved .keras model).")
@@ -156,7 +173,7 @@ def run(args):
         normalization = get_preset(args.weights).normalization
     keras.mixed_precision.set_dtype_policy(args.precision)
     with distribution_scope(args.distribute):
-        model = cli_common.model_from_args(args, classes=classes)
+        model = model_for_classes(args, classes)
         _, frames, size, _, channels = (None,) + tuple(model.input_shape[1:])
         data = dict(batch_size=args.batch_size, clip_length=frames, crop_size=size, frame_stride=args.frame_stride,
                     normalization=normalization or ("flow" if channels == 2 else "caffe"),

@@ -178,3 +178,25 @@ def test_demo_fast_mode(tmp_path):
     assert os.path.exists(os.path.join(summary["saved_model"], "saved_model.pb"))
     assert open(summary["picture"], "rb").read(4) == b"\x89PNG"
     assert "video accuracy" in demo.format_summary(summary)
+
+
+def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path, monkeypatch):
+    import dataclasses
+
+    from p3d_keras import weights
+    from p3d_keras.applications import PRESETS
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
+    preset = dataclasses.replace(PRESETS["kinetics400"], name="tiny5", depth=(1, 1, 1, 1), width=4, classes=5,
+                                 input_shape=(16, 32, 32, 3))
+    monkeypatch.setitem(PRESETS, "tiny5", preset)
+    source = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=5)
+    os.makedirs(weights.cache_dir())
+    source.save_weights(os.path.join(weights.cache_dir(), preset.filename))  # in the cache: no network
+    args = training.build_parser().parse_args(["--train", str(shards / "train"), "--out", str(tmp_path),
+                                               "--weights", "tiny5", *MODEL_ARGS])
+    model = training.model_for_classes(args, classes=3)
+    assert model.output_shape == (None, 3)
+    for name in ("conv1", "res3a", "res5a"):
+        for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
+            np.testing.assert_array_equal(a, b)

@@ -11,10 +11,10 @@ from keras import layers
 
 from p3d_keras.applications.presets import get_preset
 from p3d_keras.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
+from p3d_keras.normalization import MODALITY_CHANNELS
 from p3d_keras.weights import fetch_preset, load_weights
 
 STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
-MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
 POOLINGS = (None, "avg", "max")
 # pool1 alignment: Caffe rounds up with windows starting at 0 (= pad after, then "valid");
 # the PyTorch port pads one on each side and rounds down. Exact with zeros: the input is post-ReLU.

@@ -27,6 +27,29 @@ def add_model_arguments(parser):
     return group
 
 
+def preset_of(args):
+    """The `WeightPreset` named by `--weights`, or None for no weights or a file path."""
+    from p3d_keras.applications import get_preset  # noqa: PLC0415
+
+    return get_preset(args.weights) if args.weights and not os.path.exists(args.weights) else None
+
+
+def normalization_of(args, modality):
+    """`--normalization`, else the `--weights` preset's, else the modality's default."""
+    from p3d_keras.normalization import DEFAULT_NORMALIZATION  # noqa: PLC0415
+
+    preset = preset_of(args)
+    return args.normalization or (preset.normalization if preset else DEFAULT_NORMALIZATION[modality])
+
+
+def clip_options(model, args):
+    """Reader arguments matching `model`'s input: clip length, crop size, modality, normalisation."""
+    _, frames, size, _, channels = model.input_shape
+    modality = "flow" if channels == 2 else "rgb"
+    return dict(clip_length=frames, crop_size=size, frame_stride=args.frame_stride, modality=modality,
+                normalization=normalization_of(args, modality))
+
+
 def parse_depth(text):
     """`"199"` -> 199; `"1,1,1,1"` -> (1, 1, 1, 1)."""
     parts = [int(p) for p in str(text).split(",")]

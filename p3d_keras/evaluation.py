@@ -82,18 +82,11 @@ def build_parser():
 
 def clip_dataset_for(model, args, num_clips):
     """The `evaluation_dataset` matching `model`'s input (clip length, crop size, channels)."""
-    from p3d_keras.applications import get_preset  # noqa: PLC0415
     from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415
 
-    _, frames, size, _, channels = model.input_shape
-    normalization = args.normalization
-    if normalization is None and args.weights and not os.path.exists(args.weights):
-        normalization = get_preset(args.weights).normalization
-    return reader.evaluation_dataset(
-        cli_common.shard_files(args.data), batch_size=args.batch_size, clip_length=frames, crop_size=size,
-        frame_stride=args.frame_stride, num_clips=num_clips, crops=getattr(args, "crops", "center"),
-        normalization=normalization or ("flow" if channels == 2 else "caffe"),
-        modality="flow" if channels == 2 else "rgb")
+    return reader.evaluation_dataset(cli_common.shard_files(args.data), batch_size=args.batch_size,
+                                     num_clips=num_clips, crops=getattr(args, "crops", "center"),
+                                     **cli_common.clip_options(model, args))
 
 
 def run(args):

@@ -306,13 +306,14 @@ def build_parser():
     return p
 
 
-def labels_and_normalization(args):
-    """Class names and normalisation from the command line, else from a `--weights` preset."""
-    from p3d_keras.applications import get_preset, load_labels  # noqa: PLC0415
+def labels_and_normalization(args, model):
+    """Class names and normalisation from the command line, else from a `--weights` preset, else
+    (normalisation) the default for the model's modality."""
+    from p3d_keras.applications import load_labels  # noqa: PLC0415
 
-    preset = get_preset(args.weights) if args.weights and not os.path.exists(args.weights) else None
+    preset = cli_common.preset_of(args)
     labels = cli_common.read_labels(args.labels) if args.labels else (load_labels(preset.labels) if preset else None)
-    return labels, args.normalization or (preset.normalization if preset else "caffe")
+    return labels, cli_common.normalization_of(args, "flow" if model.input_shape[-1] == 2 else "rgb")
 
 
 def main(argv=None):
@@ -321,7 +322,7 @@ def main(argv=None):
     cli_common.setup_logging()
     try:
         model = cli_common.model_from_args(args, classes=args.classes)
-        labels, normalization = labels_and_normalization(args)
+        labels, normalization = labels_and_normalization(args, model)
         path = export_saved_model(model, args.base_dir, name=args.name, version=args.version, labels=labels,
                                   normalization=normalization, resize_short_side=args.resize_short_side,
                                   top_k=args.top_k, warmup=not args.no_warmup)

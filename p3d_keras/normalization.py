@@ -18,6 +18,10 @@ import sys
 import numpy as np
 
 
+MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
+DEFAULT_NORMALIZATION = {"rgb": "caffe", "flow": "flow"}  # for a modality, when nothing else says
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalization:
     """How frames are turned into network input: `(x[..., order] / scale - mean) / std`."""

@@ -74,8 +74,8 @@ def run(args):
         probabilities, _ = predict_saved_model(frames, args.saved_model)
         labels = cli_common.read_labels(args.labels) if args.labels else None
     else:
-        labels, normalization = labels_and_normalization(args)
         model = cli_common.model_from_args(args, classes=args.classes)
+        labels, normalization = labels_and_normalization(args, model)
         probabilities = predict_video(frames, model, normalization=normalization, num_clips=args.num_clips)
     return top_classes(probabilities, labels, args.top)
 

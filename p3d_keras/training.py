@@ -115,10 +115,9 @@ def training_callbacks(out_dir, monitor_val):
 def model_for_classes(args, classes):
     """The model to fine-tune. A weights preset trained on another number of classes keeps every
     layer but the classifier, which starts afresh (e.g. Kinetics-400 weights for UCF101)."""
-    from p3d_keras.applications import get_preset  # noqa: PLC0415
     from p3d_keras.applications.p3d_resnet import copy_weights  # noqa: PLC0415
 
-    preset = get_preset(args.weights) if args.weights and not os.path.exists(args.weights) else None
+    preset = cli_common.preset_of(args)
     if args.model or preset is None or classes in (None, preset.classes):
         return cli_common.model_from_args(args, classes=classes)
     source = cli_common.model_from_args(args)
@@ -160,7 +159,6 @@ def build_parser():
 
 def run(args):
     """Train as `p3d-train` describes; returns the Keras History."""
-    from p3d_keras.applications import get_preset  # noqa: PLC0415
     from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415
 
     labels = cli_common.collection_labels(args.train)
@@ -168,16 +166,10 @@ def run(args):
     if classes is None and not args.model:
         raise ValueError("Expected --classes, or a labels.txt beside the training shards. Received neither for "
                          f"--train={args.train!r}")
-    normalization = args.normalization
-    if normalization is None and args.weights and not os.path.exists(args.weights):
-        normalization = get_preset(args.weights).normalization
     keras.mixed_precision.set_dtype_policy(args.precision)
     with distribution_scope(args.distribute):
         model = model_for_classes(args, classes)
-        _, frames, size, _, channels = (None,) + tuple(model.input_shape[1:])
-        data = dict(batch_size=args.batch_size, clip_length=frames, crop_size=size, frame_stride=args.frame_stride,
-                    normalization=normalization or ("flow" if channels == 2 else "caffe"),
-                    modality="flow" if channels == 2 else "rgb")
+        data = dict(batch_size=args.batch_size, **cli_common.clip_options(model, args))
         train = reader.training_dataset(cli_common.shard_files(args.train), deterministic=args.seed is not None,
                                         seed=args.seed, flip=not args.no_flip, **data).repeat()
         val = reader.evaluation_dataset(cli_common.shard_files(args.val), num_clips=1, **data).map(

@@ -11,10 +11,11 @@ A preset (`P3DResNet199(weights="kinetics400")`) is resolved in this order:
 3. else the original checkpoint, found in the cache as `<cache>/<original_file>`: converted once,
    the converted file cached, then loaded.
 """
-import hashlib
 import logging
 import os
 import uuid
+
+from p3d_keras.fileutil import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +27,6 @@ MIRROR_ENV = "P3D_KERAS_WEIGHTS_URL"
 def cache_dir():
     """Where converted and original weights are looked for: `$KERAS_HOME/models`."""
     return os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "models")
-
-
-def sha256_of(path, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_weights(model, weights):

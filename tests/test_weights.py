@@ -14,6 +14,7 @@ from p3d_keras import convert, weights
 from p3d_keras.applications import (PRESETS, P3DResNet, P3DResNet199, decode_predictions, get_preset,
                                     preprocess_input)
 from p3d_keras.caffemodel import write_caffemodel
+from p3d_keras.fileutil import sha256_of
 
 TINY = dict(depth=(1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3))
 CLIP = np.random.default_rng(0).normal(size=(1, 16, 32, 32, 3)).astype("float32")
@@ -63,7 +64,7 @@ def tiny_preset(server, monkeypatch):
     preset = dataclasses.replace(PRESETS["kinetics400"], name="tiny", depth=TINY["depth"], width=4, classes=5,
                                  original_file="tiny_original.npz", input_shape=TINY["input_shape"])
     source.save_weights(root / preset.filename)
-    preset = dataclasses.replace(preset, url=f"{base}/{preset.filename}", sha256=weights.sha256_of(root / preset.filename))
+    preset = dataclasses.replace(preset, url=f"{base}/{preset.filename}", sha256=sha256_of(root / preset.filename))
     monkeypatch.setitem(PRESETS, "tiny", preset)
     return preset, source(CLIP)
 

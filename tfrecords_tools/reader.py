@@ -27,12 +27,11 @@ import struct
 import tensorflow as tf
 
 from p3d_keras import normalization as norm_lib
+from p3d_keras.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
 from p3d_keras.tfrecords_tools import sampling
 from p3d_keras.tfrecords_tools import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
-MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
-DEFAULT_NORMALIZATION = {"rgb": "caffe", "flow": "flow"}
 CROPS = ("center", "three")
 COMPRESSIONS = ("auto", None, "", "GZIP")
 RECORD_FRAMING_BYTES = 16  # length (8) + CRC of length (4) + CRC of data (4)

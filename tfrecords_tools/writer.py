@@ -24,6 +24,8 @@ import time
 
 import tensorflow as tf  # once, up front, in the main process and in each worker
 
+from p3d_keras.fileutil import sha256_of
+
 from . import schema
 from . import video as video_lib
 
@@ -290,7 +292,7 @@ class _Job:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         marker = {"file": path.name, "records": records, "frames": frames,
-                  "sha256": _sha256(path), "bytes": path.stat().st_size, "failures": failures}
+                  "sha256": sha256_of(path), "bytes": path.stat().st_size, "failures": failures}
         _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
         self._remove_items(k)
         logger.debug("Wrote %s (%d records, %d frames)", path.name, records, frames)
@@ -305,7 +307,7 @@ class _Job:
         shards, failures = [], []
         for k in range(self.num_shards):
             marker = json.loads(self.marker(k).read_text(encoding="utf-8"))
-            if _sha256(self.path(k)) != marker["sha256"]:
+            if sha256_of(self.path(k)) != marker["sha256"]:
                 raise RuntimeError(
                     f"Expected {self.path(k)} to match its sha256 {marker['sha256']}. "
                     f"Received: a modified file; delete it and rerun to rewrite it"
@@ -326,14 +328,6 @@ class _Job:
         }
         _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
         return manifest, failures
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _new_pool(workers):

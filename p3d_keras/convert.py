@@ -155,11 +155,12 @@ def assign_original(model, tensors, naming, source="checkpoint"):
     fc_layers = sorted({k.rsplit(".", 1)[0] for k in tensors if k.startswith("fc")})
     names = checkpoint_names(model, naming, fc_layers[0] if len(fc_layers) == 1 else "fc_kinetics")
     fc_prefix = names.pop("fc")
-    targets = [pair for key, layer in _keras_layers(model).items()
+    keras_layers = _keras_layers(model)
+    targets = [pair for key, layer in keras_layers.items()
                for pair in _variables(layer, names.get(key, fc_prefix))]
     expected = {name for name, _ in targets}
     ignored = {k for k in tensors if k.endswith(IGNORED_SUFFIXES)}
-    if "fc" not in _keras_layers(model):  # include_top=False: the classifier is not needed
+    if "fc" not in keras_layers:  # include_top=False: the classifier is not needed
         ignored |= {k for k in tensors if k.startswith(fc_prefix + ".")}
     missing = sorted(expected - set(tensors))
     unexpected = sorted(set(tensors) - expected - ignored)

@@ -1,6 +1,7 @@
 """Fine-tuning a P3D ResNet on TFRecord shards, and the `p3d-train` program.
 
-SGD with momentum, a step or cosine learning-rate schedule, "partial BN" (only the first
+SGD with momentum (or AdamW, for training small networks from scratch), a step or cosine
+learning-rate schedule, "partial BN" (only the first
 BatchNorm keeps training, as the authors fine-tuned), mixed precision, XLA, checkpoints with
 resume after an interruption, TensorBoard and CSV logs. Several devices: `MirroredStrategy` on the
 TensorFlow backend, `keras.distribution.DataParallel` on the JAX backend.
@@ -20,6 +21,7 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("step", "cosine", "constant")
 DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+OPTIMIZERS = ("sgd", "adamw")
 
 
 def batch_norm_layers(model):
@@ -82,14 +84,26 @@ def distribution_scope(kind):
             keras.distribution.set_distribution(previous)
 
 
-def compile_for_training(model, *, schedule, momentum=0.9, weight_decay=5e-4, jit_compile=False, partial_bn=True):
-    """Compile `model` for fine-tuning with SGD + momentum and sparse categorical cross-entropy."""
+def make_optimizer(kind, schedule, *, momentum=0.9, weight_decay=5e-4):
+    """`sgd`: SGD with momentum, as the authors fine-tuned; `adamw`: AdamW (momentum unused),
+    which trains a small network from scratch in far fewer steps (the demo)."""
+    if kind == "sgd":
+        return keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None)
+    if kind == "adamw":
+        return keras.optimizers.AdamW(schedule, weight_decay=weight_decay or 0.0)
+    raise ValueError(f"Unknown optimizer. Expected one of {OPTIMIZERS}. Received: optimizer={kind!r}")
+
+
+def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weight_decay=5e-4, jit_compile=False,
+                         partial_bn=True):
+    """Compile `model` for fine-tuning with `make_optimizer(optimizer, ...)` and sparse categorical
+    cross-entropy."""
     if partial_bn:
         log.info("partial BN: froze %d of %d BatchNormalization layers", apply_partial_bn(model),
                  len(batch_norm_layers(model)))
     from_logits = model.layers[-1].get_config().get("activation") in (None, "linear")
     model.compile(
-        optimizer=keras.optimizers.SGD(schedule, momentum=momentum, weight_decay=weight_decay or None),
+        optimizer=make_optimizer(optimizer, schedule, momentum=momentum, weight_decay=weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
         metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
                  keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
@@ -139,8 +153,10 @@ def build_parser():
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=10)
     g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
+                   help="sgd: SGD with --momentum (default, as the authors); adamw: AdamW")
     g.add_argument("--lr", type=float, default=0.001, help="base learning rate (default 0.001)")
-    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--weight-decay", type=float, default=5e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="step")
     g.add_argument("--step-epochs", type=int, nargs="*", help="epochs at which the step schedule divides by 10")
@@ -152,7 +168,7 @@ def build_parser():
     g.add_argument("--no-flip", action="store_true",
                    help="no random horizontal flip (when left/right or cw/ccw are different classes)")
     g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    g.add_argument("--seed", type=int, help="seed for a deterministic input pipeline")
+    g.add_argument("--seed", type=int, help="seed for the initial weights, dropout and a deterministic input pipeline")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
     return p
 
@@ -167,6 +183,8 @@ def run(args):
         raise ValueError("Expected --classes, or a labels.txt beside the training shards. Received neither for "
                          f"--train={args.train!r}")
     keras.mixed_precision.set_dtype_policy(args.precision)
+    if args.seed is not None:
+        keras.utils.set_random_seed(args.seed)
     with distribution_scope(args.distribute):
         model = model_for_classes(args, classes)
         data = dict(batch_size=args.batch_size, **cli_common.clip_options(model, args))
@@ -176,7 +194,7 @@ def run(args):
             lambda clips, labels, ids: (clips, labels)) if args.val else None
         steps = max(1, cli_common.collection_size(args.train) // args.batch_size)
         schedule = learning_rate_schedule(args.schedule, args.lr, steps, args.epochs, args.step_epochs)
-        compile_for_training(model, schedule=schedule, momentum=args.momentum, weight_decay=args.weight_decay,
+        compile_for_training(model, schedule=schedule, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
                              jit_compile=args.jit_compile, partial_bn=not args.no_partial_bn)
         log.info("training %s: %d steps per epoch, %d epochs, batch %d", model.name, steps, args.epochs,
                  args.batch_size)

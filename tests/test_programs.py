@@ -57,7 +57,7 @@ def test_training_resumes_after_an_interruption(shards, tmp_path, monkeypatch):
     make_callbacks = training.training_callbacks
     monkeypatch.setattr(training, "training_callbacks", lambda *a, **k: make_callbacks(*a, **k) + [Crash()])
     args = ["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "3", "--batch-size", "4",
-            "--seed", "2", "--verbose", "0", *MODEL_ARGS]
+            "--optimizer", "adamw", "--seed", "2", "--verbose", "0", *MODEL_ARGS]
     with pytest.raises(KeyboardInterrupt):
         training.main(args)
     monkeypatch.setattr(training, "training_callbacks", make_callbacks)
@@ -76,6 +76,15 @@ def test_partial_bn_freezes_all_but_the_first():
     model.train_on_batch(np.random.default_rng(0).normal(size=(2, 16, 32, 32, 3)).astype("float32"), np.array([0, 1]))
     assert not np.allclose(bns[0].moving_mean.numpy(), before[0])
     np.testing.assert_array_equal(bns[1].moving_mean.numpy(), before[1])
+
+
+def test_optimizers():
+    sgd = training.make_optimizer("sgd", 0.1, momentum=0.8, weight_decay=1e-4)
+    assert isinstance(sgd, keras.optimizers.SGD) and sgd.momentum == 0.8 and sgd.weight_decay == 1e-4
+    adamw = training.make_optimizer("adamw", 0.1, weight_decay=1e-4)
+    assert isinstance(adamw, keras.optimizers.AdamW) and adamw.weight_decay == 1e-4
+    with pytest.raises(ValueError, match="Received: optimizer='adam'"):
+        training.make_optimizer("adam", 0.1)
 
 
 def test_learning_rate_schedules():

@@ -22,8 +22,10 @@ so a model that ignores frame order is at chance within each pair.
 and `make_motion_dataset` writes `root/<split>/<class>/<class>_<i:04d>.mp4` trees that the
 folder-per-class converter reads.
 """
+import concurrent.futures
 import json
 import logging
+import multiprocessing
 import os
 import zlib
 
@@ -225,12 +227,20 @@ def write_video(path, frames, *, fps=25, codec="h264"):
         container.mux(stream.encode())
 
 
+def _write_one(task):
+    """Render and write one video of `make_motion_dataset` (a worker task)."""
+    path, seed, split, cls, i, frames, size, fps, codec = task
+    rng = np.random.default_rng([seed, zlib.crc32(split.encode()), CLASSES.index(cls), i])
+    write_video(path, render_clip(cls, rng, frames=frames, size=size), fps=fps, codec=codec)
+
+
 def make_motion_dataset(root, *, splits=None, frames=32, size=64, fps=25, codec="h264", seed=0,
-                        classes=CLASSES):
+                        classes=CLASSES, workers=0):
     """Write the synthetic motion dataset as mp4 files and return its manifest.
 
     Writes `root/<split>/<class>/<class>_<i:04d>.mp4`, so each split is a folder-per-class tree,
-    and `root/manifest.json`. Each clip is a pure function of `(seed, split name, class, i)`.
+    and `root/manifest.json`. Each clip is a pure function of `(seed, split name, class, i)`, so
+    the files do not depend on `workers`.
 
     Args:
         root: output folder (created if missing; existing files of the same names are replaced).
@@ -239,6 +249,7 @@ def make_motion_dataset(root, *, splits=None, frames=32, size=64, fps=25, codec=
         fps, codec: passed to `write_video`.
         seed: random seed.
         classes: the motion classes to write, a subset of `CLASSES`.
+        workers: processes rendering in parallel (0: in this process; None: one per core).
 
     Returns:
         The manifest dict: classes, per-split per-class counts, total, and the settings.
@@ -250,25 +261,31 @@ def make_motion_dataset(root, *, splits=None, frames=32, size=64, fps=25, codec=
                 "Expected splits to map folder names to non-negative video counts per class. "
                 f"Received: splits={splits!r}"
             )
+    if workers is not None and (not isinstance(workers, int) or workers < 0):
+        raise ValueError(f"Expected workers to be an int >= 0 or None. Received: workers={workers!r}")
     classes = tuple(classes)
     for cls in classes:
         _check_class(cls)
-    counts = {}
+    tasks, counts = [], {}
     for split, count in splits.items():
-        counts[split] = {}
+        counts[split] = dict.fromkeys(classes, int(count))
         for cls in classes:
             folder = os.path.join(os.fspath(root), split, cls)
             os.makedirs(folder, exist_ok=True)
-            for i in range(int(count)):
-                rng = np.random.default_rng([seed, zlib.crc32(split.encode()), CLASSES.index(cls), i])
-                clip = render_clip(cls, rng, frames=frames, size=size)
-                write_video(os.path.join(folder, f"{cls}_{i:04d}.mp4"), clip, fps=fps, codec=codec)
-            counts[split][cls] = int(count)
-        logger.info("Wrote %d videos per class for split %r under %s", count, split, root)
+            tasks += [(os.path.join(folder, f"{cls}_{i:04d}.mp4"), seed, split, cls, i, frames, size, fps, codec)
+                      for i in range(int(count))]
+    if workers == 0:
+        for task in tasks:
+            _write_one(task)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(_write_one, tasks, chunksize=16))
+    logger.info("Wrote %d videos under %s", len(tasks), root)
     manifest = {
         "classes": list(classes),
         "splits": counts,
-        "total": sum(sum(c.values()) for c in counts.values()),
+        "total": len(tasks),
         "frames": frames, "size": size, "fps": fps, "codec": codec, "seed": seed,
     }
     with open(os.path.join(os.fspath(root), "manifest.json"), "w", encoding="utf-8") as f:

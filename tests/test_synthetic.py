@@ -148,7 +148,7 @@ def test_make_motion_dataset_tree_manifest_and_determinism(tmp_path):
                          "test/rotate_ccw/rotate_ccw_0000.mp4"]
     assert "train/recede/recede_0001.mp4" in files and len(files) == 9
 
-    make_motion_dataset(tmp_path / "b", **kwargs)
+    make_motion_dataset(tmp_path / "b", workers=2, **kwargs)  # the same files from worker processes
     for name in files:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
 
@@ -158,3 +158,5 @@ def test_make_motion_dataset_rejects_bad_splits(tmp_path):
         make_motion_dataset(tmp_path, splits={"train": -1})
     with pytest.raises(ValueError, match="cls='walk'"):
         make_motion_dataset(tmp_path, splits={"train": 1}, classes=("walk",))
+    with pytest.raises(ValueError, match="workers=-1"):
+        make_motion_dataset(tmp_path, splits={"train": 1}, workers=-1)

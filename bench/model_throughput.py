@@ -6,10 +6,13 @@ traces and compiles; none are timed), then times `predict_on_batch` and `train_o
 sparse categorical cross-entropy) over several windows and reports the median clips/s, the
 compile time (first call) and its peak RSS. The parent prints a Markdown table.
 
-Backends: `tf` (TensorFlow, `jit_compile=False`), `tf-xla` (TensorFlow, `jit_compile=True`),
-`jax` (always XLA-compiled; runs on whatever device JAX sees, GPU included).
+Backends: `tf` (TensorFlow as installed, `jit_compile=False`), `tf-onednn` (the same with
+`TF_ENABLE_ONEDNN_OPTS=1`: TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with
+AVX-512 and newer; `tf` runs without the variable, whatever the calling shell set),
+`tf-xla` (TensorFlow, `jit_compile=True`), `jax` (always XLA-compiled; runs on whatever device JAX
+sees, GPU included).
 
-    python bench/model_throughput.py                      # P3D-199, 2 x 16x160x160, tf,tf-xla,jax
+    python bench/model_throughput.py                      # P3D-199, 2 x 16x160x160, tf,tf-onednn,tf-xla,jax
     python bench/model_throughput.py --quick              # tiny network, < 1 minute
     python bench/model_throughput.py --backends jax --dtype float32,mixed_bfloat16   # on a GPU
 """
@@ -27,10 +30,11 @@ import time
 # Forward GFLOPs of one 16x160x160 clip through P3D-199 (width 64); training ~ 3x forward.
 P3D199_CLIP_GFLOPS = 36.8
 TRAIN_FLOPS_FACTOR = 3
-BACKENDS = {  # name -> (KERAS_BACKEND, jit_compile)
-    "tf": ("tensorflow", False),
-    "tf-xla": ("tensorflow", True),
-    "jax": ("jax", True),
+BACKENDS = {  # name -> (KERAS_BACKEND, jit_compile, extra environment)
+    "tf": ("tensorflow", False, {}),
+    "tf-onednn": ("tensorflow", False, {"TF_ENABLE_ONEDNN_OPTS": "1"}),
+    "tf-xla": ("tensorflow", True, {}),
+    "jax": ("jax", True, {}),
 }
 BASELINE = "tf"
 DTYPES = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")
@@ -49,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=2, help="timed steps per window")
     p.add_argument("--windows", type=int, default=3, help="timed windows; clips/s is their median")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (the first compiles)")
-    p.add_argument("--backends", default="tf,tf-xla,jax", help=f"comma-separated, from {', '.join(BACKENDS)}")
+    p.add_argument("--backends", default="tf,tf-onednn,tf-xla,jax", help=f"comma-separated, from {', '.join(BACKENDS)}")
     p.add_argument("--dtype", default="float32",
                    help=f"Keras dtype policy, or several comma-separated; from {', '.join(DTYPES)}")
     p.add_argument("--quick", action="store_true", help="tiny network and few steps (validation run)")
@@ -138,7 +142,7 @@ def run_child(args):
     import keras  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    backend, jit_compile = BACKENDS[args.child]
+    backend, jit_compile, _ = BACKENDS[args.child]
     assert keras.backend.backend() == backend, keras.backend.backend()
     keras.mixed_precision.set_global_policy(args.dtype[0])
     start = time.perf_counter()
@@ -171,7 +175,9 @@ def child_command(args, backend, dtype, out):
 
 def run_backend(args, backend, dtype):
     """Runs one child; returns its result, or a dict with `error` if it failed."""
-    env = dict(os.environ, KERAS_BACKEND=BACKENDS[backend][0], TF_CPP_MIN_LOG_LEVEL="2")
+    keras_backend, _, extra_env = BACKENDS[backend]
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    env.update(KERAS_BACKEND=keras_backend, TF_CPP_MIN_LOG_LEVEL="2", **extra_env)
     row = dict(backend=backend, dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         out = pathlib.Path(tmp) / "result.json"

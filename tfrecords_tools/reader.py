@@ -283,9 +283,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
             cropped and flipped but not normalised, in their stored channel order, for the model to
             normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
-            float32 output with that preset, and about twice the clips/s on the CPU; see
-            `bench/README.md`). A clip that is resized (multi-scale or jittered crops, frames
-            smaller than the crop) is rounded back to uint8.
+            float32 output with that preset; on the CPU it runs at the JPEG-decode limit, where
+            float32 output reaches about two thirds of it: `bench/README.md`). A clip that is
+            resized (multi-scale or jittered crops, frames smaller than the crop) is rounded back
+            to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).
         shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling.
         deterministic: with an integer `seed`, the same batches run after run (fixed shard order,

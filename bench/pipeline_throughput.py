@@ -3,9 +3,11 @@
 Writes synthetic shards (smooth-noise 182x242 JPEGs, quality 90, the converter's default frame
 size), then times, alternately in each round,
   - the limit: the same number of frames as the pipelines, as clip-length windows of the same
-    shards, decoded whole by `tf.io.decode_jpeg` (unrolled, as the reader does) in a map with the
-    same parallelism (AUTOTUNE), batched and prefetched like the pipeline; nothing else is done
-    to them;
+    shards held in memory, decoded whole by `tf.io.decode_jpeg` (unrolled, as the reader does) in
+    a map with the same parallelism (AUTOTUNE) and prefetched; nothing else is done to them (no
+    file reading, no batching: a batch of 16 whole 182x242 clips is 34 MB, which the default CPU
+    allocator maps fresh and page-faults in every time, a cost of the limit's larger frames that
+    made it look slower than the uint8 pipeline);
   - the uint8 pipeline: `training_dataset(output_dtype="uint8")` clips/s (frames/s = clips/s x
     clip_length), what `p3d-train` uses (the model normalises on its device); and
   - the float32 pipeline: `training_dataset(normalization=...)`, normalised on the CPU,
@@ -23,7 +25,8 @@ Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips
 x 3 = 79 MB) is fresh memory from `mmap` (glibc maps anything over 32 MB), so filling it page-
 faults ~19,000 pages: ~2 ms per clip, as much as the rest of the clip's work after decoding.
 `TF_CPU_ALLOCATOR_USE_BFC=true` (read when TensorFlow starts) makes TensorFlow reuse its CPU memory;
-the table's header says which allocator ran.
+it also speeds up the uint8 pipeline (20 MB batches) by a quarter. The table's header says which
+allocator ran.
 """
 import argparse
 import os
@@ -68,11 +71,11 @@ def write_shards(directory, *, videos, frames, num_shards, seed=0):
     return paths, float(np.mean(sizes))
 
 
-def decode_limit_dataset(paths, *, num_clips, clip_length, batch_size, seed=0):
+def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
     """`num_clips` windows of `clip_length` consecutive frames of the shards' videos (one random
-    window per video, cycling over the videos), each decoded whole by `tf.io.decode_jpeg` in a
-    parallel map (AUTOTUNE), batched and prefetched: the JPEG-decode work of the pipeline's clips
-    with none of its other work."""
+    window per video, cycling over the videos), held in memory, each decoded whole by
+    `tf.io.decode_jpeg` in a parallel map (AUTOTUNE) and prefetched: the JPEG-decode work of the
+    pipeline's clips with none of its other work."""
     rng = np.random.default_rng(seed)
     videos = [schema.parse_example(r)[schema.ENCODED].numpy() for r in tf.data.TFRecordDataset(paths)]
     windows = []
@@ -86,7 +89,7 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, batch_size, seed=0):
 
     return (tf.data.Dataset.from_tensor_slices(tf.constant(windows, tf.string))
             .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def seconds_to_consume(dataset):
@@ -109,8 +112,7 @@ def measure(args, paths):
             multiscale=args.multiscale, drop_remainder=False, **output).repeat(epochs).take(batches)
 
     datasets = {
-        "limit": decode_limit_dataset(paths, num_clips=batches * args.batch_size, clip_length=args.clip_length,
-                                      batch_size=args.batch_size),
+        "limit": decode_limit_dataset(paths, num_clips=batches * args.batch_size, clip_length=args.clip_length),
         "uint8": pipeline(output_dtype="uint8"),
         "float32": pipeline(normalization=args.normalization),
     }
@@ -128,7 +130,7 @@ def table(args, frames_per_s, jpeg_bytes, cores):
     clips = {name: rate / args.clip_length for name, rate in frames_per_s.items()}
     limit = frames_per_s["limit"]
     rows = {
-        "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames, same parallelism)",
+        "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames in memory, same parallelism, no batching)",
         "uint8": f"training pipeline, uint8 out (`p3d-train`; {args.normalization} on the device)",
         "float32": f"training pipeline, float32 out ({args.normalization} on the CPU)",
     }

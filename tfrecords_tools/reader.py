@@ -23,11 +23,13 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard.
 
-Speed (`bench/pipeline_throughput.py`, `bench/README.md`): the uint8 output is the fast one (the
-float32 work after decoding is most of the rest of the time). For float32 output, BGR presets
-reverse the channels on the uint8 frames, fused with the flip; set `TF_CPU_ALLOCATOR_USE_BFC=true`
-before TensorFlow starts, or every float32 batch (79 MB at 16 x 16 x 160 x 160 x 3) is fresh
-`mmap`ed memory that costs ~2 ms per clip to page in.
+Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 80 % of the
+JPEG-decode limit on 2 cores (after reading the records it runs at the limit; reading and
+checking the shards is the rest), float32 output 57 % (its cast, normalisation and 4.9 MB per
+clip of float32 writes). For float32 output, BGR presets reverse the channels on the uint8 frames,
+fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts: with the
+default allocator every large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is
+fresh `mmap`ed memory paged in again, which cost a fifth of the uint8 throughput (63 %).
 """
 import dataclasses
 import struct
@@ -283,10 +285,9 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
             cropped and flipped but not normalised, in their stored channel order, for the model to
             normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
-            float32 output with that preset; on the CPU it runs at the JPEG-decode limit, where
-            float32 output reaches about two thirds of it: `bench/README.md`). A clip that is
-            resized (multi-scale or jittered crops, frames smaller than the crop) is rounded back
-            to uint8.
+            float32 output with that preset, at 1.4-1.7x the clips/s of float32 output on the
+            CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
+            frames smaller than the crop) is rounded back to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).
         shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling.
         deterministic: with an integer `seed`, the same batches run after run (fixed shard order,

@@ -1,13 +1,18 @@
 """Training-pipeline throughput against the JPEG-decode limit, measured in the same run.
 
 Writes synthetic shards (smooth-noise 182x242 JPEGs, quality 90, the converter's default frame
-size), then times
-  - the pipeline: `training_dataset` clips/s (and frames/s = clips/s x clip_length), and
-  - the limit: the same number of frames, as clip-length windows of the same shards, decoded whole
-    by `tf.io.decode_jpeg` (unrolled, as the reader does) in a map with the same parallelism
-    (AUTOTUNE), batched and prefetched like the pipeline; nothing else is done to them,
-and prints a Markdown table: both rates in total and per core, their ratio, and the cores a GPU
-consuming N clips/s would need at the measured per-core pipeline rate.
+size), then times, alternately in each round,
+  - the limit: the same number of frames as the pipelines, as clip-length windows of the same
+    shards held in memory, decoded whole by `tf.io.decode_jpeg` (unrolled, as the reader does) in
+    a map with the same parallelism (AUTOTUNE) and prefetched; nothing else is done to them (no
+    file reading, no batching: a batch of 16 whole 182x242 clips is 34 MB, which the default CPU
+    allocator maps fresh and page-faults in every time, a cost of the limit's larger frames that
+    made it look slower than the uint8 pipeline);
+  - the uint8 pipeline: `training_dataset(output_dtype="uint8")` clips/s (frames/s = clips/s x
+    clip_length), what `p3d-train` uses (the model normalises on its device); and
+  - the float32 pipeline: `training_dataset(normalization=...)`, normalised on the CPU,
+and prints Markdown tables: the rates in total and per core, each pipeline's ratio to the limit,
+and the cores a GPU consuming N clips/s would need at the measured per-core rates.
 
 One epoch of `--videos` videos is a fresh iterator (shuffle buffer filled again, parallelism
 autotuned again), so the default epoch holds as many videos as the clips timed per round: a
@@ -20,7 +25,8 @@ Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips
 x 3 = 79 MB) is fresh memory from `mmap` (glibc maps anything over 32 MB), so filling it page-
 faults ~19,000 pages: ~2 ms per clip, as much as the rest of the clip's work after decoding.
 `TF_CPU_ALLOCATOR_USE_BFC=true` (read when TensorFlow starts) makes TensorFlow reuse its CPU memory;
-the table's header says which allocator ran.
+it also speeds up the uint8 pipeline (20 MB batches) by a quarter. The table's header says which
+allocator ran.
 """
 import argparse
 import os
@@ -65,11 +71,11 @@ def write_shards(directory, *, videos, frames, num_shards, seed=0):
     return paths, float(np.mean(sizes))
 
 
-def decode_limit_dataset(paths, *, num_clips, clip_length, batch_size, seed=0):
+def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
     """`num_clips` windows of `clip_length` consecutive frames of the shards' videos (one random
-    window per video, cycling over the videos), each decoded whole by `tf.io.decode_jpeg` in a
-    parallel map (AUTOTUNE), batched and prefetched: the JPEG-decode work of the pipeline's clips
-    with none of its other work."""
+    window per video, cycling over the videos), held in memory, each decoded whole by
+    `tf.io.decode_jpeg` in a parallel map (AUTOTUNE) and prefetched: the JPEG-decode work of the
+    pipeline's clips with none of its other work."""
     rng = np.random.default_rng(seed)
     videos = [schema.parse_example(r)[schema.ENCODED].numpy() for r in tf.data.TFRecordDataset(paths)]
     windows = []
@@ -83,7 +89,7 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, batch_size, seed=0):
 
     return (tf.data.Dataset.from_tensor_slices(tf.constant(windows, tf.string))
             .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-            .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+            .prefetch(tf.data.AUTOTUNE))
 
 
 def seconds_to_consume(dataset):
@@ -94,45 +100,58 @@ def seconds_to_consume(dataset):
 
 
 def measure(args, paths):
-    """Best-of-rounds (pipeline clips/s, decode-limit frames/s), alternating the two."""
+    """Best-of-rounds frames/s of the decode limit and of each pipeline (`ROWS` order), timed
+    alternately within each round."""
     epochs = -(-args.clips // args.videos)
-    pipeline = reader.training_dataset(
-        paths, batch_size=args.batch_size, clip_length=args.clip_length, crop_size=args.crop_size,
-        multiscale=args.multiscale, normalization=args.normalization, drop_remainder=False).repeat(epochs).take(
-        -(-args.clips // args.batch_size))
-    num_clips = -(-args.clips // args.batch_size) * args.batch_size
-    frames = num_clips * args.clip_length
-    limit = decode_limit_dataset(paths, num_clips=num_clips, clip_length=args.clip_length,
-                                 batch_size=args.batch_size)
-    seconds_to_consume(pipeline.take(2))  # warm up: traces functions, fills the shard cache
-    seconds_to_consume(limit.take(2))
-    clips_per_s, frames_per_s = 0.0, 0.0
+    batches = -(-args.clips // args.batch_size)
+    frames = batches * args.batch_size * args.clip_length
+
+    def pipeline(**output):
+        return reader.training_dataset(
+            paths, batch_size=args.batch_size, clip_length=args.clip_length, crop_size=args.crop_size,
+            multiscale=args.multiscale, drop_remainder=False, **output).repeat(epochs).take(batches)
+
+    datasets = {
+        "limit": decode_limit_dataset(paths, num_clips=batches * args.batch_size, clip_length=args.clip_length),
+        "uint8": pipeline(output_dtype="uint8"),
+        "float32": pipeline(normalization=args.normalization),
+    }
+    for dataset in datasets.values():
+        seconds_to_consume(dataset.take(2))  # warm up: traces functions, fills the shard cache
+    best = dict.fromkeys(datasets, 0.0)
     for _ in range(args.rounds):
-        clips_per_s = max(clips_per_s, frames / args.clip_length / seconds_to_consume(pipeline))
-        frames_per_s = max(frames_per_s, frames / seconds_to_consume(limit))
-    return clips_per_s, frames_per_s
+        for name, dataset in datasets.items():
+            best[name] = max(best[name], frames / seconds_to_consume(dataset))
+    return best
 
 
-def table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores):
-    frames_per_s = clips_per_s * args.clip_length
-    per_core = clips_per_s / cores
+def table(args, frames_per_s, jpeg_bytes, cores):
+    """Markdown tables of `measure`'s frames/s."""
+    clips = {name: rate / args.clip_length for name, rate in frames_per_s.items()}
+    limit = frames_per_s["limit"]
+    rows = {
+        "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames in memory, same parallelism, no batching)",
+        "uint8": f"training pipeline, uint8 out (`p3d-train`; {args.normalization} on the device)",
+        "float32": f"training pipeline, float32 out ({args.normalization} on the CPU)",
+    }
     lines = [
         f"{args.videos} videos x {args.frames} frames, {HEIGHT}x{WIDTH} JPEG q90 (mean {jpeg_bytes / 1024:.1f} KiB), "
         f"clip {args.clip_length} x {args.crop_size}{' multi-scale' if args.multiscale else ''}, "
-        f"{args.normalization} normalization, batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores, "
+        f"batch {args.batch_size}, {args.clips} clips, best of {args.rounds}, {cores} cores, "
         f"{'BFC' if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true') else 'default'} CPU allocator",
         "",
-        "| | frames/s | clips/s | clips/s per core |",
-        "|---|---:|---:|---:|",
-        f"| JPEG-decode limit (`tf.io.decode_jpeg`, whole frames, same parallelism) | {limit_frames_per_s:,.0f} | "
-        f"{limit_frames_per_s / args.clip_length:,.1f} | {limit_frames_per_s / args.clip_length / cores:,.1f} |",
-        f"| training pipeline | {frames_per_s:,.0f} | {clips_per_s:,.1f} | {per_core:,.1f} |",
-        f"| ratio | {frames_per_s / limit_frames_per_s:.0%} | | |",
-        "",
-        "| GPU consumes (clips/s) | cores needed at the measured pipeline rate |",
-        "|---:|---:|",
+        "| | frames/s | clips/s | clips/s per core | vs limit |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {n} | {n / per_core:,.0f} |" for n in args.gpu_clips_per_s]
+    lines += [f"| {rows[name]} | {rate:,.0f} | {clips[name]:,.1f} | {clips[name] / cores:,.1f} | {rate / limit:.0%} |"
+              for name, rate in frames_per_s.items()]
+    lines += [
+        "",
+        "| GPU consumes (clips/s) | cores needed, uint8 pipeline | float32 pipeline | at the decode limit |",
+        "|---:|---:|---:|---:|",
+    ]
+    lines += [f"| {n} | {n / (clips['uint8'] / cores):,.1f} | {n / (clips['float32'] / cores):,.1f} | "
+              f"{n / (clips['limit'] / cores):,.1f} |" for n in args.gpu_clips_per_s]
     return "\n".join(lines)
 
 
@@ -147,15 +166,15 @@ def main(argv=None):
     parser.add_argument("--crop-size", type=int, default=160)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--multiscale", action="store_true")
-    parser.add_argument("--normalization", default="caffe")
+    parser.add_argument("--normalization", default="caffe", help="the float32 pipeline's preset")
     parser.add_argument("--gpu-clips-per-s", type=int, nargs="+", default=[200, 500])
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         paths, jpeg_bytes = write_shards(pathlib.Path(tmp), videos=args.videos, frames=args.frames,
                                          num_shards=args.shards)
-        clips_per_s, limit_frames_per_s = measure(args, paths)
-    print(table(args, clips_per_s, limit_frames_per_s, jpeg_bytes, cores))
+        frames_per_s = measure(args, paths)
+    print(table(args, frames_per_s, jpeg_bytes, cores))
     return 0
 
 

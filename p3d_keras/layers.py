@@ -1,4 +1,5 @@
-"""P3D bottleneck blocks as serializable Keras layers, written with `keras.ops` only.
+"""P3D bottleneck blocks, and the input normalisation step, as serializable Keras layers written
+with `keras.ops` only.
 
 A P3D block decouples a 3x3x3 convolution into a spatial conv S (1x3x3) and a temporal conv T
 (3x1x1) inside a ResNet bottleneck. The reduce (1x1x1), expand (1x1x1), shortcut and residual add
@@ -13,9 +14,14 @@ are shared by every kind; the kinds differ only in how S and T are wired (Qiu et
 The authors' Caffe graph and the PyTorch port merge B and C differently (`graph=`, see
 `MERGES`). Kind "2D" is ResNet's plain bottleneck (S is 3x3, no T), applied to every time step
 when the input is a clip, as in res5.
+
+`Normalize` turns uint8 frames (the reader's `output_dtype="uint8"`) into a network's normalised
+input on the model's device, with `p3d_keras.normalization.normalize`.
 """
 import keras
 from keras import layers, ops
+
+from p3d_keras import normalization as norm_lib
 
 KINDS = ("A", "B", "C", "2D")
 GRAPHS = ("caffe", "pytorch")
@@ -165,3 +171,37 @@ class P3DBottleneck(layers.Layer):
         return {**super().get_config(), "filters": self.filters, "kind": self.kind, "graph": self.graph,
                 "strides": self.strides, "projection": self.projection,
                 "bn_epsilon": self.bn_epsilon, "bn_momentum": self.bn_momentum}
+
+
+@keras.saving.register_keras_serializable(package="p3d_keras")
+class Normalize(layers.Layer):
+    """Cast frames (uint8, or any number type holding 0-255) to float32 and normalise them with a
+    `p3d_keras.normalization` preset: the reader's `output_dtype="uint8"` clips in, exactly the
+    reader's float32 clips for that preset out, computed on the model's device.
+
+    The arithmetic is `p3d_keras.normalization.normalize` (the presets' one definition), in
+    float32; the result is cast to the layer's compute dtype (float16 under `mixed_float16`).
+
+    Args:
+        normalization: a preset name: `caffe` (RGB in, BGR minus mean out), `imagenet`, `unit`
+            or `flow`.
+
+    Input: `(..., C)` with the preset's C channels (3, or 2 for `flow`), in RGB order.
+    """
+
+    def __init__(self, normalization, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(normalization, str):
+            raise ValueError(f"Expected normalization to be a preset name, one of {sorted(norm_lib.NORMALIZATIONS)}. "
+                             f"Received: normalization={normalization!r}")
+        self.normalization = norm_lib.get_normalization(normalization).name
+        self.built = True
+
+    def call(self, frames):
+        return ops.cast(norm_lib.normalize(ops.cast(frames, "float32"), self.normalization), self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def get_config(self):
+        return {**super().get_config(), "normalization": self.normalization}

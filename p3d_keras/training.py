@@ -5,6 +5,13 @@ learning-rate schedule, "partial BN" (only the first
 BatchNorm keeps training, as the authors fine-tuned), mixed precision, XLA, checkpoints with
 resume after an interruption, TensorBoard and CSV logs. Several devices: `MirroredStrategy` on the
 TensorFlow backend, `keras.distribution.DataParallel` on the JAX backend.
+
+Input: by default the reader hands out uint8 clips and the model normalises them on its device
+(`--input-dtype uint8`): the network is trained inside `with_input_normalization`, a model that
+adds `p3d_keras.layers.Normalize` in front of it, which keeps the CPU pipeline near the JPEG-decode
+limit (`bench/README.md`). The saved models (`last.keras`, `best.keras`) and the returned
+History's model are the network alone, taking normalised float input, as every other program
+expects. `--input-dtype float32` normalises on the CPU in the reader instead.
 """
 import argparse
 import contextlib
@@ -22,12 +29,20 @@ SCHEDULES = ("step", "cosine", "constant")
 DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
+INPUT_DTYPES = ("uint8", "float32")
 
 
 def batch_norm_layers(model):
-    """Every BatchNormalization of `model`, in build order (including those inside blocks)."""
-    return [layer for layer in model._flatten_layers(include_self=False, recursive=True)
-            if isinstance(layer, keras.layers.BatchNormalization)]
+    """Every BatchNormalization of `model`, in build order, depth first: those inside blocks and
+    nested models (`with_input_normalization`) too. (Keras' recursive `_flatten_layers` lists a
+    nested model's layers in reverse order, which would make another layer "the first".)"""
+    found = []
+    for layer in model._flatten_layers(include_self=False, recursive=False):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        else:
+            found += batch_norm_layers(layer)
+    return found
 
 
 def apply_partial_bn(model):
@@ -94,6 +109,23 @@ def make_optimizer(kind, schedule, *, momentum=0.9, weight_decay=5e-4):
     raise ValueError(f"Unknown optimizer. Expected one of {OPTIMIZERS}. Received: optimizer={kind!r}")
 
 
+def output_layer(model):
+    """The layer making `model`'s output, looking inside nested models (`with_input_normalization`)."""
+    layer = model.layers[-1]
+    return output_layer(layer) if isinstance(layer, keras.Model) else layer
+
+
+def with_input_normalization(network, normalization):
+    """A model taking uint8 clips of `network`'s input shape (the reader's `output_dtype="uint8"`)
+    that normalises them with `p3d_keras.layers.Normalize(normalization)` and runs `network`,
+    whose layers and variables it shares."""
+    from p3d_keras.layers import Normalize  # noqa: PLC0415
+
+    clips = keras.Input(network.input_shape[1:], dtype="uint8", name="uint8_clips")
+    outputs = network(Normalize(normalization, name="normalize")(clips))
+    return keras.Model(clips, outputs, name=f"{network.name}_with_normalize")
+
+
 def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weight_decay=5e-4, jit_compile=False,
                          partial_bn=True):
     """Compile `model` for fine-tuning with `make_optimizer(optimizer, ...)` and sparse categorical
@@ -101,7 +133,7 @@ def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weig
     if partial_bn:
         log.info("partial BN: froze %d of %d BatchNormalization layers", apply_partial_bn(model),
                  len(batch_norm_layers(model)))
-    from_logits = model.layers[-1].get_config().get("activation") in (None, "linear")
+    from_logits = output_layer(model).get_config().get("activation") in (None, "linear")
     model.compile(
         optimizer=make_optimizer(optimizer, schedule, momentum=momentum, weight_decay=weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
@@ -112,15 +144,30 @@ def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weig
     return model
 
 
-def training_callbacks(out_dir, monitor_val):
-    """Resume state (BackupAndRestore), the last and best models, TensorBoard and CSV logs."""
+class NetworkCheckpoint(keras.callbacks.ModelCheckpoint):
+    """`ModelCheckpoint` saving `network`, a part of the model being trained (the network inside
+    `with_input_normalization`), or the whole model when `network` is None."""
+
+    def __init__(self, filepath, network=None, **kwargs):
+        super().__init__(filepath, **kwargs)
+        self.network = network
+
+    @property
+    def model(self):
+        trained = super().model  # on JAX, this copies the training state into the variables
+        return trained if self.network is None else self.network
+
+
+def training_callbacks(out_dir, monitor_val, network=None):
+    """Resume state (BackupAndRestore, of the whole model being trained), the last and best models
+    (`network`, when the model being trained wraps it), TensorBoard and CSV logs."""
     os.makedirs(out_dir, exist_ok=True)
     monitor = "val_accuracy" if monitor_val else "accuracy"
     return [
         keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "last.keras")),
-        keras.callbacks.ModelCheckpoint(os.path.join(out_dir, "best.keras"), monitor=monitor, mode="max",
-                                        save_best_only=True),
+        NetworkCheckpoint(os.path.join(out_dir, "last.keras"), network),
+        NetworkCheckpoint(os.path.join(out_dir, "best.keras"), network, monitor=monitor, mode="max",
+                          save_best_only=True),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "log.csv"), append=True),
     ]
@@ -168,6 +215,9 @@ def build_parser():
     g.add_argument("--no-flip", action="store_true",
                    help="no random horizontal flip (when left/right or cw/ccw are different classes)")
     g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
+    g.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
+                   help="uint8 (default): the reader hands out uint8 clips and the model normalises them on "
+                        "its device; float32: the reader normalises on the CPU (slower)")
     g.add_argument("--seed", type=int, help="seed for the initial weights, dropout and a deterministic input pipeline")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
     return p
@@ -187,19 +237,26 @@ def run(args):
         keras.utils.set_random_seed(args.seed)
     with distribution_scope(args.distribute):
         model = model_for_classes(args, classes)
-        data = dict(batch_size=args.batch_size, **cli_common.clip_options(model, args))
+        data = dict(batch_size=args.batch_size, output_dtype=args.input_dtype, **cli_common.clip_options(model, args))
+        trained = model
+        if args.input_dtype == "uint8":
+            trained = with_input_normalization(model, data.pop("normalization"))
         train = reader.training_dataset(cli_common.shard_files(args.train), deterministic=args.seed is not None,
                                         seed=args.seed, flip=not args.no_flip, **data).repeat()
         val = reader.evaluation_dataset(cli_common.shard_files(args.val), num_clips=1, **data).map(
             lambda clips, labels, ids: (clips, labels)) if args.val else None
         steps = max(1, cli_common.collection_size(args.train) // args.batch_size)
         schedule = learning_rate_schedule(args.schedule, args.lr, steps, args.epochs, args.step_epochs)
-        compile_for_training(model, schedule=schedule, optimizer=args.optimizer, momentum=args.momentum, weight_decay=args.weight_decay,
-                             jit_compile=args.jit_compile, partial_bn=not args.no_partial_bn)
-        log.info("training %s: %d steps per epoch, %d epochs, batch %d", model.name, steps, args.epochs,
-                 args.batch_size)
-        return model.fit(train, validation_data=val, epochs=args.epochs, steps_per_epoch=steps,
-                         callbacks=training_callbacks(args.out, monitor_val=val is not None), verbose=args.verbose)
+        compile_for_training(trained, schedule=schedule, optimizer=args.optimizer, momentum=args.momentum,
+                             weight_decay=args.weight_decay, jit_compile=args.jit_compile,
+                             partial_bn=not args.no_partial_bn)
+        log.info("training %s: %d steps per epoch, %d epochs, batch %d, %s input", model.name, steps, args.epochs,
+                 args.batch_size, args.input_dtype)
+        history = trained.fit(train, validation_data=val, epochs=args.epochs, steps_per_epoch=steps,
+                              callbacks=training_callbacks(args.out, monitor_val=val is not None, network=model),
+                              verbose=args.verbose)
+    history.set_model(model)  # the network, as saved, not the training wrapper
+    return history
 
 
 def main(argv=None):

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from p3d_keras.layers import GRAPHS, KINDS, P3DBottleneck
+from p3d_keras.layers import GRAPHS, KINDS, Normalize, P3DBottleneck
+from p3d_keras.normalization import NORMALIZATIONS, normalize
 
 
 def _block(kind, graph="caffe", **kw):
@@ -111,3 +112,50 @@ def test_bad_input_shapes():
         P3DBottleneck(4, kind="A")(np.zeros((1, 8, 8, 16), "float32"))
     with pytest.raises(ValueError, match="identity shortcut needs 16 input channels"):
         P3DBottleneck(4, kind="A")(np.zeros((1, 2, 8, 8, 8), "float32"))
+
+
+@pytest.mark.parametrize("name", sorted(NORMALIZATIONS))
+def test_normalize_casts_and_applies_the_preset(name):
+    channels = NORMALIZATIONS[name].channels
+    frames = np.random.default_rng(5).integers(0, 256, (2, 3, 4, 5, channels)).astype("uint8")
+    out = Normalize(name)(frames)
+    assert keras.backend.standardize_dtype(out.dtype) == "float32"
+    # Equal on TensorFlow (test_reader checks it bit for bit); XLA (JAX) divides by multiplying by
+    # the reciprocal, which moves the last bit.
+    np.testing.assert_allclose(ops.convert_to_numpy(out), normalize(frames.astype("float32"), name), rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_normalize_caffe_reverses_to_bgr():
+    rgb = np.array([[[10, 20, 30]]], "uint8")
+    np.testing.assert_array_equal(ops.convert_to_numpy(Normalize("caffe")(rgb)), [[[30 - 104, 20 - 117, 10 - 123]]])
+
+
+def test_normalize_uses_the_compute_dtype():
+    out = Normalize("unit", dtype="mixed_float16")(np.full((1, 2, 3), 255, "uint8"))
+    assert keras.backend.standardize_dtype(out.dtype) == "float16"
+    np.testing.assert_array_equal(ops.convert_to_numpy(out), np.ones((1, 2, 3)))
+
+
+def test_normalize_config_and_keras_file_round_trip(tmp_path):
+    layer = Normalize("imagenet", name="norm")
+    config = layer.get_config()
+    assert config["normalization"] == "imagenet" and config["name"] == "norm"
+    assert Normalize.from_config(config).get_config() == config
+    inputs = keras.Input((2, 4, 4, 3), dtype="uint8")
+    model = keras.Model(inputs, keras.layers.Conv3D(2, 1)(Normalize("caffe")(inputs)))
+    frames = np.random.default_rng(6).integers(0, 256, (2, 2, 4, 4, 3)).astype("uint8")
+    model.save(tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    assert [type(layer).__name__ for layer in loaded.layers][1] == "Normalize"
+    assert loaded.layers[1].normalization == "caffe"
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(frames)), ops.convert_to_numpy(model(frames)), atol=1e-5)
+
+
+def test_normalize_bad_arguments():
+    with pytest.raises(ValueError, match="Unknown normalization.*Received: normalization='bgr'"):
+        Normalize("bgr")
+    with pytest.raises(ValueError, match="Expected normalization to be a preset name.*Received: normalization=None"):
+        Normalize(None)
+    with pytest.raises(ValueError, match="expects 2 channels.*Received: x.shape"):
+        Normalize("flow")(np.zeros((1, 4, 4, 3), "uint8"))

@@ -11,6 +11,7 @@ import pytest
 
 from p3d_keras import evaluation, features, predict, training
 from p3d_keras.applications import P3DResNet
+from p3d_keras.layers import Normalize
 from shard_fixtures import write_shards
 
 MODEL_ARGS = ["--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]
@@ -46,6 +47,30 @@ def test_train_writes_models_and_logs(trained):
     assert {"loss", "accuracy", "val_accuracy", "top5"} <= set(rows[0])
     model = keras.saving.load_model(trained / "last.keras")
     assert model.output_shape == (None, 3) and model.input_shape == (None, 16, 32, 32, 3)
+    # Trained on uint8 clips normalised in a wrapper; saved is the network alone, on float input.
+    assert model.inputs[0].dtype == "float32" and not any(isinstance(layer, Normalize) for layer in model.layers)
+
+
+def test_uint8_and_float32_input_train_the_same_network(shards, tmp_path):
+    def train(input_dtype):
+        keras.utils.set_random_seed(0)
+        out = tmp_path / input_dtype
+        args = training.build_parser().parse_args([
+            "--train", str(shards / "train"), "--val", str(shards / "test"), "--out", str(out), "--epochs", "1",
+            "--batch-size", "4", "--lr", "0.01", "--seed", "3", "--verbose", "0", "--input-dtype", input_dtype,
+            *MODEL_ARGS])
+        history = training.run(args)
+        assert history.model.name.startswith("p3d") and history.model.inputs[0].dtype == "float32"
+        saved = keras.saving.load_model(out / "last.keras")
+        for a, b in zip(saved.weights, history.model.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        return history.history, [w.numpy() for w in saved.weights]
+
+    (uint8_log, uint8_weights), (float_log, float_weights) = train("uint8"), train("float32")
+    assert uint8_log["loss"] == pytest.approx(float_log["loss"], rel=1e-5)
+    assert uint8_log["val_accuracy"] == float_log["val_accuracy"]
+    for a, b in zip(uint8_weights, float_weights):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
 def test_training_resumes_after_an_interruption(shards, tmp_path, monkeypatch):
@@ -69,6 +94,7 @@ def test_training_resumes_after_an_interruption(shards, tmp_path, monkeypatch):
 def test_partial_bn_freezes_all_but_the_first():
     model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
     bns = training.batch_norm_layers(model)
+    assert training.batch_norm_layers(training.with_input_normalization(model, "caffe")) == bns
     assert training.apply_partial_bn(model) == len(bns) - 1
     assert bns[0].name == "bn_conv1" and bns[0].trainable and not any(b.trainable for b in bns[1:])
     before = [b.moving_mean.numpy().copy() for b in bns[:2]]

@@ -123,6 +123,10 @@ def test_bad_options_raise(shards):
         reader.training_dataset(shards, batch_size=1, compression="zip")
     with pytest.raises(ValueError, match="Received: stride_range="):
         reader.training_dataset(shards, batch_size=1, frame_stride=2, stride_range=(1, 3))
+    with pytest.raises(ValueError, match="Expected output_dtype to be one of .*Received: output_dtype='float16'"):
+        reader.training_dataset(shards, batch_size=1, output_dtype="float16")
+    with pytest.raises(ValueError, match="normalization=None with output_dtype='uint8'.*Received: normalization='caffe'"):
+        reader.evaluation_dataset(shards, batch_size=1, output_dtype="uint8", normalization="caffe")
 
 
 def test_caffe_clips_are_bgr_minus_mean_of_the_same_clips(shards):
@@ -135,6 +139,49 @@ def test_caffe_clips_are_bgr_minus_mean_of_the_same_clips(shards):
         for unit, caffe in zip(epoch(make(normalization="unit")), epoch(make(normalization="caffe"))):
             np.testing.assert_allclose(caffe[0], np.rint(unit[0] * 255)[..., ::-1] - mean, atol=1e-3)
             np.testing.assert_array_equal(caffe[1], unit[1])
+
+
+@pytest.mark.parametrize("modality, normalization", [
+    ("rgb", "caffe"), ("rgb", "imagenet"), ("rgb", "unit"), ("flow", "flow")])
+def test_uint8_clips_normalised_in_the_model_equal_the_float32_clips(shards, modality, normalization):
+    # The same seed gives the same windows, crops and flips; Normalize does the BGR reversal the
+    # float32 reader fuses with the flip, and the same normalize arithmetic.
+    from p3d_keras.layers import Normalize
+    layer = Normalize(normalization)
+    common = dict(modality=modality, clip_length=4, crop_size=24)
+    for make in (lambda **kw: reader.training_dataset(shards, batch_size=2, deterministic=True, seed=7, **common, **kw),
+                 lambda **kw: reader.evaluation_dataset(shards, batch_size=5, num_clips=2, crops="three", **common,
+                                                        **kw)):
+        floats, uint8s = epoch(make(normalization=normalization)), epoch(make(output_dtype="uint8"))
+        assert len(floats) == len(uint8s) >= 2
+        for f, u in zip(floats, uint8s):
+            assert u[0].dtype == np.uint8 and u[0].shape == f[0].shape
+            np.testing.assert_array_equal(np.asarray(layer(u[0])), f[0])
+            for a, b in zip(f[1:], u[1:]):
+                np.testing.assert_array_equal(a, b)
+
+
+def test_uint8_clips_keep_the_stored_channel_order(shards):
+    # No flip: red is the frame index, green rises left to right (shard_fixtures.frame).
+    clips, _ = epoch(reader.training_dataset(shards, batch_size=4, flip=False, deterministic=True, seed=0,
+                                             clip_length=4, crop_size=24, output_dtype="uint8"))[0]
+    assert clips.dtype == np.uint8
+    for clip_frames in frame_indices(clips / 255.0):
+        assert np.all(np.diff(clip_frames) == 1) or list(clip_frames) == [0, 1, 2, 0]
+    green = clips[..., 1].astype(float).mean(axis=(0, 1, 2))
+    assert green[-1] - green[0] > 50
+
+
+def test_resized_uint8_clips_are_the_float32_clips_rounded(shards):
+    def clips(**kw):
+        return np.concatenate([b[0] for b in epoch(reader.training_dataset(
+            shards, batch_size=2, deterministic=True, seed=3, clip_length=4, crop_size=24, scale_jitter=(0.7, 0.9),
+            **kw))])
+
+    unit, uint8 = clips(normalization="unit"), clips(output_dtype="uint8")
+    assert uint8.dtype == np.uint8
+    np.testing.assert_allclose(uint8, unit * 255, atol=0.5 + 1e-3)
+    assert not np.allclose(unit * 255, np.rint(unit * 255), atol=1e-3)  # the crops really were resized
 
 
 def test_end_to_end_from_converter_output(tmp_path):

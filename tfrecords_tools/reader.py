@@ -9,6 +9,13 @@ Pipeline (training): shard names -> parallel interleave of `TFRecordDataset`s ->
 a window, keeping only its encoded frames -> shuffle (so the buffer holds windows, not whole
 videos) -> parallel decode + crop + flip + normalise -> batch -> prefetch.
 
+Output dtype: by default the readers hand out normalised float32 clips. With
+`output_dtype="uint8"` they hand out the decoded frames as they are (RGB, or the two flow
+channels, 0-255), 4x fewer bytes and no float work on the CPU, and the model normalises them on
+its device: `p3d_keras.layers.Normalize(preset)` before the network gives exactly the float32
+output (the channel reversal of BGR presets is the layer's, not the reader's). `p3d-train` trains
+this way.
+
 Corrupt shards: `TFRecordDataset` stops a shard at its first corrupt or truncated record with a
 `DataLossError` that does not name the file. The reader therefore reads each shard with errors
 ignored and checks, at the shard's end, that the records it read add up to the shard's length
@@ -16,10 +23,13 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard.
 
-Speed (`bench/pipeline_throughput.py`, `bench/README.md`): BGR presets reverse the channels on the
-uint8 frames, fused with the flip; set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts,
-or every float32 batch (79 MB at 16 x 16 x 160 x 160 x 3) is fresh `mmap`ed memory that costs
-~2 ms per clip to page in.
+Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 80 % of the
+JPEG-decode limit on 2 cores (after reading the records it runs at the limit; reading and
+checking the shards is the rest), float32 output 57 % (its cast, normalisation and 4.9 MB per
+clip of float32 writes). For float32 output, BGR presets reverse the channels on the uint8 frames,
+fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts: with the
+default allocator every large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is
+fresh `mmap`ed memory paged in again, which cost a fifth of the uint8 throughput (63 %).
 """
 import dataclasses
 import struct
@@ -33,6 +43,7 @@ from p3d_keras.tfrecords_tools import schema
 
 AUTOTUNE = tf.data.AUTOTUNE
 CROPS = ("center", "three")
+OUTPUT_DTYPES = ("float32", "uint8")
 COMPRESSIONS = ("auto", None, "", "GZIP")
 RECORD_FRAMING_BYTES = 16  # length (8) + CRC of length (4) + CRC of data (4)
 
@@ -168,21 +179,33 @@ def decode_frames(encoded, box, channels):
 
 
 def split_channel_order(normalization):
-    """`(bgr, rest)`: whether the preset reverses the channels, and the preset without that step.
+    """`(bgr, rest)`: whether the preset reverses the channels, and the preset without that step
+    (`(False, None)` for `None`, the uint8 output, which keeps the stored channel order).
 
     The reader reverses the channels itself on the uint8 frames (4x fewer bytes than float32,
     and fused with the training flip into one `tf.reverse`), then normalises with `rest`."""
+    if normalization is None:
+        return False, None
     norm = norm_lib.get_normalization(normalization)
     return norm.bgr, dataclasses.replace(norm, bgr=False)
 
 
 def finish_clip(frames, crop_size, normalization):
     """Resize uint8 frames `[N, h, w, C]` to `crop_size` (only if they are not that size already:
-    multi-scale or jittered crops, frames smaller than the crop), cast to float32 and normalise."""
-    frames = tf.cast(frames, tf.float32)
+    multi-scale or jittered crops, frames smaller than the crop), cast to float32 and normalise.
+
+    With `normalization=None` the frames stay uint8; a resized clip is rounded back to uint8
+    (within 0.5 of the float32 resize, which the float32 output normalises unrounded)."""
     same_size = tf.reduce_all(tf.equal(tf.shape(frames)[1:3], crop_size))
-    frames = tf.cond(same_size, lambda: frames,
-                     lambda: tf.image.resize(frames, [crop_size, crop_size], method="bilinear"))
+
+    def resize(x):
+        return tf.image.resize(x, [crop_size, crop_size], method="bilinear")
+
+    if normalization is None:
+        frames = tf.cond(same_size, lambda: frames, lambda: tf.saturate_cast(tf.round(resize(frames)), tf.uint8))
+        return tf.ensure_shape(frames, [None, crop_size, crop_size, None])
+    frames = tf.cast(frames, tf.float32)
+    frames = tf.cond(same_size, lambda: frames, lambda: resize(frames))
     return norm_lib.normalize(tf.ensure_shape(frames, [None, crop_size, crop_size, None]), normalization)
 
 
@@ -199,17 +222,27 @@ def crop_windows(frames, boxes, region):
 # --- options ---------------------------------------------------------------------------------
 
 def _check_options(*, batch_size, clip_length, frame_stride, crop_size, modality, normalization,
-                   stride_range=None, scale_jitter=None, multiscale=False):
+                   output_dtype, stride_range=None, scale_jitter=None, multiscale=False):
+    """Raise on a bad option; returns the `Normalization` to apply, or None for uint8 output."""
     for name, value in (("batch_size", batch_size), ("clip_length", clip_length),
                         ("frame_stride", frame_stride), ("crop_size", crop_size)):
         if not isinstance(value, int) or value < 1:
             raise ValueError(f"Expected {name} to be a positive integer. Received: {name}={value!r}")
     if modality not in MODALITY_CHANNELS:
         raise ValueError(f"Expected modality to be one of {sorted(MODALITY_CHANNELS)}. Received: modality={modality!r}")
-    norm = norm_lib.get_normalization(normalization or DEFAULT_NORMALIZATION[modality])
-    if norm.channels != MODALITY_CHANNELS[modality]:
-        raise ValueError(f"Expected a normalization with {MODALITY_CHANNELS[modality]} channels for "
-                         f"modality={modality!r}. Received: normalization={norm.name!r}")
+    if output_dtype not in OUTPUT_DTYPES:
+        raise ValueError(f"Expected output_dtype to be one of {OUTPUT_DTYPES}. Received: output_dtype={output_dtype!r}")
+    if output_dtype == "uint8":
+        if normalization is not None:
+            raise ValueError("Expected normalization=None with output_dtype='uint8' (uint8 clips are not normalised: "
+                             "normalise them in the model, e.g. with p3d_keras.layers.Normalize). "
+                             f"Received: normalization={normalization!r}")
+        norm = None
+    else:
+        norm = norm_lib.get_normalization(normalization or DEFAULT_NORMALIZATION[modality])
+        if norm.channels != MODALITY_CHANNELS[modality]:
+            raise ValueError(f"Expected a normalization with {MODALITY_CHANNELS[modality]} channels for "
+                             f"modality={modality!r}. Received: normalization={norm.name!r}")
     if stride_range is not None:
         if frame_stride != 1 or len(stride_range) != 2 or not 1 <= stride_range[0] <= stride_range[1]:
             raise ValueError("Expected stride_range=(low, high) with 1 <= low <= high, and frame_stride "
@@ -231,10 +264,11 @@ def _options(deterministic):
 
 def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1, stride_range=None,
                      crop_size=160, multiscale=False, flip=True, scale_jitter=None, normalization=None,
-                     modality="rgb", shuffle_buffer=512, deterministic=False, seed=None,
+                     output_dtype="float32", modality="rgb", shuffle_buffer=512, deterministic=False, seed=None,
                      compression="auto", skip_corrupt=False, drop_remainder=True,
                      num_parallel_calls=None, cycle_length=None):
-    """Training clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32)`.
+    """Training clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32)`
+    (`clips` uint8 with `output_dtype="uint8"`).
 
     Each epoch reads every video once, as one window of `clip_length` frames `frame_stride` apart
     (or a stride drawn per video from `stride_range=(low, high)`) at a random start; videos
@@ -246,7 +280,14 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
     Args:
         file_pattern: a glob, a path, or a list of them (shards of `schema` SequenceExamples).
         normalization: a `p3d_keras.normalization` preset (`caffe`, `imagenet`, `unit`, `flow`);
-            defaults to `caffe` for `modality="rgb"` and `flow` for `modality="flow"`.
+            defaults to `caffe` for `modality="rgb"` and `flow` for `modality="flow"`. Must be
+            None with `output_dtype="uint8"`.
+        output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
+            cropped and flipped but not normalised, in their stored channel order, for the model to
+            normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
+            float32 output with that preset, at 1.4-1.7x the clips/s of float32 output on the
+            CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
+            frames smaller than the crop) is rounded back to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).
         shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling.
         deterministic: with an integer `seed`, the same batches run after run (fixed shard order,
@@ -258,7 +299,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
                           crop_size=crop_size, modality=modality, normalization=normalization,
-                          stride_range=stride_range, scale_jitter=scale_jitter, multiscale=multiscale)
+                          output_dtype=output_dtype, stride_range=stride_range, scale_jitter=scale_jitter, multiscale=multiscale)
     if deterministic and not isinstance(seed, int):
         raise ValueError(f"Expected an integer seed when deterministic=True. Received: seed={seed!r}")
     channels = MODALITY_CHANNELS[modality]
@@ -309,10 +350,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
 # --- evaluation ------------------------------------------------------------------------------
 
 def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1, num_clips=20,
-                       crops="center", crop_size=160, normalization=None, modality="rgb",
-                       compression="auto", skip_corrupt=False, num_parallel_calls=None, cycle_length=None):
+                       crops="center", crop_size=160, normalization=None, output_dtype="float32",
+                       modality="rgb", compression="auto", skip_corrupt=False, num_parallel_calls=None, cycle_length=None):
     """Evaluation clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32,
-    video_ids [B] string)`, in a fixed order.
+    video_ids [B] string)`, in a fixed order (`clips` uint8 with `output_dtype="uint8"`).
 
     Each video gives `num_clips` windows spaced uniformly over it (the paper uses 20) x one
     centred crop (`crops="center"`) or three crops along the longer side (`crops="three"`),
@@ -321,7 +362,8 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
     `training_dataset`.
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
-                          crop_size=crop_size, modality=modality, normalization=normalization)
+                          crop_size=crop_size, modality=modality, normalization=normalization,
+                          output_dtype=output_dtype)
     if not isinstance(num_clips, int) or num_clips < 1:
         raise ValueError(f"Expected num_clips to be a positive integer. Received: num_clips={num_clips!r}")
     if crops not in CROPS:

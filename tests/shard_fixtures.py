@@ -25,7 +25,7 @@ def video_example(num_frames, label, media_id, height=32, width=48):
     return schema.make_example(
         encoded_frames=encoded, timestamps_us=[40_000 * i for i in range(num_frames)], height=height,
         width=width, frame_rate=25.0, label_index=label, label_string=f"class{label}", media_id=media_id,
-    ).SerializeToString()
+    )
 
 
 def write_shards(directory, videos, *, num_shards=1, compression=None, prefix="train", height=32, width=48):

@@ -88,3 +88,18 @@ def test_unknown_or_group_wire_type_raises(wire):
 def test_truncated_or_invalid_message_raises(data, match):
     with pytest.raises(pw.ProtobufDecodeError, match=match):
         list(pw.iter_fields(data))
+
+
+def test_length_prefix_is_the_head_of_length_delimited():
+    payload = b"x" * 300
+    assert pw.length_prefix(2, 300) == b"\x12\xac\x02"
+    assert pw.length_delimited(2, payload) == pw.length_prefix(2, 300) + payload
+    assert pw.length_delimited(1, "ü") == b"\x0a\x02\xc3\xbc"
+
+
+def test_packed_fields():
+    assert pw.packed_varints(1, [3, 300, -1]) == b"\x0a\x0d\x03\xac\x02" + b"\xff" * 9 + b"\x01"
+    assert pw.packed_floats(1, [1.0, -2.5]) == b"\x0a\x08\x00\x00\x80\x3f\x00\x00\x20\xc0"
+    assert pw.packed_varints(1, []) == b"" and pw.packed_floats(1, []) == b""  # empty: no field at all
+    (field, wire, value), = pw.iter_fields(pw.packed_varints(5, [1, 2]))
+    assert (field, wire, bytes(value)) == (5, pw.LENGTH_DELIMITED, b"\x01\x02")

@@ -66,9 +66,10 @@ def test_records_labels_timestamps_and_failures(converted):
     assert [s["records"] + 0 for s in manifest["shards"]] == [s["records"] for s in summary.manifest["shards"]]
     assert (out / writer.LABELS).read_text().splitlines() == sorted(label_map, key=label_map.get)
     assert not list((out / writer.WORK_DIR).glob("*.rec"))
+    assert not list((out / writer.WORK_DIR).glob("*.tmp"))  # failed videos leave no partial files
 
 
-@pytest.mark.slow  # spawned workers each import TensorFlow
+@pytest.mark.slow  # spawns a pool of worker processes
 def test_multiprocess_rerun_is_byte_identical(converted, tmp_path):
     items, label_map, out, _ = converted
     writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=2)
@@ -159,7 +160,7 @@ def test_cli_bad_arguments_name_the_argument(tmp_path, capsys):
     assert cli.main(["convert", "--layout", "csv", "--output", str(tmp_path)]) == 2
 
 
-@pytest.mark.slow  # spawns several worker pools, each importing TensorFlow
+@pytest.mark.slow  # spawns several worker pools
 def test_a_crashing_worker_costs_only_its_video(tmp_path, monkeypatch):
     monkeypatch.setattr(writer, "_convert_task", fx.crashing_task)
     items = [sources.VideoItem(str(fx.make_video(tmp_path / "in" / name, "h264", 3)), "a", name)
@@ -168,3 +169,46 @@ def test_a_crashing_worker_costs_only_its_video(tmp_path, monkeypatch):
     assert summary.converted == 3
     assert [f["media_id"] for f in summary.failures] == ["crash"]
     assert summary.failures[0]["reason"].startswith("worker process crashed")
+
+
+WORKER_WITHOUT_TF = """
+import pathlib, sys
+from p3d_keras.tfrecords_tools import cli, sources, video, writer  # cli: a spawned worker's main module
+item = sources.VideoItem(sys.argv[1], "ü", "ü/v")
+index, frames, reason = writer._convert_task(3, item, 5, video.DecodeOptions(size=(32, 48)), sys.argv[2])
+assert reason is None, reason
+assert "tensorflow" not in sys.modules, "the worker imported tensorflow"
+print(frames)
+"""
+
+
+def test_the_worker_task_never_imports_tensorflow(tmp_path):
+    path = fx.make_video(tmp_path / "v", "h264", num_frames=7)
+    work = tmp_path / "work"
+    work.mkdir()
+    result = subprocess.run([sys.executable, "-c", WORKER_WITHOUT_TF, str(path), str(work)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["7"]
+    assert [p.name for p in work.iterdir()] == ["00000003.rec"]  # the spool left nothing behind
+    data = (work / "00000003.rec").read_bytes()
+    assert int.from_bytes(data[:8], "little") == 7
+    record, frames = writer.convert_item(sources.VideoItem(str(path), "ü", "ü/v"), 5,
+                                         video.DecodeOptions(size=(32, 48)))
+    assert (data[8:], frames) == (record, 7)  # streamed to a file == built in memory
+    parsed = schema.parse_example(data[8:])
+    assert parsed[schema.MEDIA_ID].numpy().decode() == "ü/v" and parsed[schema.LABEL_INDEX].numpy() == 5
+    assert parsed[schema.TIMESTAMP].numpy().tolist() == [100_000 * i for i in range(7)]
+    clip = video.encode_clip(path, video.DecodeOptions(size=(32, 48)))
+    assert [bytes(f) for f in parsed[schema.ENCODED].numpy()] == clip.encoded_frames
+
+
+@pytest.mark.slow  # spawns a pool of worker processes
+def test_spawned_workers_never_import_tensorflow(tmp_path, monkeypatch):
+    import tensorflow  # noqa: F401 - loaded in the main process, as it is once shards are written
+
+    monkeypatch.setattr(writer, "_convert_task", fx.task_flagging_tensorflow)
+    items = [sources.VideoItem(str(fx.make_video(tmp_path / "in" / name, "h264", 3)), "a", name)
+             for name in ("v1", "v2")]
+    summary = writer.convert(items, {"a": 0}, tmp_path / "out", decode=DECODE, workers=2)
+    assert (summary.converted, summary.failures) == (2, [])

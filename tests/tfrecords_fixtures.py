@@ -76,3 +76,16 @@ def crashing_task(index, item, *args):
     if "crash" in item.media_id:
         os._exit(3)
     return writer._convert_task(index, item, *args)
+
+
+def task_flagging_tensorflow(index, item, *args):
+    """`writer._convert_task`, then an error (which stops `writer.convert`) if TensorFlow is
+    loaded in the worker process."""
+    import sys
+
+    from p3d_keras.tfrecords_tools import writer
+
+    result = writer._convert_task(index, item, *args)
+    if "tensorflow" in sys.modules:
+        raise AssertionError("tensorflow was imported in the worker")
+    return result

@@ -1,10 +1,14 @@
 """The TFRecord schema: one `tf.train.SequenceExample` per video (or segment), in MediaPipe
 MediaSequence keys, so TF Model Garden's video reader can read our shards too.
 
-The writer's `make_example` and the reader's `parse_example` both live here, so the keys cannot
-drift apart.
+The keys, the writer's encoding (`make_example`, and its streaming parts `encode_context`,
+`encode_frame`, `record_parts`) and the reader's `parse_example` all live here, so they cannot
+drift apart. The encoding is written with `p3d_keras.protowire`, without TensorFlow (converter
+workers never import it): it gives the bytes of
+`tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only `parse_example`
+needs TensorFlow, and imports it when called.
 """
-import tensorflow as tf
+from p3d_keras import protowire as pw
 
 # Context (one value per video).
 LABEL_INDEX = "clip/label/index"          # int64
@@ -20,22 +24,78 @@ FORMAT = "image/format"                   # bytes, e.g. b"JPEG"
 ENCODED = "image/encoded"                 # bytes: one JPEG per frame
 TIMESTAMP = "image/timestamp"             # int64, microseconds from the clip start
 
+# Field numbers of tensorflow/core/example/{example,feature}.proto.
+_CONTEXT, _FEATURE_LISTS = 1, 2           # SequenceExample
+_MAP = 1                                  # Features.feature, FeatureLists.feature_list
+_MAP_KEY, _MAP_VALUE = 1, 2               # a map entry
+_BYTES_LIST, _FLOAT_LIST, _INT64_LIST = 1, 2, 3  # Feature's oneof
+_VALUE = 1                                # {Bytes,Float,Int64}List.value, FeatureList.feature
 
-def _int64(values):
-    return tf.train.Feature(int64_list=tf.train.Int64List(value=list(values)))
+
+def _bytes_feature(value):
+    return pw.length_delimited(_BYTES_LIST, pw.length_delimited(_VALUE, value))
 
 
-def _bytes(values):
-    return tf.train.Feature(bytes_list=tf.train.BytesList(value=list(values)))
+def _int64_feature(value):
+    return pw.length_delimited(_INT64_LIST, pw.packed_varints(_VALUE, [int(value)]))
 
 
-def _float(values):
-    return tf.train.Feature(float_list=tf.train.FloatList(value=list(values)))
+def _float_feature(value):
+    return pw.length_delimited(_FLOAT_LIST, pw.packed_floats(_VALUE, [float(value)]))
+
+
+def _map_entry(key, value):
+    """One entry of a `map<string, message>` field (deterministic order is the caller's: by key)."""
+    entry = pw.length_delimited(_MAP_KEY, key) + pw.length_delimited(_MAP_VALUE, value)
+    return pw.length_delimited(_MAP, entry)
+
+
+def encode_context(*, height, width, frame_rate, label_index, label_string, media_id, start_us,
+                   end_us, image_format="JPEG"):
+    """The serialised context `Features` message of one record."""
+    features = {
+        LABEL_INDEX: _int64_feature(label_index),
+        LABEL_STRING: _bytes_feature(label_string.encode("utf-8")),
+        MEDIA_ID: _bytes_feature(media_id.encode("utf-8")),
+        CLIP_START: _int64_feature(start_us),
+        CLIP_END: _int64_feature(end_us),
+        HEIGHT: _int64_feature(height),
+        WIDTH: _int64_feature(width),
+        FRAME_RATE: _float_feature(frame_rate),
+        FORMAT: _bytes_feature(image_format.encode("ascii")),
+    }
+    return b"".join(_map_entry(key, features[key]) for key in sorted(features))
+
+
+def encode_frame(jpeg):
+    """One frame of the `ENCODED` feature list, as it appears in the record: the concatenated
+    `encode_frame` of a clip's frames is that list's payload (see `record_parts`)."""
+    return pw.length_delimited(_VALUE, _bytes_feature(jpeg))
+
+
+def record_parts(context, frames_size, timestamps_us):
+    """`(head, tail)`: a serialised SequenceExample is `head`, then the `frames_size` bytes of the
+    concatenated `encode_frame` of its frames, then `tail`; so the frames can be streamed (e.g.
+    copied from a file) rather than held in memory. `context` is `encode_context`'s bytes."""
+    timestamps = b"".join(pw.length_delimited(_VALUE, _int64_feature(t)) for t in timestamps_us)
+    lists = {ENCODED: None, TIMESTAMP: timestamps}  # None: the streamed payload
+    before, after, streamed_size = [], [], None
+    for key in sorted(lists):
+        if lists[key] is None:
+            opening = pw.length_delimited(_MAP_KEY, key) + pw.length_prefix(_MAP_VALUE, frames_size)
+            before.append(pw.length_prefix(_MAP, len(opening) + frames_size) + opening)
+            streamed_size = frames_size
+        else:
+            (before if streamed_size is None else after).append(_map_entry(key, lists[key]))
+    before, after = b"".join(before), b"".join(after)
+    head = (pw.length_delimited(_CONTEXT, context)
+            + pw.length_prefix(_FEATURE_LISTS, len(before) + frames_size + len(after)) + before)
+    return head, after
 
 
 def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, label_index,
                  label_string, media_id, start_us=0, end_us=None, image_format="JPEG"):
-    """A serialisable `tf.train.SequenceExample` for one video or segment."""
+    """The serialised SequenceExample (bytes) of one video or segment, built in memory."""
     if len(encoded_frames) != len(timestamps_us):
         raise ValueError(
             f"encoded_frames and timestamps_us must have the same length. "
@@ -43,50 +103,35 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
         )
     if end_us is None:
         end_us = start_us + (int(timestamps_us[-1]) if len(timestamps_us) else 0)
-    context = tf.train.Features(feature={
-        LABEL_INDEX: _int64([int(label_index)]),
-        LABEL_STRING: _bytes([label_string.encode("utf-8")]),
-        MEDIA_ID: _bytes([media_id.encode("utf-8")]),
-        CLIP_START: _int64([int(start_us)]),
-        CLIP_END: _int64([int(end_us)]),
-        HEIGHT: _int64([int(height)]),
-        WIDTH: _int64([int(width)]),
-        FRAME_RATE: _float([float(frame_rate)]),
-        FORMAT: _bytes([image_format.encode("ascii")]),
-    })
-    example = tf.train.SequenceExample(context=context)
-    # Filled in place: building Feature messages first and then the list copies every frame
-    # twice more, which for a long video costs several times its JPEG bytes in memory.
-    encoded = example.feature_lists.feature_list[ENCODED].feature
-    for frame in encoded_frames:
-        encoded.add().bytes_list.value.append(frame)
-    timestamps = example.feature_lists.feature_list[TIMESTAMP].feature
-    for t in timestamps_us:
-        timestamps.add().int64_list.value.append(int(t))
-    return example
-
-
-CONTEXT_SPEC = {
-    LABEL_INDEX: tf.io.FixedLenFeature([], tf.int64),
-    LABEL_STRING: tf.io.FixedLenFeature([], tf.string),
-    MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
-    CLIP_START: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    CLIP_END: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-    HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-    WIDTH: tf.io.FixedLenFeature([], tf.int64),
-    FRAME_RATE: tf.io.FixedLenFeature([], tf.float32),
-    FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
-}
-SEQUENCE_SPEC = {
-    ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
-    TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64),
-}
+    context = encode_context(height=height, width=width, frame_rate=frame_rate, label_index=label_index,
+                             label_string=label_string, media_id=media_id, start_us=start_us,
+                             end_us=end_us, image_format=image_format)
+    frames = b"".join(encode_frame(frame) for frame in encoded_frames)
+    head, tail = record_parts(context, len(frames), timestamps_us)
+    return head + frames + tail
 
 
 def parse_example(serialized):
     """Parse one serialised SequenceExample into a flat dict keyed by the constants above
     (`ENCODED` is a 1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor). Graph-safe."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    context_spec = {
+        LABEL_INDEX: tf.io.FixedLenFeature([], tf.int64),
+        LABEL_STRING: tf.io.FixedLenFeature([], tf.string),
+        MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
+        CLIP_START: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        CLIP_END: tf.io.FixedLenFeature([], tf.int64, default_value=0),
+        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
+        WIDTH: tf.io.FixedLenFeature([], tf.int64),
+        FRAME_RATE: tf.io.FixedLenFeature([], tf.float32),
+        FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
+    }
+    sequence_spec = {
+        ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
+        TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64),
+    }
     context, sequences = tf.io.parse_single_sequence_example(
-        serialized, context_features=CONTEXT_SPEC, sequence_features=SEQUENCE_SPEC
+        serialized, context_features=context_spec, sequence_features=sequence_spec
     )
     return {**context, **sequences}

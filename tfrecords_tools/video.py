@@ -1,7 +1,8 @@
 """PyAV decode -> resized RGB frames -> JPEG bytes + timestamps, streaming frame by frame.
 
-Only the JPEG bytes of the clip (what its record needs) are kept; decoded frames are encoded and
-dropped one at a time, so memory does not grow with resolution times length.
+Decoded frames are encoded and dropped one at a time; `stream_clip` hands each JPEG to a callback
+(the converter writes it to a file), so memory does not grow with the video's length, and
+`encode_clip` keeps the JPEGs of a clip in memory.
 """
 import dataclasses
 import io
@@ -60,15 +61,20 @@ def _check(ok, expected, **received):
 
 
 @dataclasses.dataclass
-class Clip:
-    """The encoded frames of one video or segment."""
-    encoded_frames: list
+class ClipInfo:
+    """What `stream_clip` learnt about one video or segment; its JPEGs went to a callback."""
     timestamps_us: list
     height: int
     width: int
     frame_rate: float
     start_us: int
     end_us: int
+
+
+@dataclasses.dataclass
+class Clip(ClipInfo):
+    """The encoded frames of one video or segment, in memory."""
+    encoded_frames: list = dataclasses.field(kw_only=True)
 
 
 def iter_frames(path, options, start=None, end=None):
@@ -161,13 +167,15 @@ def encode_jpeg(frame, height, width, quality):
     return buffer.getvalue()
 
 
-def encode_clip(path, options=DecodeOptions(), start=None, end=None):
-    """Decode `path` (optionally the segment `[start, end)` seconds) into a `Clip`.
+def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
+    """Decode `path` (optionally the segment `[start, end)` seconds), call `on_frame(jpeg)` with
+    each frame's JPEG bytes in order as soon as it is encoded, and return a `ClipInfo`.
 
-    Raises `VideoError` (with the reason) for unreadable, non-video, truncated, empty or too
-    short inputs."""
+    Nothing here keeps the JPEGs: memory does not grow with the video's length unless
+    `on_frame` keeps them. Raises `VideoError` (with the reason) for unreadable, non-video,
+    truncated, empty or too short inputs (possibly after some frames went to `on_frame`)."""
     frames = iter_frames(path, options, start, end)
-    encoded, timestamps = [], []
+    timestamps = []
     size = None
     last_jpeg, last_frame = None, None
     for t_us, frame in frames:
@@ -175,13 +183,20 @@ def encode_clip(path, options=DecodeOptions(), start=None, end=None):
             size = options.output_size(frame.height, frame.width)
         if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
             last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality), frame
-        encoded.append(last_jpeg)
+        on_frame(last_jpeg)
         timestamps.append(t_us)
     _check_complete(frames, options, timestamps, end)
     frame_rate = options.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
     end_us = start_us + (timestamps[-1] + round(1e6 / frame_rate) if frame_rate else timestamps[-1])
-    return Clip(encoded, timestamps, size[0], size[1], float(frame_rate), start_us, end_us)
+    return ClipInfo(timestamps, size[0], size[1], float(frame_rate), start_us, end_us)
+
+
+def encode_clip(path, options=DecodeOptions(), start=None, end=None):
+    """`stream_clip` keeping the JPEGs: a `Clip` with `encoded_frames`."""
+    encoded = []
+    info = stream_clip(path, encoded.append, options, start, end)
+    return Clip(**vars(info), encoded_frames=encoded)
 
 
 def _check_complete(frames, options, timestamps, end):

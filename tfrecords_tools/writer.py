@@ -7,22 +7,30 @@ How it stays deterministic, bounded and resumable:
 - workers convert one video per task, in any order, and write its serialised record (or its
   failure reason) to `<out>/.work/<item>.rec|.fail` atomically; the main process writes shard k
   from those files, in the fixed order, one record in memory at a time, once its block is done;
+- a worker streams: each frame's JPEG goes to a temporary file as it is encoded, and the record
+  is then written from the frames' sizes and that file, copied in chunks, so a worker's memory
+  does not grow with the video's length;
+- workers never import TensorFlow (this module, `schema` and `video` do not import it at the
+  top; a spawned worker imports this module and its parent's main module, e.g. the CLI, which
+  imports this one); only the main process does, to write shards.
 - a shard is written to a temporary name and renamed, then a per-shard marker (record count,
   sha256, failures) is written, then its item files are removed. A rerun keeps every shard that
   has a marker and redoes only the unfinished items.
 """
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import hashlib
+import io
 import json
 import logging
 import multiprocessing
 import os
 import pathlib
+import shutil
+import tempfile
 import time
-
-import tensorflow as tf  # once, up front, in the main process and in each worker
 
 from p3d_keras.fileutil import sha256_of
 
@@ -36,6 +44,7 @@ MANIFEST = "manifest.json"
 FAILURES = "failures.jsonl"
 LABELS = "labels.txt"
 COMPRESSIONS = (None, "GZIP")
+COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
 
 
 @dataclasses.dataclass
@@ -151,41 +160,76 @@ def _check_or_write_params(work, params):
     _write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
 
 
-def _write_atomic(path, *chunks):
+@contextlib.contextmanager
+def _atomic_file(path):
+    """A binary file that replaces `path`, synced, once the block has finished; if the block
+    raises, `path` is left as it was and the partial file is removed."""
     path = pathlib.Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        for chunk in chunks:
-            f.write(chunk)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
-def convert_item(item, label_index, decode):
-    """`(serialised SequenceExample, frame count)` for one item; raises `VideoError`."""
-    clip = video_lib.encode_clip(item.path, decode, item.start, item.end)
-    example = schema.make_example(
-        encoded_frames=clip.encoded_frames, timestamps_us=clip.timestamps_us, height=clip.height,
-        width=clip.width, frame_rate=clip.frame_rate, label_index=label_index,
-        label_string=item.label, media_id=item.media_id, start_us=clip.start_us, end_us=clip.end_us,
+def _write_atomic(path, *chunks):
+    with _atomic_file(path) as f:
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def write_record(item, label_index, decode, out, spool):
+    """Convert one item and write its serialised SequenceExample to the binary file `out`;
+    returns the frame count; raises `VideoError`.
+
+    Streams: each frame goes to `spool` (a binary file open for reading and writing, e.g. a
+    temporary file) as soon as it is encoded; the record is then the head computed from the
+    frames' total size, the frames copied from `spool` in chunks, and the timestamps. So memory
+    does not grow with the video's length."""
+    origin = spool.tell()
+    info = video_lib.stream_clip(item.path, lambda jpeg: spool.write(schema.encode_frame(jpeg)),
+                                 decode, item.start, item.end)
+    context = schema.encode_context(
+        height=info.height, width=info.width, frame_rate=info.frame_rate, label_index=label_index,
+        label_string=item.label, media_id=item.media_id, start_us=info.start_us, end_us=info.end_us,
     )
-    frames = len(clip.timestamps_us)
-    del clip  # the example holds its own copy of the JPEGs: keep at most two copies alive
-    return example.SerializeToString(deterministic=True), frames
+    head, tail = schema.record_parts(context, spool.tell() - origin, info.timestamps_us)
+    out.write(head)
+    spool.seek(origin)
+    shutil.copyfileobj(spool, out, COPY_CHUNK)
+    out.write(tail)
+    return len(info.timestamps_us)
+
+
+def convert_item(item, label_index, decode):
+    """`(serialised SequenceExample, frame count)` of one item, in memory (the bytes
+    `write_record` writes); raises `VideoError`."""
+    out = io.BytesIO()
+    frames = write_record(item, label_index, decode, out, io.BytesIO())
+    return out.getvalue(), frames
 
 
 def _convert_task(index, item, label_index, decode, work):
-    """Worker task: convert one item and leave `<index>.rec` or `<index>.fail` in `work`."""
+    """Worker task: convert one item and leave `<index>.rec` (the frame count as 8 little-endian
+    bytes, then the record) or `<index>.fail` in `work`."""
     base = pathlib.Path(work) / f"{index:08d}"
     try:
-        record, frames = convert_item(item, label_index, decode)
+        # The spool is unnamed: nothing of it outlives this process, even after a kill -9.
+        with tempfile.TemporaryFile(dir=work) as spool, _atomic_file(base.with_suffix(".rec")) as out:
+            out.write(bytes(8))  # the frame count, known at the end
+            frames = write_record(item, label_index, decode, out, spool)
+            out.seek(0)
+            out.write(frames.to_bytes(8, "little"))
     except video_lib.VideoError as error:
         reason = str(error)
     except Exception as error:  # noqa: BLE001 - one bad file must not stop the run
         reason = f"{type(error).__name__}: {error}"
     else:
-        _write_atomic(base.with_suffix(".rec"), frames.to_bytes(8, "little"), record)
         return index, frames, None
     _write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
     return index, 0, reason
@@ -276,6 +320,8 @@ class _Job:
 
     def _write_shard(self, k):
         """Write shard k from its item files, in order; atomically; then its marker."""
+        import tensorflow as tf  # only the main process imports TF (see the module docstring)
+
         path, tmp = self.path(k), self.path(k).with_name(self.path(k).name + ".tmp")
         records, frames, failures = 0, 0, []
         options = tf.io.TFRecordOptions(compression_type=self.compression or "")

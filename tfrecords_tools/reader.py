@@ -23,13 +23,13 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard.
 
-Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 80 % of the
+Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 78-80 % of the
 JPEG-decode limit on 2 cores (after reading the records it runs at the limit; reading and
-checking the shards is the rest), float32 output 57 % (its cast, normalisation and 4.9 MB per
+checking the shards is the rest), float32 output 57-59 % (its cast, normalisation and 4.9 MB per
 clip of float32 writes). For float32 output, BGR presets reverse the channels on the uint8 frames,
 fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts: with the
 default allocator every large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is
-fresh `mmap`ed memory paged in again, which cost a fifth of the uint8 throughput (63 %).
+fresh `mmap`ed memory paged in again, which cost a tenth to a fifth of the uint8 throughput (63-71 %).
 """
 import dataclasses
 import struct
@@ -103,32 +103,31 @@ def expected_record_bytes(path, compression):
 def _read_shard(path, compression, expected, counter):
     """One shard's `(path, serialized)` records, with the end-of-shard length check.
 
-    One pass over the shard: the records and an end marker run through a `scan` that adds up
-    their framed lengths and, at the end marker, checks the total (an assertion naming the shard,
-    or a count with `skip_corrupt=True`); the marker is then filtered out."""
-    records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
-    marked = records.map(lambda r: (r, False)).concatenate(
-        tf.data.Dataset.from_tensors((tf.constant(b""), True)))
+    One pass over the shard, with one function call per record: the records, as 1-record
+    batches, and an end marker (an empty batch) run through a `scan` that adds up their framed
+    lengths (mod 2**32 for GZIP) and, at the end marker, checks the total (an assertion naming
+    the shard, or a count with `skip_corrupt=True`); `unbatch` then drops the empty marker.
+    (A `map` to flag the records, a `filter` for the marker and a `map` adding the path cost
+    ~0.1 core-ms per 250 KB record more: `bench/README.md`.)"""
+    records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors().batch(1)
+    marked = records.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
     message = tf.strings.join([
         "Expected every TFRecord shard to read to its end. Received: a corrupt or truncated "
         "record in shard=", path])
-    is_gzip = tf.equal(compression, "GZIP")
+    modulus = tf.where(tf.equal(compression, "GZIP"), tf.constant(2 ** 32, tf.int64), tf.constant(2 ** 62, tf.int64))
 
-    def account(total, element):
-        record, is_end = element
-        total += tf.cast(tf.strings.length(record) + RECORD_FRAMING_BYTES, tf.int64) * tf.cast(~is_end, tf.int64)
-        read = tf.where(is_gzip, tf.math.floormod(total, 2 ** 32), total)
-        ok = tf.logical_or(~is_end, tf.equal(read, expected))
+    def account(total, chunk):
+        total = tf.math.floormod(
+            total + tf.reduce_sum(tf.cast(tf.strings.length(chunk) + RECORD_FRAMING_BYTES, tf.int64)), modulus)
+        ok = tf.logical_or(tf.size(chunk) > 0, tf.equal(total, expected))
         if counter is None:
             guard = tf.debugging.Assert(ok, [message])
         else:
             guard = counter.variable.assign_add(tf.cast(~ok, tf.int64))
         with tf.control_dependencies([guard]):
-            return total, (record, tf.identity(is_end))
+            return total, (tf.fill(tf.shape(chunk), path), tf.identity(chunk))
 
-    return (marked.scan(tf.constant(0, tf.int64), account)
-            .filter(lambda record, is_end: ~is_end)
-            .map(lambda record, is_end: (path, record)))
+    return marked.scan(tf.constant(0, tf.int64), account).unbatch()
 
 
 def read_records(paths, *, compression="auto", shuffle=False, seed=None, deterministic=True,
@@ -285,7 +284,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
             cropped and flipped but not normalised, in their stored channel order, for the model to
             normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
-            float32 output with that preset, at 1.4-1.7x the clips/s of float32 output on the
+            float32 output with that preset, at 1.3-1.9x the clips/s of float32 output on the
             CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
             frames smaller than the crop) is rounded back to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).

@@ -166,7 +166,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     cli_common.setup_logging()
     # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 and newer;
-    # elsewhere they train this network ~7x faster (bench/README.md). Set before TensorFlow loads.
+    # elsewhere they train this network 5x faster (bench/README.md, tf-onednn row). Set before TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
     log.info("TF_ENABLE_ONEDNN_OPTS=%s", os.environ["TF_ENABLE_ONEDNN_OPTS"])
     cfg = FAST if args.fast else DemoConfig()

@@ -15,6 +15,11 @@ sees, GPU included).
     python bench/model_throughput.py                      # P3D-199, 2 x 16x160x160, tf,tf-onednn,tf-xla,jax
     python bench/model_throughput.py --quick              # tiny network, < 1 minute
     python bench/model_throughput.py --backends jax --dtype float32,mixed_bfloat16   # on a GPU
+    python bench/model_throughput.py ... --input uint8   # uint8 clips, normalised in the model
+
+`--input uint8` feeds uint8 clips to `uint8 -> p3d_keras.layers.Normalize("caffe") -> network`,
+what `p3d-train` trains by default (the reader's `output_dtype="uint8"`): a quarter of the bytes
+to copy to the device per step. `--input float32` (default) feeds normalised float32 clips.
 """
 import argparse
 import json
@@ -56,6 +61,8 @@ def parse_args(argv=None):
     p.add_argument("--backends", default="tf,tf-onednn,tf-xla,jax", help=f"comma-separated, from {', '.join(BACKENDS)}")
     p.add_argument("--dtype", default="float32",
                    help=f"Keras dtype policy, or several comma-separated; from {', '.join(DTYPES)}")
+    p.add_argument("--input", choices=("float32", "uint8"), default="float32",
+                   help="clip dtype fed to the model: float32, or uint8 normalised in the model (as p3d-train)")
     p.add_argument("--quick", action="store_true", help="tiny network and few steps (validation run)")
     p.add_argument("--timeout", type=float, default=None, help="seconds allowed per child")
     p.add_argument("--json", type=pathlib.Path, help="also write the results as JSON here")
@@ -132,6 +139,10 @@ def build_model(args, jit_compile):
 
     model = P3DResNet(parse_depth(args.depth), width=args.width, classes=args.classes,
                       input_shape=(args.frames, args.size, args.size, 3))
+    if args.input == "uint8":
+        from p3d_keras.training import with_input_normalization  # noqa: PLC0415
+
+        model = with_input_normalization(model, "caffe")
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9),
                   loss="sparse_categorical_crossentropy", jit_compile=jit_compile)
     return model
@@ -149,7 +160,11 @@ def run_child(args):
     model = build_model(args, jit_compile)
     build_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((args.batch, args.frames, args.size, args.size, 3), dtype=np.float32)
+    shape = (args.batch, args.frames, args.size, args.size, 3)
+    if args.input == "uint8":
+        x = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    else:
+        x = rng.standard_normal(shape, dtype=np.float32)
     y = rng.integers(0, args.classes, size=(args.batch,))
     timing = dict(batch=args.batch, warmup=args.warmup, steps=args.steps, windows=args.windows)
     infer = time_calls(lambda: model.predict_on_batch(x), **timing)
@@ -168,7 +183,7 @@ def run_child(args):
 def child_command(args, backend, dtype, out):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", backend, "--child-out", str(out),
            "--dtype", dtype, "--backends", backend]
-    for key in ("depth", "width", "batch", "frames", "size", "classes", "steps", "windows", "warmup"):
+    for key in ("depth", "width", "batch", "frames", "size", "classes", "steps", "windows", "warmup", "input"):
         cmd += [f"--{key}", str(getattr(args, key))]
     return cmd
 
@@ -224,7 +239,7 @@ def table(rows, gflops):
 def run_parent(args):
     gflops = clip_gflops(args)
     print(f"# P3D depth={args.depth} width={args.width}, batch {args.batch} x {args.frames}x{args.size}x"
-          f"{args.size}; {args.warmup} warm-up, {args.windows} windows x {args.steps} steps; "
+          f"{args.size} {args.input}; {args.warmup} warm-up, {args.windows} windows x {args.steps} steps; "
           f"forward GFLOPs/clip: {fmt(gflops, '.1f')}", flush=True)
     rows = []
     for dtype in args.dtype:

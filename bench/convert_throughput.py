@@ -56,7 +56,7 @@ def limit_loop(paths):
             stream = container.streams.video[0]
             stream.thread_type, stream.codec_context.thread_count = "AUTO", 1
             for frame in container.decode(stream):
-                video.encode_jpeg(frame, *DECODE.size, DECODE.jpeg_quality)
+                video.encode_jpeg(frame, *DECODE.size, DECODE.jpeg_quality, DECODE.threads)
                 frames += 1
         per_path.setdefault(str(path), []).append(time.perf_counter() - path_started)
     return frames, time.perf_counter() - started, time.process_time() - cpu, per_path

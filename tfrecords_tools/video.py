@@ -27,9 +27,9 @@ class DecodeOptions:
     min_frames: fewer decoded frames is a failure.
     threads: threads per video for the decoder and the scaler (0 = FFmpeg picks, up to all
         cores). Give each of N worker processes cores/N: FFmpeg's own choice in every worker
-        oversubscribes the cores (the scaler alone starts a thread per core), which cost the
-        converter a fifth of its speed in 2 workers on 2 cores (`bench/README.md`). Does not
-        change the output.
+        oversubscribes the cores (the scaler alone starts a thread per core) and, measured on
+        2 cores, made even a single process 1.35x slower per frame (`bench/README.md`). Does
+        not change the output.
     """
     size: tuple = PAPER_SIZE
     short_side: int | None = None

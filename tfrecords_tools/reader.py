@@ -23,13 +23,16 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard.
 
-Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 78-80 % of the
-JPEG-decode limit on 2 cores (after reading the records it runs at the limit; reading and
-checking the shards is the rest), float32 output 57-59 % (its cast, normalisation and 4.9 MB per
-clip of float32 writes). For float32 output, BGR presets reverse the channels on the uint8 frames,
-fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts: with the
-default allocator every large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is
-fresh `mmap`ed memory paged in again, which cost a tenth to a fifth of the uint8 throughput (63-71 %).
+Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 75-82 % of the
+JPEG-decode limit on 2 cores (decoding the crops costs what the limit's whole-frame decoding
+costs; the rest is reading, checking and parsing the 250 KB records, shuffling, flipping and
+batching, ~0.6-0.9 core-ms per clip, no single part above ~4 % of the CPU), float32 output
+60-65 % (its cast, normalisation and 4.9 MB per clip of float32 writes). The corrupt-record check
+runs once per `RECORDS_PER_CHECK` records. For float32 output, BGR presets reverse the channels on
+the uint8 frames, fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow
+starts: with the default allocator every large batch (79 MB float32, 20 MB uint8 at
+16 x 16 x 160 x 160 x 3) is fresh `mmap`ed memory paged in again, which cost a tenth to a fifth of
+the uint8 throughput (65-74 %).
 """
 import dataclasses
 import struct
@@ -290,7 +293,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
             cropped and flipped but not normalised, in their stored channel order, for the model to
             normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
-            float32 output with that preset, at 1.3-1.9x the clips/s of float32 output on the
+            float32 output with that preset, at 1.2-2.0x the clips/s of float32 output on the
             CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
             frames smaller than the crop) is rounded back to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).

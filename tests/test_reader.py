@@ -110,6 +110,30 @@ def test_corrupt_shard_raises_or_is_counted(tmp_path, compression):
     assert ds.corrupt_records.count == 2  # once per read of the corrupt shard
 
 
+def test_corrupt_record_inside_a_check_batch(tmp_path):
+    """A bad record in the middle of a shard, inside one of the check's batches of
+    `RECORDS_PER_CHECK` records: the records before it are read, then the error names the shard
+    (or, with a counter, the shard counts once)."""
+    videos = [(3, n % 3) for n in range(10)]
+    path = write_shards(tmp_path, videos)[0]
+    data = bytearray(open(path, "rb").read())
+    bad = reader.RECORDS_PER_CHECK + 1  # the second record of the second batch
+    offset = 0
+    for record in tf.data.TFRecordDataset(path).take(bad):
+        offset += len(record.numpy()) + reader.RECORD_FRAMING_BYTES
+    data[offset + 12 + 100] ^= 0xFF  # a byte of the bad record's data: its CRC fails
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt or truncated record in shard=.*train-00000"):
+        list(reader.read_records([path]))
+    counter = reader.CorruptRecordCounter()
+    records = [serialized for _, serialized in reader.read_records([path], counter=counter)]
+    assert len(records) == bad and counter.count == 1
+    (tmp_path / "clean").mkdir()
+    clean = tf.data.TFRecordDataset(write_shards(tmp_path / "clean", videos)[0]).take(bad)
+    assert [r.numpy() for r in clean] == [r.numpy() for r in records]
+
+
 def test_bad_options_raise(shards):
     with pytest.raises(ValueError, match="Received: seed=None"):
         reader.training_dataset(shards, batch_size=1, deterministic=True)

@@ -23,13 +23,16 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard.
 
-Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 78-80 % of the
-JPEG-decode limit on 2 cores (after reading the records it runs at the limit; reading and
-checking the shards is the rest), float32 output 57-59 % (its cast, normalisation and 4.9 MB per
-clip of float32 writes). For float32 output, BGR presets reverse the channels on the uint8 frames,
-fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts: with the
-default allocator every large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is
-fresh `mmap`ed memory paged in again, which cost a tenth to a fifth of the uint8 throughput (63-71 %).
+Speed (`bench/pipeline_throughput.py`, `bench/README.md`): uint8 output reaches 75-82 % of the
+JPEG-decode limit on 2 cores (decoding the crops costs what the limit's whole-frame decoding
+costs; the rest is reading, checking and parsing the 250 KB records, shuffling, flipping and
+batching, ~0.6-0.9 core-ms per clip, no single part above ~4 % of the CPU), float32 output
+60-65 % (its cast, normalisation and 4.9 MB per clip of float32 writes). The corrupt-record check
+runs once per `RECORDS_PER_CHECK` records. For float32 output, BGR presets reverse the channels on
+the uint8 frames, fused with the flip. Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow
+starts: with the default allocator every large batch (79 MB float32, 20 MB uint8 at
+16 x 16 x 160 x 160 x 3) is fresh `mmap`ed memory paged in again, which cost a tenth to a fifth of
+the uint8 throughput (65-74 %).
 """
 import dataclasses
 import struct
@@ -46,6 +49,9 @@ CROPS = ("center", "three")
 OUTPUT_DTYPES = ("float32", "uint8")
 COMPRESSIONS = ("auto", None, "", "GZIP")
 RECORD_FRAMING_BYTES = 16  # length (8) + CRC of length (4) + CRC of data (4)
+# Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
+# of each shard being read are held at once (x cycle_length shards).
+RECORDS_PER_CHECK = 4
 
 
 class CorruptRecordCounter:
@@ -103,13 +109,16 @@ def expected_record_bytes(path, compression):
 def _read_shard(path, compression, expected, counter):
     """One shard's `(path, serialized)` records, with the end-of-shard length check.
 
-    One pass over the shard, with one function call per record: the records, as 1-record
-    batches, and an end marker (an empty batch) run through a `scan` that adds up their framed
-    lengths (mod 2**32 for GZIP) and, at the end marker, checks the total (an assertion naming
-    the shard, or a count with `skip_corrupt=True`); `unbatch` then drops the empty marker.
-    (A `map` to flag the records, a `filter` for the marker and a `map` adding the path cost
-    ~0.1 core-ms per 250 KB record more: `bench/README.md`.)"""
-    records = tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors().batch(1)
+    One pass over the shard, with one function call per `RECORDS_PER_CHECK` records: the records,
+    in batches of that many (the last one partial), and an end marker (an empty batch) run
+    through a `scan` that adds up their framed lengths (mod 2**32 for GZIP) and, at the end
+    marker, checks the total (an assertion naming the shard, or a count with
+    `skip_corrupt=True`); `unbatch` then drops the empty marker. A shard stops at its first
+    corrupt record, so the records before it are handed out and the end marker then fails the
+    check, whichever batch the corrupt record fell in. (Per-record `map`, `filter` and `scan`
+    calls cost ~0.05-0.1 core-ms per 250 KB record each: `bench/README.md`.)"""
+    records = (tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
+               .batch(RECORDS_PER_CHECK))
     marked = records.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
     message = tf.strings.join([
         "Expected every TFRecord shard to read to its end. Received: a corrupt or truncated "
@@ -284,7 +293,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
             cropped and flipped but not normalised, in their stored channel order, for the model to
             normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
-            float32 output with that preset, at 1.3-1.9x the clips/s of float32 output on the
+            float32 output with that preset, at 1.2-2.0x the clips/s of float32 output on the
             CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
             frames smaller than the crop) is rounded back to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).

@@ -16,7 +16,7 @@ def read_version():
 EXTRAS = {
     "tf": ["tensorflow>=2.16", "tensorboard"],
     "tf-cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
-    "video": ["av>=12", "pillow>=9"],
+    "video": ["av>=12", "pillow>=9", "google-crc32c>=1.5"],
     "plots": ["matplotlib>=3.6"],
     "beam": ["apache-beam[tfrecord]>=2.50"],
     "jax": ["jax[cpu]>=0.4.30"],

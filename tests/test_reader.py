@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from p3d_keras.tfrecords_tools import reader
+from p3d_keras.tfrecords_tools import framing, reader
 from shard_fixtures import frame_indices, video_example, write_shards
 
 VIDEOS = [(10, 0), (3, 1), (20, 2), (6, 1)]
@@ -120,7 +120,7 @@ def test_corrupt_record_inside_a_check_batch(tmp_path):
     bad = reader.RECORDS_PER_CHECK + 1  # the second record of the second batch
     offset = 0
     for record in tf.data.TFRecordDataset(path).take(bad):
-        offset += len(record.numpy()) + reader.RECORD_FRAMING_BYTES
+        offset += len(record.numpy()) + framing.FRAMING_BYTES
     data[offset + 12 + 100] ^= 0xFF  # a byte of the bad record's data: its CRC fails
     with open(path, "wb") as f:
         f.write(bytes(data))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import tensorflow as tf
 import tfrecords_fixtures as fx
 from p3d_keras.tfrecords_tools import cli, inspect, schema, sources, video, writer
 
@@ -193,10 +194,12 @@ def test_the_worker_task_never_imports_tensorflow(tmp_path):
     assert [p.name for p in work.iterdir()] == ["00000003.rec"]  # the spool left nothing behind
     data = (work / "00000003.rec").read_bytes()
     assert int.from_bytes(data[:8], "little") == 7
+    (tmp_path / "framed.tfrecord").write_bytes(data[8:])  # the rest: one TFRecord frame
+    (framed,) = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "framed.tfrecord"))]  # CRCs checked
     record, frames = writer.convert_item(sources.VideoItem(str(path), "ü", "ü/v"), 5,
                                          video.DecodeOptions(size=(32, 48)))
-    assert (data[8:], frames) == (record, 7)  # streamed to a file == built in memory
-    parsed = schema.parse_example(data[8:])
+    assert (framed, frames) == (record, 7)  # streamed to a file == built in memory
+    parsed = schema.parse_example(framed)
     assert parsed[schema.MEDIA_ID].numpy().decode() == "ü/v" and parsed[schema.LABEL_INDEX].numpy() == 5
     assert parsed[schema.TIMESTAMP].numpy().tolist() == [100_000 * i for i in range(7)]
     clip = video.encode_clip(path, video.DecodeOptions(size=(32, 48)))
@@ -205,10 +208,32 @@ def test_the_worker_task_never_imports_tensorflow(tmp_path):
 
 @pytest.mark.slow  # spawns a pool of worker processes
 def test_spawned_workers_never_import_tensorflow(tmp_path, monkeypatch):
-    import tensorflow  # noqa: F401 - loaded in the main process, as it is once shards are written
+    import tensorflow  # noqa: F401 - the caller may have loaded it; spawned workers must not
 
     monkeypatch.setattr(writer, "_convert_task", fx.task_flagging_tensorflow)
     items = [sources.VideoItem(str(fx.make_video(tmp_path / "in" / name, "h264", 3)), "a", name)
              for name in ("v1", "v2")]
     summary = writer.convert(items, {"a": 0}, tmp_path / "out", decode=DECODE, workers=2)
     assert (summary.converted, summary.failures) == (2, [])
+
+
+CONVERT_WITHOUT_TF = """
+import sys
+sys.modules["tensorflow"] = None  # any import of TensorFlow now raises ImportError
+from p3d_keras.tfrecords_tools import sources, video, writer
+items = [sources.VideoItem(p, "a", f"a/{i}") for i, p in enumerate(sys.argv[2:])]
+summary = writer.convert(items, {"a": 0}, sys.argv[1], decode=video.DecodeOptions(size=(32, 48)),
+                         num_shards=2, compression="GZIP", workers=0)
+print(summary.converted)
+"""
+
+
+def test_the_whole_conversion_runs_without_tensorflow(tmp_path):
+    paths = [str(fx.make_video(tmp_path / "in" / f"v{i}", "h264", num_frames=3 + i)) for i in range(3)]
+    result = subprocess.run([sys.executable, "-c", CONVERT_WITHOUT_TF, str(tmp_path / "out"), *paths],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["3"]
+    shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tfrecord"))
+    records = [schema.parse_example(r) for r in tf.data.TFRecordDataset(shards, compression_type="GZIP")]
+    assert sorted(len(r[schema.ENCODED]) for r in records) == [3, 4, 5]

@@ -41,6 +41,7 @@ import tensorflow as tf
 
 from p3d_keras import normalization as norm_lib
 from p3d_keras.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
+from p3d_keras.tfrecords_tools import framing
 from p3d_keras.tfrecords_tools import sampling
 from p3d_keras.tfrecords_tools import schema
 
@@ -48,7 +49,6 @@ AUTOTUNE = tf.data.AUTOTUNE
 CROPS = ("center", "three")
 OUTPUT_DTYPES = ("float32", "uint8")
 COMPRESSIONS = ("auto", None, "", "GZIP")
-RECORD_FRAMING_BYTES = 16  # length (8) + CRC of length (4) + CRC of data (4)
 # Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
 # of each shard being read are held at once (x cycle_length shards).
 RECORDS_PER_CHECK = 4
@@ -127,7 +127,7 @@ def _read_shard(path, compression, expected, counter):
 
     def account(total, chunk):
         total = tf.math.floormod(
-            total + tf.reduce_sum(tf.cast(tf.strings.length(chunk) + RECORD_FRAMING_BYTES, tf.int64)), modulus)
+            total + tf.reduce_sum(tf.cast(tf.strings.length(chunk) + framing.FRAMING_BYTES, tf.int64)), modulus)
         ok = tf.logical_or(tf.size(chunk) > 0, tf.equal(total, expected))
         if counter is None:
             guard = tf.debugging.Assert(ok, [message])

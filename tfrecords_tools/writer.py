@@ -6,15 +6,15 @@ How it stays deterministic, bounded and resumable:
   the k-th contiguous block of that order, so shards fill up one after another;
 - workers convert one video per task, in any order (each block's videos are handed out largest
   file first, so a block ends on short ones and the workers finish together), and write its
-  serialised record (or its failure reason) to `<out>/.work/<item>.rec|.fail` atomically; the
-  main process writes shard k
-  from those files, in the fixed order, one record in memory at a time, once its block is done;
+  record, already framed as in a TFRecord file (`framing`), or its failure reason to
+  `<out>/.work/<item>.rec|.fail` atomically; once a block is done, the main process writes its
+  shard by copying those files in the fixed order, in chunks (through gzip for GZIP shards);
 - a worker streams: each frame's JPEG goes to a temporary file as it is encoded, and the record
   is then written from the frames' sizes and that file, copied in chunks, so a worker's memory
   does not grow with the video's length;
-- workers never import TensorFlow (this module, `schema` and `video` do not import it at the
-  top; a spawned worker imports this module and its parent's main module, e.g. the CLI, which
-  imports this one); only the main process does, to write shards.
+- no process of the converter imports TensorFlow: `schema` encodes the records (`protowire`),
+  `framing` frames them; so memory stays flat in the workers and in the main process, whatever
+  the length of the videos.
 - a shard is written to a temporary name and renamed, then a per-shard marker (record count,
   sha256, failures) is written, then its item files are removed. A rerun keeps every shard that
   has a marker and redoes only the unfinished items.
@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import contextlib
 import dataclasses
+import gzip
 import hashlib
 import io
 import json
@@ -36,6 +37,7 @@ import time
 
 from p3d_keras.fileutil import sha256_of
 
+from . import framing
 from . import schema
 from . import video as video_lib
 
@@ -185,9 +187,10 @@ def _write_atomic(path, *chunks):
             f.write(chunk)
 
 
-def write_record(item, label_index, decode, out, spool):
-    """Convert one item and write its serialised SequenceExample to the binary file `out`;
-    returns the frame count; raises `VideoError`.
+def write_record(item, label_index, decode, out, spool, framed=False):
+    """Convert one item and write its serialised SequenceExample to the binary file `out`
+    (with `framed=True` as one TFRecord frame, as in a shard); returns the frame count; raises
+    `VideoError`.
 
     Streams: each frame goes to `spool` (a binary file open for reading and writing, e.g. a
     temporary file) as soon as it is encoded; the record is then the head computed from the
@@ -200,11 +203,15 @@ def write_record(item, label_index, decode, out, spool):
         height=info.height, width=info.width, frame_rate=info.frame_rate, label_index=label_index,
         label_string=item.label, media_id=item.media_id, start_us=info.start_us, end_us=info.end_us,
     )
-    head, tail = schema.record_parts(context, spool.tell() - origin, info.timestamps_us)
-    out.write(head)
+    frames_size = spool.tell() - origin
+    head, tail = schema.record_parts(context, frames_size, info.timestamps_us)
+    sink = framing.FrameWriter(out, len(head) + frames_size + len(tail)) if framed else out
+    sink.write(head)
     spool.seek(origin)
-    shutil.copyfileobj(spool, out, COPY_CHUNK)
-    out.write(tail)
+    shutil.copyfileobj(spool, sink, COPY_CHUNK)
+    sink.write(tail)
+    if framed:
+        sink.finish()
     return len(info.timestamps_us)
 
 
@@ -218,13 +225,13 @@ def convert_item(item, label_index, decode):
 
 def _convert_task(index, item, label_index, decode, work):
     """Worker task: convert one item and leave `<index>.rec` (the frame count as 8 little-endian
-    bytes, then the record) or `<index>.fail` in `work`."""
+    bytes, then the record as a TFRecord frame) or `<index>.fail` in `work`."""
     base = pathlib.Path(work) / f"{index:08d}"
     try:
         # The spool is unnamed: nothing of it outlives this process, even after a kill -9.
         with tempfile.TemporaryFile(dir=work) as spool, _atomic_file(base.with_suffix(".rec")) as out:
             out.write(bytes(8))  # the frame count, known at the end
-            frames = write_record(item, label_index, decode, out, spool)
+            frames = write_record(item, label_index, decode, out, spool, framed=True)
             out.seek(0)
             out.write(frames.to_bytes(8, "little"))
     except video_lib.VideoError as error:
@@ -237,16 +244,27 @@ def _convert_task(index, item, label_index, decode, work):
     return index, 0, reason
 
 
-def _read_item(work, index):
-    """`(record bytes or None, frames, failure reason or None)` of a finished item, else None."""
+def _copy_item(work, index, shard):
+    """Append a finished item's framed record to the file `shard`, in chunks; returns
+    `(frames, None)`, or `(0, failure reason)` for a failed item."""
     base = pathlib.Path(work) / f"{index:08d}"
-    if base.with_suffix(".rec").exists():
-        with open(base.with_suffix(".rec"), "rb") as f:
-            frames = int.from_bytes(f.read(8), "little")
-            return f.read(), frames, None
     if base.with_suffix(".fail").exists():
-        return None, 0, json.loads(base.with_suffix(".fail").read_text(encoding="utf-8"))["reason"]
-    return None
+        return 0, json.loads(base.with_suffix(".fail").read_text(encoding="utf-8"))["reason"]
+    with open(base.with_suffix(".rec"), "rb") as f:
+        frames = int.from_bytes(f.read(8), "little")
+        shutil.copyfileobj(f, shard, COPY_CHUNK)
+    return frames, None
+
+
+@contextlib.contextmanager
+def _compressed(raw, compression):
+    """`raw`, or for GZIP a gzip stream into it, closed at the end (no name or time in its
+    header, so the same records give the same bytes; level 6, zlib's default, as TensorFlow's)."""
+    if compression != "GZIP":
+        yield raw
+        return
+    with gzip.GzipFile(filename="", mode="wb", compresslevel=6, fileobj=raw, mtime=0) as stream:
+        yield stream
 
 
 class _Job:
@@ -333,23 +351,16 @@ class _Job:
 
     def _write_shard(self, k):
         """Write shard k from its item files, in order; atomically; then its marker."""
-        import tensorflow as tf  # only the main process imports TF (see the module docstring)
-
-        path, tmp = self.path(k), self.path(k).with_name(self.path(k).name + ".tmp")
+        path = self.path(k)
         records, frames, failures = 0, 0, []
-        options = tf.io.TFRecordOptions(compression_type=self.compression or "")
-        with tf.io.TFRecordWriter(str(tmp), options) as writer:
+        with _atomic_file(path) as raw, _compressed(raw, self.compression) as shard:
             for i in range(*self.blocks[k]):
-                record, item_frames, reason = _read_item(self.work, i)
+                item_frames, reason = _copy_item(self.work, i, shard)
                 if reason is not None:
                     failures.append({"path": self.items[i].path, "media_id": self.items[i].media_id,
                                      "reason": reason})
                     continue
-                writer.write(record)
                 records, frames = records + 1, frames + item_frames
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
         marker = {"file": path.name, "records": records, "frames": frames,
                   "sha256": sha256_of(path), "bytes": path.stat().st_size, "failures": failures}
         _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
@@ -390,7 +401,7 @@ class _Job:
 
 
 def _new_pool(workers):
-    context = multiprocessing.get_context("spawn")  # never fork a process that loaded TF
+    context = multiprocessing.get_context("spawn")  # never fork: the caller may hold TF, threads
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
 
 

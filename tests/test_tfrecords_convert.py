@@ -118,7 +118,7 @@ def test_kill_9_then_rerun_matches(converted, tmp_path):
     assert _shard_bytes(tmp_path) == _shard_bytes(out)
 
 
-def test_changed_parameters_in_unfinished_output_raise(converted, tmp_path):
+def test_changed_parameters_in_unfinished_output_raise(converted, tmp_path, monkeypatch):
     items, label_map, _, _ = converted
 
     def crash(progress):
@@ -129,6 +129,10 @@ def test_changed_parameters_in_unfinished_output_raise(converted, tmp_path):
     with pytest.raises(ValueError, match=r"Received: changed \['decode'\]"):
         writer.convert(items, label_map, tmp_path, decode=video.DecodeOptions(size=(16, 16)),
                        num_shards=3, workers=0)
+    # work files left by a converter version with another layout are never copied into shards
+    monkeypatch.setattr(writer, "WORK_FORMAT", writer.WORK_FORMAT + 1)
+    with pytest.raises(ValueError, match=r"Received: changed \['work_format'\]"):
+        writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=3, workers=0)
 
 
 def test_gzip_shards_round_trip(tmp_path):

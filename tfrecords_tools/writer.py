@@ -49,6 +49,9 @@ FAILURES = "failures.jsonl"
 LABELS = "labels.txt"
 COMPRESSIONS = (None, "GZIP")
 COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
+# The layout of `.work/<item>.rec` files (2: frame count + a TFRecord frame). It is one of the
+# run's parameters, so a resume never copies work files of another layout into shards.
+WORK_FORMAT = 2
 
 
 @dataclasses.dataclass
@@ -147,6 +150,7 @@ def _params(items, label_map, decode, num_shards, prefix, compression):
         "labels": sorted(label_map, key=label_map.get),
         "num_items": len(items),
         "items_sha256": hashlib.sha256(listing).hexdigest(),
+        "work_format": WORK_FORMAT,
     }
 
 

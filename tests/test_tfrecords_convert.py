@@ -241,3 +241,23 @@ def test_the_whole_conversion_runs_without_tensorflow(tmp_path):
     shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tfrecord"))
     records = [schema.parse_example(r) for r in tf.data.TFRecordDataset(shards, compression_type="GZIP")]
     assert sorted(len(r[schema.ENCODED]) for r in records) == [3, 4, 5]
+
+
+def test_automatic_threads_share_the_cores_among_workers(tmp_path, monkeypatch):
+    seen = []
+
+    def in_process_pool(args, workers):  # stands in for the process pool, in this process
+        while args:
+            task = args.popleft()
+            seen.append((workers, task[3].threads))
+            yield writer._convert_task(*task)
+        return []
+
+    monkeypatch.setattr(writer, "_run_pool", in_process_pool)
+    monkeypatch.setattr(writer.os, "cpu_count", lambda: 4)
+    item = sources.VideoItem(str(fx.make_video(tmp_path / "v", "h264", 3)), "a", "a/v")
+    for workers, threads, expected in ((2, 0, 2), (None, 0, 1), (3, 0, 1), (2, 3, 3)):
+        seen.clear()
+        decode = dataclasses.replace(DECODE, threads=threads)
+        writer.convert([item], {"a": 0}, tmp_path / f"out{workers}{threads}", decode=decode, workers=workers)
+        assert seen == [(workers or 4, expected)], (workers, threads)

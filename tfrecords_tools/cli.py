@@ -7,7 +7,6 @@
 import argparse
 import json
 import logging
-import os
 import pathlib
 import sys
 import time
@@ -133,14 +132,12 @@ class _ProgressDisplay:
 
 def _convert(args):
     items, label_map = _list(args)
-    workers = os.cpu_count() if args.workers is None else args.workers
-    threads = args.threads if args.threads is not None else max(1, (os.cpu_count() or 1) // max(workers, 1))
     display = _ProgressDisplay(sys.stderr, sys.stderr.isatty() and not args.no_progress)
     num_shards = args.shards or writer.default_num_shards(len(items), args.videos_per_shard)
     try:
-        summary = writer.convert(items, label_map, args.output, decode=_decode_options(args, threads),
+        summary = writer.convert(items, label_map, args.output, decode=_decode_options(args, args.threads or 0),
                                  num_shards=num_shards, compression="GZIP" if args.gzip else None,
-                                 prefix=args.prefix, workers=workers, on_progress=display)
+                                 prefix=args.prefix, workers=args.workers, on_progress=display)
     finally:
         display.close()
     totals = summary.manifest["totals"]

@@ -51,4 +51,3 @@ class FrameWriter:
         if self.written != self.length:
             raise ValueError(f"Expected {self.length} bytes of record data. Received: {self.written}")
         self.out.write(struct.pack("<I", masked_crc32c(self.crc)))
-

@@ -25,11 +25,11 @@ class DecodeOptions:
     fps: resample to this frame rate (None keeps every decoded frame).
     jpeg_quality: 1..95. max_frames: keep at most this many frames.
     min_frames: fewer decoded frames is a failure.
-    threads: threads per video for the decoder and the scaler (0 = FFmpeg picks, up to all
-        cores). Give each of N worker processes cores/N: FFmpeg's own choice in every worker
-        oversubscribes the cores (the scaler alone starts a thread per core) and, measured on
-        2 cores, made even a single process 1.35x slower per frame (`bench/README.md`). Does
-        not change the output.
+    threads: threads per video for the decoder and the scaler; 0 = automatic: cores/N in each
+        of the converter's N worker processes, else FFmpeg picks (up to all cores). FFmpeg's own
+        choice in every worker would oversubscribe the cores (the scaler alone starts a thread
+        per core) and, measured on 2 cores, made even a single process 1.35x slower per frame
+        (`bench/README.md`). Does not change the output.
     """
     size: tuple = PAPER_SIZE
     short_side: int | None = None

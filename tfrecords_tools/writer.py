@@ -322,13 +322,16 @@ class _Job:
         """Yield `_convert_task` results. A worker that dies (a decoder crash) breaks the pool:
         the videos it had in flight are then retried one at a time, and the one that kills its
         worker alone is recorded as failed; the others continue in a new pool."""
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        decode = self.decode
+        if workers and not decode.threads:  # automatic: share the cores, never oversubscribe them
+            decode = dataclasses.replace(decode, threads=max(1, (os.cpu_count() or 1) // workers))
         args = collections.deque(
-            (i, self.items[i], self.label_map[self.items[i].label], self.decode, str(self.work))
+            (i, self.items[i], self.label_map[self.items[i].label], decode, str(self.work))
             for i in todo)
         if workers == 0:
             yield from (_convert_task(*a) for a in args)
             return
-        workers = workers or os.cpu_count() or 1
         while args:
             suspects = yield from _run_pool(args, workers)
             for a in suspects:  # alone, so a crash is the suspect's own

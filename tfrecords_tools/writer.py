@@ -322,10 +322,11 @@ class _Job:
         """Yield `_convert_task` results. A worker that dies (a decoder crash) breaks the pool:
         the videos it had in flight are then retried one at a time, and the one that kills its
         worker alone is recorded as failed; the others continue in a new pool."""
-        workers = (os.cpu_count() or 1) if workers is None else workers
+        cores = os.cpu_count() or 1
+        workers = cores if workers is None else workers
         decode = self.decode
         if workers and not decode.threads:  # automatic: share the cores, never oversubscribe them
-            decode = dataclasses.replace(decode, threads=max(1, (os.cpu_count() or 1) // workers))
+            decode = dataclasses.replace(decode, threads=max(1, cores // workers))
         args = collections.deque(
             (i, self.items[i], self.label_map[self.items[i].label], decode, str(self.work))
             for i in todo)

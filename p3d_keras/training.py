@@ -218,6 +218,10 @@ def build_parser():
     g.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
                    help="uint8 (default): the reader hands out uint8 clips and the model normalises them on "
                         "its device; float32: the reader normalises on the CPU (slower)")
+    g.add_argument("--reads", choices=("records", "windows"), default="records",
+                   help="records (default): stream each training video's whole record; windows: read only each "
+                        "clip's frames, at the offsets in the shards' window indexes (written by p3d-tfrecords "
+                        "convert or index; local uncompressed shards), much less reading for long videos")
     g.add_argument("--seed", type=int, help="seed for the initial weights, dropout and a deterministic input pipeline")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
     return p
@@ -242,7 +246,7 @@ def run(args):
         if args.input_dtype == "uint8":
             trained = with_input_normalization(model, data.pop("normalization"))
         train = reader.training_dataset(cli_common.shard_files(args.train), deterministic=args.seed is not None,
-                                        seed=args.seed, flip=not args.no_flip, **data).repeat()
+                                        seed=args.seed, flip=not args.no_flip, reads=args.reads, **data).repeat()
         val = reader.evaluation_dataset(cli_common.shard_files(args.val), num_clips=1, **data).map(
             lambda clips, labels, ids: (clips, labels)) if args.val else None
         steps = max(1, cli_common.collection_size(args.train) // args.batch_size)

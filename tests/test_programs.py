@@ -12,6 +12,7 @@ import pytest
 from p3d_keras import evaluation, features, predict, training
 from p3d_keras.applications import P3DResNet
 from p3d_keras.layers import Normalize
+from p3d_keras.tfrecords_tools import index
 from shard_fixtures import write_shards
 
 MODEL_ARGS = ["--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]
@@ -20,12 +21,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    """Train and test shard folders (converter layout: shards + labels.txt) of 3 classes."""
+    """Train and test shard folders (converter layout: shards, their window indexes, labels.txt) of 3 classes."""
     root = tmp_path_factory.mktemp("programs")
     for split, n in (("train", 12), ("test", 6)):
         folder = root / split
         folder.mkdir()
-        write_shards(folder, [(20 + i, i % 3) for i in range(n)], num_shards=2, prefix=split, height=36, width=40)
+        for shard in write_shards(folder, [(20 + i, i % 3) for i in range(n)], num_shards=2, prefix=split,
+                                  height=36, width=40):
+            index.write_index(shard)
         (folder / "labels.txt").write_text("jump\nrun\nsit\n")
     return root
 
@@ -35,7 +38,7 @@ def trained(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
     code = training.main(["--train", str(shards / "train"), "--val", str(shards / "test"), "--out", str(out),
                           "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--seed", "1", "--verbose", "0",
-                          *MODEL_ARGS])
+                          "--reads", "windows", *MODEL_ARGS])
     assert code == 0
     return out
 

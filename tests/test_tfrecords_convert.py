@@ -13,7 +13,7 @@ from PIL import Image
 
 import tensorflow as tf
 import tfrecords_fixtures as fx
-from p3d_keras.tfrecords_tools import cli, inspect, schema, sources, video, writer
+from p3d_keras.tfrecords_tools import cli, index, inspect, schema, sources, video, writer
 
 DECODE = video.DecodeOptions(size=(32, 48), max_frames=6)
 BAD = ("zero", "text", "corrupt", "truncated")
@@ -68,6 +68,18 @@ def test_records_labels_timestamps_and_failures(converted):
     assert (out / writer.LABELS).read_text().splitlines() == sorted(label_map, key=label_map.get)
     assert not list((out / writer.WORK_DIR).glob("*.rec"))
     assert not list((out / writer.WORK_DIR).glob("*.tmp"))  # failed videos leave no partial files
+
+
+def test_every_uncompressed_shard_gets_its_window_index(converted):
+    out = converted[2]
+    shards = sorted(out.glob("*.tfrecord"))
+    assert sorted(out.glob("*" + index.INDEX_SUFFIX)) == [pathlib.Path(index.index_path(s)) for s in shards]
+    for shard in shards:
+        records = list(inspect.iter_records(shard))
+        loaded, data = index.load_index(shard), shard.read_bytes()
+        assert loaded.num_frames.tolist() == [len(r[schema.ENCODED]) for r in records]
+        assert [data[o:o + n] for o, n in zip(loaded.frame_offsets, loaded.frame_lengths)] == [
+            f for r in records for f in r[schema.ENCODED].tolist()]
 
 
 @pytest.mark.slow  # spawns a pool of worker processes
@@ -140,6 +152,7 @@ def test_gzip_shards_round_trip(tmp_path):
     writer.convert([item], {"phone": 0}, tmp_path, decode=DECODE, compression="GZIP", workers=0)
     (record,) = inspect.iter_records(tmp_path / "data-00000-of-00001.tfrecord", "GZIP")
     assert record[schema.CLIP_START] == 1_000_000 and len(record[schema.ENCODED]) == 6
+    assert not list(tmp_path.glob("*" + index.INDEX_SUFFIX))  # GZIP shards cannot be read by byte range
 
 
 def test_cli_convert_exit_codes_and_inspect(dataset, tmp_path, capsys):

@@ -1,7 +1,8 @@
-"""`p3d-tfrecords`: convert a video collection into sharded TFRecords, or inspect shards.
+"""`p3d-tfrecords`: convert a video collection into sharded TFRecords, index or inspect shards.
 
     p3d-tfrecords convert --layout folder --root videos/ --output shards/ --workers 8
     p3d-tfrecords beam --layout csv --csv list.csv --output gs://bucket/shards/data -- --runner=DataflowRunner ...
+    p3d-tfrecords index shards/        # window indexes (convert writes them itself; beam does not)
     p3d-tfrecords inspect shards/ --contact-sheet sheet.png
 """
 import argparse
@@ -87,6 +88,9 @@ def _build_parser():
     inspect.add_argument("--gzip", action="store_true", help="the shards are GZIP-compressed")
     inspect.add_argument("--contact-sheet", help="save a PNG grid of one record's frames here")
     inspect.add_argument("--record", type=int, default=0, help="record for the contact sheet")
+    index = commands.add_parser("index", help="write the window index of uncompressed shards (for "
+                                              "training_dataset(reads='windows'), p3d-train --reads windows)")
+    index.add_argument("paths", nargs="+", help="shard files or folders of shards")
     return parser
 
 
@@ -184,6 +188,26 @@ def _inspect(args):
     return 0
 
 
+def _index(args):
+    from . import index
+
+    failed = 0
+    for path in _shard_paths(args.paths):
+        if index.is_index_file(path):
+            continue
+        try:
+            written = index.write_index(path)
+        except (ValueError, OSError) as error:
+            failed += 1
+            logger.error("Skipped %s: %s", path, error)
+            continue
+        logger.info("Indexed %s: %d records, %d frames -> %s", path, len(written.num_frames),
+                    len(written.frame_offsets), index.index_path(path))
+    if failed:
+        logger.error("%d shards could not be indexed", failed)
+    return 1 if failed else 0
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, pipeline_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
@@ -194,6 +218,8 @@ def main(argv=None):
             return _convert(args)
         if args.command == "beam":
             return _beam(args, pipeline_args)
+        if args.command == "index":
+            return _index(args)
         return _inspect(args)
     except (ValueError, FileNotFoundError) as error:
         logger.error("%s", error)

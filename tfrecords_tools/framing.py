@@ -17,7 +17,8 @@ _MASK_DELTA = 0xA282EAD8
 
 
 @functools.cache
-def _crc32c():
+def crc32c():
+    """The `google_crc32c` module (writers and the window index only; see the module docstring)."""
     import google_crc32c  # noqa: PLC0415 (writers only; see the module docstring)
 
     if google_crc32c.implementation != "c":
@@ -40,10 +41,10 @@ class FrameWriter:
     def __init__(self, out, length):
         self.out, self.length, self.written, self.crc = out, length, 0, 0
         header = struct.pack("<Q", length)
-        out.write(header + struct.pack("<I", masked_crc32c(_crc32c().value(header))))
+        out.write(header + struct.pack("<I", masked_crc32c(crc32c().value(header))))
 
     def write(self, chunk):
-        self.crc = _crc32c().extend(self.crc, chunk)
+        self.crc = crc32c().extend(self.crc, chunk)
         self.written += len(chunk)
         return self.out.write(chunk)
 

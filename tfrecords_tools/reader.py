@@ -38,13 +38,16 @@ large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is freshly `
 that must be paged in again: uint8 output then reaches 74-75 % of the limit.
 """
 import dataclasses
+import os
 import struct
 
+import numpy as np
 import tensorflow as tf
 
 from p3d_keras import normalization as norm_lib
 from p3d_keras.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
 from p3d_keras.tfrecords_tools import framing
+from p3d_keras.tfrecords_tools import index as index_lib
 from p3d_keras.tfrecords_tools import sampling
 from p3d_keras.tfrecords_tools import schema
 
@@ -52,6 +55,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 CROPS = ("center", "three")
 OUTPUT_DTYPES = ("float32", "uint8")
 COMPRESSIONS = ("auto", None, "", "GZIP")
+READS = ("records", "windows")
 # Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
 # of each shard being read are held at once (x cycle_length shards).
 RECORDS_PER_CHECK = 4
@@ -77,9 +81,11 @@ class CorruptRecordCounter:
 # --- shards ----------------------------------------------------------------------------------
 
 def list_shards(file_pattern):
-    """The sorted shard paths matching a glob pattern, a path, or a list of either."""
+    """The sorted shard paths matching a glob pattern, a path, or a list of either (window index
+    files, `*.tfindex`, excepted)."""
     patterns = [file_pattern] if isinstance(file_pattern, (str, bytes)) else list(file_pattern)
-    paths = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)})
+    paths = sorted({path for pattern in patterns for path in tf.io.gfile.glob(pattern)
+                    if not index_lib.is_index_file(path)})
     if not paths:
         raise ValueError(f"Expected file_pattern to match at least one shard. "
                          f"Received: file_pattern={file_pattern!r}")
@@ -92,7 +98,7 @@ def shard_compression(path, compression="auto"):
     if compression not in COMPRESSIONS:
         raise ValueError(f"Expected compression to be one of {COMPRESSIONS}. Received: compression={compression!r}")
     if compression == "auto":
-        return "GZIP" if path.endswith((".gz", ".gzip")) else ""
+        return "GZIP" if path.endswith(index_lib.COMPRESSED_SUFFIXES) else ""
     return compression or ""
 
 
@@ -155,6 +161,64 @@ def read_records(paths, *, compression="auto", shuffle=False, seed=None, determi
         lambda p, c, e: _read_shard(p, c, e, counter),
         cycle_length=min(len(paths), cycle_length or 16),
         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+
+
+# --- windows by byte range (reads="windows") ---------------------------------------------------
+
+def _read_range(path, begin, length):
+    """`length` bytes of the file `path` from byte `begin` (runs in a `tf.numpy_function`)."""
+    path = os.fsdecode(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        data = os.pread(fd, int(length), int(begin))
+    finally:
+        os.close(fd)
+    if len(data) != length:
+        raise ValueError(f"Expected {length} bytes at byte {begin} of shard={path}. Received: {len(data)}; the "
+                         "shard changed since it was indexed: rebuild its index with `p3d-tfrecords index`")
+    return data
+
+
+def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, deterministic):
+    """`(encoded [clip_length], label, crop seed)` per video of the shards' window indexes
+    (`index.load_index`), the videos in shard order or, with `shuffle`, all of them shuffled
+    anew each epoch; `pick(num_frames, element_seed)` gives a video's frame indices and crop seed.
+
+    Each window's frames are read with one `pread` of the bytes from its first to its last frame
+    (its frames only, for consecutive frames; the span between them for larger strides; the
+    whole video when a short video loops), in a `tf.numpy_function`."""
+    for path in paths:
+        if "://" in path or path.endswith(index_lib.COMPRESSED_SUFFIXES):
+            raise ValueError(f"Expected local, uncompressed shards for reads='windows'. Received: shard={path}; "
+                             "use reads='records'")
+    indexes = [index_lib.load_index(path) for path in paths]
+    counts = np.concatenate([ix.num_frames for ix in indexes]).astype(np.int32)
+    videos = tf.data.Dataset.from_tensor_slices((
+        np.concatenate([np.full(len(ix.num_frames), k, np.int32) for k, ix in enumerate(indexes)]),
+        np.concatenate([ix.labels for ix in indexes]).astype(np.int32),
+        (np.cumsum(counts, dtype=np.int64) - counts), counts))
+    if shuffle:
+        videos = videos.shuffle(len(counts), seed=seed, reshuffle_each_iteration=True)
+    offsets = tf.constant(np.concatenate([ix.frame_offsets for ix in indexes]), tf.int64)
+    lengths = tf.constant(np.concatenate([ix.frame_lengths for ix in indexes]), tf.int64)
+    shard_paths = tf.constant(paths)
+
+    def read_window(video, element_seed):
+        shard, label, first, count = video
+        message = tf.strings.join(["Expected every record to have at least one frame. Received: 0 frames in a "
+                                   "record of shard=", shard_paths[shard]])
+        with tf.control_dependencies([tf.debugging.Assert(count > 0, [message])]):
+            indices, seed_crop = pick(tf.identity(count), element_seed)
+        frames = first + tf.cast(indices, tf.int64)
+        starts, sizes = tf.gather(offsets, frames), tf.gather(lengths, frames)
+        begin, end = tf.reduce_min(starts), tf.reduce_max(starts + sizes)
+        data = tf.numpy_function(_read_range, [shard_paths[shard], begin, end - begin], tf.string, stateful=False)
+        encoded = tf.strings.substr(tf.ensure_shape(data, []), starts - begin, sizes)
+        return tf.ensure_shape(encoded, [clip_length]), label, seed_crop
+
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(videos, seeds).map(read_window, num_parallel_calls=parallel,
+                                                  deterministic=deterministic)
 
 
 # --- one video -------------------------------------------------------------------------------
@@ -277,7 +341,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
                      crop_size=160, multiscale=False, flip=True, scale_jitter=None, normalization=None,
                      output_dtype="float32", modality="rgb", shuffle_buffer=512, deterministic=False, seed=None,
                      compression="auto", skip_corrupt=False, drop_remainder=True,
-                     num_parallel_calls=None, cycle_length=None):
+                     num_parallel_calls=None, cycle_length=None, reads="records"):
     """Training clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32)`
     (`clips` uint8 with `output_dtype="uint8"`).
 
@@ -300,34 +364,64 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
             frames smaller than the crop) is rounded back to uint8.
         modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).
-        shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling.
+        shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling. With
+            `reads="windows"` any nonzero value shuffles all the videos of the epoch (the index
+            is in memory, so no buffer is needed).
         deterministic: with an integer `seed`, the same batches run after run (fixed shard order,
             order-preserving parallelism, stateless random ops seeded per element and epoch).
         compression: `auto` (GZIP for `.gz` names), `None`, or `GZIP`.
         skip_corrupt: False raises an error naming the shard at a corrupt or truncated record;
             True skips the rest of that shard and counts it in `dataset.corrupt_records.count`.
         num_parallel_calls: parallel decode calls; None means AUTOTUNE.
+        cycle_length: shards read at once (`reads="records"`); None means min(16, shards).
+        reads: `records` streams every shard whole: each video's whole record is read (and its
+            CRC checked) to use one window of it. `windows` reads only each window's bytes
+            (from its first to its last frame) at the offsets in the shards' window indexes
+            (`p3d_keras.tfrecords_tools.index`, written by `p3d-tfrecords convert` or
+            `p3d-tfrecords index`): local uncompressed shards only, their records checked when
+            indexed (not when read), and no `skip_corrupt`. The clips are the same for the same
+            videos and seeds. At UCF101's 186 frames per video it reads ~12x fewer bytes.
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
                           crop_size=crop_size, modality=modality, normalization=normalization,
                           output_dtype=output_dtype, stride_range=stride_range, scale_jitter=scale_jitter, multiscale=multiscale)
     if deterministic and not isinstance(seed, int):
         raise ValueError(f"Expected an integer seed when deterministic=True. Received: seed={seed!r}")
+    if reads not in READS:
+        raise ValueError(f"Expected reads to be one of {READS}. Received: reads={reads!r}")
+    if reads == "windows" and (skip_corrupt or cycle_length is not None or compression not in ("auto", None, "")):
+        raise ValueError("Expected skip_corrupt=False, cycle_length=None and uncompressed shards with reads='windows' "
+                         f"(records are checked when indexed). Received: skip_corrupt={skip_corrupt!r}, "
+                         f"cycle_length={cycle_length!r}, compression={compression!r}")
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
-    counter = CorruptRecordCounter() if skip_corrupt else None
-    records = read_records(list_shards(file_pattern), compression=compression, shuffle=True, seed=seed,
-                           deterministic=deterministic, cycle_length=cycle_length, counter=counter)
-    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
 
-    def pick_window(record, element_seed):
-        path, serialized = record
-        example = parse_video(path, serialized)
+    def pick(num_frames, element_seed):
         seed_stride, seed_window, seed_crop = tf.unstack(sampling.split_seed([element_seed, 0], 3))
         stride = frame_stride if stride_range is None else sampling.sample_stride(stride_range, seed_stride)
-        indices = sampling.training_indices(example["num_frames"], clip_length, stride, seed_window)
-        encoded = tf.ensure_shape(tf.gather(example[schema.ENCODED], indices), [clip_length])
-        return encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop
+        return sampling.training_indices(num_frames, clip_length, stride, seed_window), seed_crop
+
+    counter = CorruptRecordCounter() if skip_corrupt else None
+    if reads == "windows":
+        windows = index_windows(list_shards(file_pattern), pick, clip_length=clip_length, shuffle=bool(shuffle_buffer),
+                                seed=seed, parallel=parallel, deterministic=deterministic)
+    else:
+        records = read_records(list_shards(file_pattern), compression=compression, shuffle=True, seed=seed,
+                               deterministic=deterministic, cycle_length=cycle_length, counter=counter)
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+
+        def pick_window(record, element_seed):
+            path, serialized = record
+            example = parse_video(path, serialized)
+            indices, seed_crop = pick(example["num_frames"], element_seed)
+            encoded = tf.ensure_shape(tf.gather(example[schema.ENCODED], indices), [clip_length])
+            return encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop
+
+        windows = tf.data.Dataset.zip(records, seeds).map(pick_window, num_parallel_calls=parallel,
+                                                          deterministic=deterministic)
+        if shuffle_buffer:
+            windows = windows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
     def make_clip(encoded, label, clip_seed):
         seed_box, seed_scale, seed_flip = tf.unstack(sampling.split_seed(clip_seed, 3))
@@ -345,11 +439,6 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         clip = finish_clip(clip, crop_size, norm)
         return tf.ensure_shape(clip, [clip_length, crop_size, crop_size, channels]), label
 
-    parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
-    windows = tf.data.Dataset.zip(records, seeds).map(pick_window, num_parallel_calls=parallel,
-                                                      deterministic=deterministic)
-    if shuffle_buffer:
-        windows = windows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = (windows.map(make_clip, num_parallel_calls=parallel, deterministic=deterministic)
                .batch(batch_size, drop_remainder=drop_remainder)
                .prefetch(AUTOTUNE)

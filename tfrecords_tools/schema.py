@@ -111,6 +111,75 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
     return head + frames + tail
 
 
+def locate_frames(serialized):
+    """Where the frames of a serialised SequenceExample lie in it, without TensorFlow:
+    `(label_index, [(offset, length), ...])`, the byte range of each `ENCODED` JPEG in
+    `serialized`, in frame order (for the window index, `index`). A record that is not a
+    SequenceExample with one JPEG per frame and a `LABEL_INDEX` raises a `ValueError`."""
+    label, frames = None, []
+    for field, wire, message, at in pw.iter_fields_at(serialized):
+        if field == _CONTEXT:
+            for key, feature, _ in _map_entries(pw.payload(wire, message), at):
+                if key == LABEL_INDEX:
+                    label = _single_int64(feature)
+        elif field == _FEATURE_LISTS:
+            for key, feature_list, list_at in _map_entries(pw.payload(wire, message), at):
+                if key == ENCODED:
+                    frames.extend(_bytes_values(feature_list, list_at))
+    if label is None:
+        raise ValueError(f"Expected a SequenceExample with the context feature {LABEL_INDEX!r}. Received: none")
+    return label, frames
+
+
+def _map_entries(message, base):
+    """`(key, value, value_offset)` of each entry of the `map<string, message>` field of `message`
+    (which starts at `base` in the whole record)."""
+    for field, wire, entry, at in pw.iter_fields_at(message):
+        if field != _MAP:
+            continue
+        key, value, value_at = None, b"", base + at
+        for f, w, v, a in pw.iter_fields_at(pw.payload(wire, entry)):
+            if f == _MAP_KEY:
+                key = bytes(pw.payload(w, v)).decode("utf-8")
+            elif f == _MAP_VALUE:
+                value, value_at = pw.payload(w, v), base + at + a
+        yield key, value, value_at
+
+
+def _single_int64(feature):
+    """The one value of an `Int64List` `Feature` (packed or not)."""
+    values = []
+    for field, wire, int64_list in pw.iter_fields(feature):
+        if field != _INT64_LIST:
+            continue
+        for f, w, v in pw.iter_fields(pw.payload(wire, int64_list)):
+            if f == _VALUE and w == pw.VARINT:
+                values.append(pw.signed64(v))
+            elif f == _VALUE:
+                packed, pos = pw.payload(w, v), 0
+                while pos < len(packed):
+                    value, pos = pw.decode_varint(packed, pos)
+                    values.append(pw.signed64(value))
+    if len(values) != 1:
+        raise ValueError(f"Expected one int64 value in {LABEL_INDEX!r}. Received: {values}")
+    return values[0]
+
+
+def _bytes_values(feature_list, base):
+    """`(offset, length)` of the one `BytesList` value of each `Feature` of a `FeatureList`."""
+    spans = []
+    for field, wire, feature, at in pw.iter_fields_at(feature_list):
+        if field != _VALUE:
+            continue
+        values = [(base + at + a + b, len(value))
+                  for f, w, bytes_list, a in pw.iter_fields_at(pw.payload(wire, feature)) if f == _BYTES_LIST
+                  for f2, w2, value, b in pw.iter_fields_at(pw.payload(w, bytes_list)) if f2 == _VALUE]
+        if len(values) != 1:
+            raise ValueError(f"Expected one JPEG per frame in {ENCODED!r}. Received: {len(values)} in frame {len(spans)}")
+        spans.append(values[0])
+    return spans
+
+
 def parse_example(serialized):
     """Parse one serialised SequenceExample into a flat dict keyed by the constants above
     (`ENCODED` is a 1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor). Graph-safe."""

@@ -35,9 +35,10 @@ import shutil
 import tempfile
 import time
 
-from p3d_keras.fileutil import sha256_of
+from p3d_keras.fileutil import atomic_file, sha256_of, write_atomic
 
 from . import framing
+from . import index as index_lib
 from . import schema
 from . import video as video_lib
 
@@ -165,30 +166,7 @@ def _check_or_write_params(work, params):
                 f"{work.parent} (or an empty output dir). Received: changed {changed}"
             )
         return
-    _write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
-
-
-@contextlib.contextmanager
-def _atomic_file(path):
-    """A binary file that replaces `path`, synced, once the block has finished; if the block
-    raises, `path` is left as it was and the partial file is removed."""
-    path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    os.replace(tmp, path)
-
-
-def _write_atomic(path, *chunks):
-    with _atomic_file(path) as f:
-        for chunk in chunks:
-            f.write(chunk)
+    write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def write_record(item, label_index, decode, out, spool, framed=False):
@@ -233,7 +211,7 @@ def _convert_task(index, item, label_index, decode, work):
     base = pathlib.Path(work) / f"{index:08d}"
     try:
         # The spool is unnamed: nothing of it outlives this process, even after a kill -9.
-        with tempfile.TemporaryFile(dir=work) as spool, _atomic_file(base.with_suffix(".rec")) as out:
+        with tempfile.TemporaryFile(dir=work) as spool, atomic_file(base.with_suffix(".rec")) as out:
             out.write(bytes(8))  # the frame count, known at the end
             frames = write_record(item, label_index, decode, out, spool, framed=True)
             out.seek(0)
@@ -244,7 +222,7 @@ def _convert_task(index, item, label_index, decode, work):
         reason = f"{type(error).__name__}: {error}"
     else:
         return index, frames, None
-    _write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
+    write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
     return index, 0, reason
 
 
@@ -358,10 +336,11 @@ class _Job:
         return base.with_suffix(".rec").exists() or base.with_suffix(".fail").exists()
 
     def _write_shard(self, k):
-        """Write shard k from its item files, in order; atomically; then its marker."""
+        """Write shard k from its item files, in order; atomically; then its window index
+        (uncompressed shards) and its marker."""
         path = self.path(k)
         records, frames, failures = 0, 0, []
-        with _atomic_file(path) as raw, _compressed(raw, self.compression) as shard:
+        with atomic_file(path) as raw, _compressed(raw, self.compression) as shard:
             for i in range(*self.blocks[k]):
                 item_frames, reason = _copy_item(self.work, i, shard)
                 if reason is not None:
@@ -369,9 +348,11 @@ class _Job:
                                      "reason": reason})
                     continue
                 records, frames = records + 1, frames + item_frames
+        if self.compression is None:
+            index_lib.write_index(path)
         marker = {"file": path.name, "records": records, "frames": frames,
                   "sha256": sha256_of(path), "bytes": path.stat().st_size, "failures": failures}
-        _write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
+        write_atomic(self.marker(k), json.dumps(marker, sort_keys=True).encode("utf-8"))
         self._remove_items(k)
         logger.debug("Wrote %s (%d records, %d frames)", path.name, records, frames)
 
@@ -393,8 +374,8 @@ class _Job:
             failures.extend(marker.pop("failures"))
             shards.append(marker)
         labels = params["labels"]
-        _write_atomic(self.out / LABELS, "".join(f"{name}\n" for name in labels).encode("utf-8"))
-        _write_atomic(self.out / FAILURES, "".join(
+        write_atomic(self.out / LABELS, "".join(f"{name}\n" for name in labels).encode("utf-8"))
+        write_atomic(self.out / FAILURES, "".join(
             json.dumps(f, ensure_ascii=False, sort_keys=True) + "\n" for f in failures
         ).encode("utf-8"))
         manifest = {
@@ -404,7 +385,7 @@ class _Job:
                        "failed": len(failures), "frames": sum(s["frames"] for s in shards),
                        "bytes": sum(s["bytes"] for s in shards)},
         }
-        _write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
+        write_atomic(self.out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode("utf-8"))
         return manifest, failures
 
 
@@ -435,6 +416,6 @@ def _run_pool(args, workers):
 
 def _record_crash(index, item, label_index, decode, work):
     reason = "worker process crashed while decoding (e.g. a decoder fault)"
-    _write_atomic((pathlib.Path(work) / f"{index:08d}").with_suffix(".fail"),
+    write_atomic((pathlib.Path(work) / f"{index:08d}").with_suffix(".fail"),
                   json.dumps({"reason": reason}).encode("utf-8"))
     return index, 0, reason

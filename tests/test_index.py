@@ -1,0 +1,158 @@
+"""Window indexes (`index`) and the reader's `reads="windows"`, which reads only each window's bytes."""
+import logging
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from p3d_keras import protowire as pw
+from p3d_keras.tfrecords_tools import cli, framing, index, reader, schema
+from shard_fixtures import video_example, write_shards
+
+# Frame counts chosen so that windows of 4 (stride 1 and 3) cover short videos that loop.
+VIDEOS = [(10, 0), (3, 1), (20, 2), (6, 1), (1, 0), (13, 2)]
+SMALL = dict(clip_length=4, crop_size=24, output_dtype="uint8")
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    paths = write_shards(tmp_path, VIDEOS, num_shards=2)
+    for path in paths:
+        index.write_index(path)
+    return paths
+
+
+def epoch(dataset):
+    return [tuple(t.numpy() for t in batch) for batch in dataset]
+
+
+def test_iter_fields_at_gives_each_payloads_offset():
+    message = pw.length_delimited(1, b"abc") + pw.field_key(2, pw.VARINT) + pw.encode_varint(300) \
+        + pw.length_delimited(3, b"\x00" * 200)
+    fields = list(pw.iter_fields_at(message))
+    assert [(f, at) for f, _, _, at in fields] == [(1, 2), (2, 6), (3, 11)]
+    assert message[2:5] == b"abc" and message[11:211] == b"\x00" * 200 and fields[1][2] == 300
+
+
+def test_index_locates_every_frame_of_tensorflow_and_converter_records(shards, tmp_path):
+    ours = str(tmp_path / "ours.tfrecord")
+    jpegs = [b"\xff\xd8first", b"\xff\xd8second frame"]
+    with open(ours, "wb") as f:
+        record = schema.make_example(encoded_frames=jpegs, timestamps_us=[0, 40_000], height=1, width=1,
+                                     frame_rate=25.0, label_index=7, label_string="x", media_id="m")
+        writer = framing.FrameWriter(f, len(record))
+        writer.write(record)
+        writer.finish()
+    for path in shards + [ours]:
+        built = index.write_index(path)
+        loaded = index.load_index(path)
+        assert loaded.shard_bytes == os.path.getsize(path)
+        data = open(path, "rb").read()
+        parsed = [schema.parse_example(r) for r in tf.data.TFRecordDataset(path)]
+        assert loaded.labels.tolist() == [int(p[schema.LABEL_INDEX]) for p in parsed] == built.labels.tolist()
+        assert loaded.num_frames.tolist() == [len(p[schema.ENCODED]) for p in parsed]
+        frames = [data[o:o + n] for o, n in zip(loaded.frame_offsets, loaded.frame_lengths)]
+        assert frames == [f for p in parsed for f in p[schema.ENCODED].numpy().tolist()]
+    assert index.load_index(ours).labels.tolist() == [7] and frames == jpegs
+
+
+@pytest.mark.parametrize("options", [dict(), dict(frame_stride=3), dict(stride_range=(1, 4), flip=False)])
+def test_windows_give_the_same_clips_as_whole_records(tmp_path, options):
+    path = write_shards(tmp_path, VIDEOS)[0]
+    index.write_index(path)
+    kw = dict(batch_size=3, shuffle_buffer=0, deterministic=True, seed=5, **SMALL, **options)
+    records = epoch(reader.training_dataset(path, **kw))
+    windows = epoch(reader.training_dataset(path, reads="windows", **kw))
+    assert len(records) == len(windows) == 2
+    for (clips_r, labels_r), (clips_w, labels_w) in zip(records, windows):
+        np.testing.assert_array_equal(clips_w, clips_r)
+        np.testing.assert_array_equal(labels_w, labels_r)
+
+
+def test_windows_shuffle_every_video_each_epoch_deterministically(shards, tmp_path):
+    kw = dict(batch_size=2, reads="windows", deterministic=True, seed=1, **SMALL)
+    glob = os.path.join(os.path.dirname(shards[0]), "*")  # index files beside the shards are not shards
+    first, second = epoch(reader.training_dataset(glob, **kw)), epoch(reader.training_dataset(glob, **kw))
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a[0], b[0])
+    dataset = reader.training_dataset(glob, **kw).repeat(2)
+    labels = np.concatenate([b[1] for b in epoch(dataset)])
+    assert sorted(labels[:6]) == sorted(labels[6:]) == sorted(label for _, label in VIDEOS)
+    orders = [tuple(np.concatenate([b[1] for b in epoch(reader.training_dataset(glob, **{**kw, "seed": s}))]))
+              for s in range(6)]
+    assert len(set(orders)) > 1  # the whole epoch is shuffled, not kept in shard order
+
+
+def test_missing_stale_and_gzip_indexes_are_errors_naming_the_files(tmp_path):
+    path = write_shards(tmp_path, VIDEOS)[0]
+    with pytest.raises(FileNotFoundError, match=r"train-00000-of-00001\.tfindex.*p3d-tfrecords index"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    index.write_index(path)
+    with open(path, "ab") as f:
+        f.write(b"\x00")  # the shard changed after it was indexed
+    with pytest.raises(ValueError, match=r"train-00000-of-00001\.tfrecord to be the \d+ bytes.*tfindex"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    (tmp_path / "gz").mkdir()
+    gz = write_shards(tmp_path / "gz", VIDEOS, compression="GZIP")[0]
+    with pytest.raises(ValueError, match=r"uncompressed shard.*\.tfrecord\.gz"):
+        index.write_index(gz)
+    with pytest.raises(ValueError, match=r"local, uncompressed shards.*\.tfrecord\.gz"):
+        reader.training_dataset(gz, batch_size=2, reads="windows", **SMALL)
+    os.rename(gz, tmp_path / "gz" / "named.tfrecord")
+    with pytest.raises(ValueError, match=r"GZIP-compressed shard=.*named\.tfrecord"):
+        index.write_index(tmp_path / "gz" / "named.tfrecord")
+
+
+def test_a_shard_truncated_after_indexing_names_the_shard_when_read(tmp_path):
+    path = write_shards(tmp_path, VIDEOS)[0]
+    built = index.write_index(path)
+    dataset = reader.training_dataset(path, batch_size=6, reads="windows", shuffle_buffer=0, **SMALL)
+    last_video = int(built.num_frames[:-1].sum())
+    os.truncate(path, int(built.frame_offsets[last_video]) + 1)  # after the dataset checked the size
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"bytes at byte \d+ of shard=.*train-00000"):
+        epoch(dataset)
+
+
+def test_zero_frame_record_names_the_shard(tmp_path):
+    path = str(tmp_path / "empty-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(video_example(0, 0, "nothing"))
+    index.write_index(path)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"0 frames in a record of shard=.*empty-00000"):
+        epoch(reader.training_dataset(path, batch_size=1, reads="windows", **SMALL))
+
+
+def test_index_refuses_corrupt_records_naming_shard_and_byte(tmp_path):
+    path = write_shards(tmp_path, VIDEOS)[0]
+    data = bytearray(open(path, "rb").read())
+    second = framing.HEADER_BYTES + len(video_example(*VIDEOS[0], "v0")) + framing.FOOTER_BYTES
+    data[second + framing.HEADER_BYTES + 50] ^= 0xFF
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+    with pytest.raises(ValueError, match=rf"corrupt data \(CRC32C mismatch\) in the record at byte {second} of shard="):
+        index.write_index(path)
+    with open(path, "wb") as f:
+        f.write(bytes(data[:second + 20]))
+    with pytest.raises(ValueError, match=rf"truncated data in the record at byte {second} of shard="):
+        index.write_index(path)
+    assert not os.path.exists(index.index_path(path))
+
+
+def test_windows_refuse_options_they_cannot_honour(shards):
+    for bad in (dict(skip_corrupt=True), dict(cycle_length=2), dict(compression="GZIP"), dict(reads="bytes")):
+        with pytest.raises(ValueError, match="reads"):
+            reader.training_dataset(shards, batch_size=2, **{"reads": "windows", **SMALL, **bad})
+
+
+def test_cli_index_skips_and_reports_a_bad_shard(tmp_path, caplog):
+    good, bad = write_shards(tmp_path, VIDEOS, num_shards=2)
+    with open(bad, "r+b") as f:
+        f.truncate(100)
+    with caplog.at_level(logging.INFO, logger="p3d_keras.tfrecords_tools"):
+        assert cli.main(["index", str(tmp_path)]) == 1
+    assert os.path.exists(index.index_path(good)) and not os.path.exists(index.index_path(bad))
+    assert "Skipped" in caplog.text and "train-00001-of-00002.tfrecord" in caplog.text
+    assert index.load_index(good).num_frames.tolist() == [n for n, _ in VIDEOS[::2]]
+    os.remove(bad)
+    assert cli.main(["index", str(tmp_path)]) == 0  # the index files in the folder are not shards

@@ -1,34 +1,45 @@
 """Training-pipeline throughput against the JPEG-decode limit, measured in the same run.
 
 Writes synthetic shards (smooth-noise 182x242 JPEGs, quality 90, the converter's default frame
-size; `--unique-videos` distinct videos, repeated as records with their own ids up to `--videos`),
-then times one epoch of each, alternately in each round:
+size; `--unique-videos` distinct videos, repeated as records with their own ids up to `--videos`)
+and their window indexes, then times one epoch of each, alternately in each round:
   - the limit: as many clips as the epoch has videos, as clip-length windows of the same
     videos held in memory, decoded whole by `tf.io.decode_jpeg` (unrolled, as the reader does) in
     a map with the same parallelism (AUTOTUNE) and prefetched; nothing else is done to them (no
     file reading, no batching: a batch of 16 whole 182x242 clips is 34 MB, which the default CPU
     allocator maps fresh and page-faults in every time, a cost of the limit's larger frames that
     made it look slower than the uint8 pipeline);
-  - the uint8 pipeline: `training_dataset(output_dtype="uint8")` clips/s (frames/s = clips/s x
-    clip_length), what `p3d-train` uses (the model normalises on its device); and
-  - the float32 pipeline: `training_dataset(normalization=...)`, normalised on the CPU,
+  - the uint8 pipeline, `training_dataset(output_dtype="uint8")`, what `p3d-train` uses (the
+    model normalises on its device), reading whole records (`reads="records"`, the default) and
+    reading only each window's bytes (`reads="windows"`);
+  - the float32 pipeline, `training_dataset(normalization=...)`, normalised on the CPU, with
+    `reads="windows"`;
 and prints Markdown tables: the rates in total and per core, each pipeline's ratio to the limit,
-and the cores a GPU consuming N clips/s would need at the measured per-core rates.
+and the cores a GPU consuming N clips/s would need at the measured per-core rates (frames/s =
+clips/s x clip_length).
+
+Videos are `--frames 186` frames long by default, UCF101's mean (7.4 s at 25 fps; Kinetics clips
+are 250-300): reading a whole record for one 16-frame window then reads ~12x the window's bytes,
+which is what `reads="windows"` avoids. `--frames 20` shows the short-video case.
 
 Each round is one epoch from a fresh iterator, so it pays what every epoch of training pays
-once: the reader's shuffle buffer (`shuffle_buffer` windows, 512 by default) is filled before its
-first batch, and parallelism is autotuned again. Three figures per row:
+once: with `reads="records"` the reader's shuffle buffer (`shuffle_buffer` windows, 512 by
+default) is filled before its first batch (`reads="windows"` shuffles its in-memory index
+instead), and parallelism is autotuned again. Three figures per row:
   - end to end: the epoch's clips over the epoch's time, start included;
   - steady: the clips between the first and the last `--steady-skip` clips of the epoch, over
     the time between them (reading, shuffling and decoding all under way; the limit is measured
     over the same clips);
-  - first element: ms from the iterator's creation to its first element.
-The end-to-end figure depends on the epoch's length (the start is a fixed cost): the default of
-4096 videos lies between HMDB51's (3,570 training videos) and UCF101's (9,537) training splits;
-`--videos 256` shows how much a short epoch's start weighs.
+  - first element: ms from the iterator's creation to its first element;
+and the CPU time of the whole process per clip over the epoch (median of the rounds), the work a
+clip costs whatever else shares the machine; its "vs limit" is the limit's CPU per clip over the
+row's (with the cores saturated, as here, it is the clips/s ratio without the scheduling noise).
+The end-to-end figure depends on the epoch's length (the start is a fixed cost); the default of
+1536 videos of 186 frames is 3.6 GB of shards (`--videos 4096 --frames 20`, the previous default,
+is 1 GB).
 
-    python bench/pipeline_throughput.py --rounds 3
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3
+    TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3 --frames 20 --videos 4096 --unique-videos 256 --steady-skip 768
 
 Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips x 16 x 160 x 160
 x 3 = 79 MB) is fresh memory from `mmap` (glibc maps anything over 32 MB), so filling it page-
@@ -48,6 +59,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
+from p3d_keras.tfrecords_tools import index
 from p3d_keras.tfrecords_tools import reader
 from p3d_keras.tfrecords_tools import schema
 
@@ -123,8 +135,8 @@ def rates(times, clips_per_element, skip):
 
 
 def measure(args, paths):
-    """Per row (limit, uint8, float32): the best of the rounds' (end-to-end, steady) clips/s and the
-    median first-element ms; one epoch per row in each round, rows alternately. The steady rate is
+    """Per row (the limit, then the pipelines): the best of the rounds' (end-to-end, steady) clips/s and the
+    median first-element ms and CPU ms per clip; one epoch per row in each round, rows alternately. The steady rate is
     NaN unless `--steady-skip` covers the shuffle buffer and leaves clips between the two ends."""
     def pipeline(**output):
         return reader.training_dataset(
@@ -133,8 +145,9 @@ def measure(args, paths):
 
     datasets = {
         "limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1),
-        "uint8": (pipeline(output_dtype="uint8"), args.batch_size),
-        "float32": (pipeline(normalization=args.normalization), args.batch_size),
+        "uint8 records": (pipeline(output_dtype="uint8"), args.batch_size),
+        "uint8 windows": (pipeline(output_dtype="uint8", reads="windows"), args.batch_size),
+        "float32 windows": (pipeline(normalization=args.normalization, reads="windows"), args.batch_size),
     }
     skip = args.steady_skip if args.shuffle_buffer <= args.steady_skip < args.videos / 2 else None
     for dataset, _ in datasets.values():
@@ -142,18 +155,23 @@ def measure(args, paths):
     measured = {name: [] for name in datasets}
     for _ in range(args.rounds):
         for name, (dataset, clips_per_element) in datasets.items():
-            measured[name].append(rates(element_times(dataset), clips_per_element, skip))
-    return {name: (max(r[0] for r in runs), max(r[1] for r in runs), float(np.median([r[2] for r in runs])))
+            cpu = time.process_time()
+            times = element_times(dataset)
+            cpu_ms = (time.process_time() - cpu) * 1e3 / args.videos
+            measured[name].append((*rates(times, clips_per_element, skip), cpu_ms))
+    return {name: (max(r[0] for r in runs), max(r[1] for r in runs), float(np.median([r[2] for r in runs])),
+                   float(np.median([r[3] for r in runs])))
             for name, runs in measured.items()}
 
 
 def table(args, measured, jpeg_bytes, cores):
     """Markdown tables of `measure`'s rates."""
-    limit_end, limit_steady, _ = measured["limit"]
+    limit_end, limit_steady, _, limit_cpu = measured["limit"]
     rows = {
         "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames in memory, same parallelism, no batching)",
-        "uint8": f"training pipeline, uint8 out (`p3d-train`; {args.normalization} on the device)",
-        "float32": f"training pipeline, float32 out ({args.normalization} on the CPU)",
+        "uint8 records": f"training pipeline, uint8 out, `reads='records'` ({args.normalization} on the device)",
+        "uint8 windows": f"training pipeline, uint8 out, `reads='windows'` ({args.normalization} on the device)",
+        "float32 windows": f"training pipeline, float32 out, `reads='windows'` ({args.normalization} on the CPU)",
     }
     lines = [
         f"epoch of {args.videos} videos ({args.unique_videos} distinct) x {args.frames} frames, {HEIGHT}x{WIDTH} "
@@ -162,32 +180,36 @@ def table(args, measured, jpeg_bytes, cores):
         f"steady = all but the first and last {args.steady_skip} clips, {cores} cores, "
         f"{'BFC' if os.environ.get('TF_CPU_ALLOCATOR_USE_BFC', '').lower() in ('1', 'true') else 'default'} CPU allocator",
         "",
-        "| | clips/s end to end | per core | vs limit | clips/s steady | vs limit | first element ms |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| | clips/s end to end | per core | vs limit | clips/s steady | vs limit | first element ms "
+        "| CPU ms per clip | vs limit |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {rows[name]} | {end:,.1f} | {end / cores:,.1f} | {end / limit_end:.0%} | "
               + ("n/a | n/a" if math.isnan(steady) else f"{steady:,.1f} | {steady / limit_steady:.0%}")
-              + f" | {first:,.0f} |" for name, (end, steady, first) in measured.items()]
-    per_core = {name: end / cores for name, (end, _, _) in measured.items()}
+              + f" | {first:,.0f} | {cpu:.2f} | {limit_cpu / cpu:.0%} |"
+              for name, (end, steady, first, cpu) in measured.items()]
+    per_core = {name: end / cores for name, (end, _, _, _) in measured.items()}
     lines += [
         "",
-        "| GPU consumes (clips/s) | cores needed, uint8 pipeline | float32 pipeline | at the decode limit |",
-        "|---:|---:|---:|---:|",
+        "| GPU consumes (clips/s) | " + " | ".join(f"cores needed, {name}" for name in rows if name != "limit")
+        + " | at the decode limit |",
+        "|---:|" + "---:|" * len(rows),
     ]
-    lines += [f"| {n} | {n / per_core['uint8']:,.1f} | {n / per_core['float32']:,.1f} | {n / per_core['limit']:,.1f} |"
+    names = [name for name in rows if name != "limit"] + ["limit"]
+    lines += [f"| {n} | " + " | ".join(f"{n / per_core[name]:,.1f}" for name in names) + " |"
               for n in args.gpu_clips_per_s]
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--videos", type=int, default=4096, help="videos, so also clips per epoch (one epoch a round)")
-    parser.add_argument("--unique-videos", type=int, default=256, help="distinct videos among them")
-    parser.add_argument("--frames", type=int, default=20, help="frames per video")
+    parser.add_argument("--videos", type=int, default=1536, help="videos, so also clips per epoch (one epoch a round)")
+    parser.add_argument("--unique-videos", type=int, default=64, help="distinct videos among them")
+    parser.add_argument("--frames", type=int, default=186, help="frames per video (UCF101's mean: 186)")
     parser.add_argument("--shards", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--shuffle-buffer", type=int, default=512, help="the reader's shuffle_buffer (windows)")
-    parser.add_argument("--steady-skip", type=int, default=768,
+    parser.add_argument("--steady-skip", type=int, default=512,
                         help="clips left out of the steady rate at each end of an epoch; the steady rate is "
                              "only reported when this is at least the shuffle buffer (so reading is under way) "
                              "and the epoch is longer than twice this")
@@ -202,6 +224,8 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         paths, jpeg_bytes = write_shards(pathlib.Path(tmp), videos=args.videos, frames=args.frames,
                                          num_shards=args.shards, unique_videos=args.unique_videos)
+        for path in paths:
+            index.write_index(path)
         measured = measure(args, paths)
     print(table(args, measured, jpeg_bytes, cores))
     return 0

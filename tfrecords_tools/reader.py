@@ -5,9 +5,16 @@
 crops per video. Both decode only the frames of a window (the encoded JPEGs are gathered first)
 and only the crop's region of each frame (`tf.io.decode_and_crop_jpeg`).
 
-Pipeline (training): shard names -> parallel interleave of `TFRecordDataset`s -> parse and pick
-a window, keeping only its encoded frames -> shuffle (so the buffer holds windows, not whole
-videos) -> parallel decode + crop + flip + normalise -> batch -> prefetch.
+Pipeline (training), `reads="records"` (default): shard names -> parallel interleave of
+`TFRecordDataset`s -> parse and pick a window, keeping only its encoded frames -> shuffle (so the
+buffer holds windows, not whole videos) -> parallel decode + crop + flip + normalise -> batch ->
+prefetch. Every video's whole record is read, CRC-checked and parsed for one window: at UCF101's
+mean of 186 frames per video, ~12x the window's bytes.
+
+`reads="windows"`: the shards' window indexes (`index`: each frame's byte offset and length) ->
+all videos shuffled in memory -> pick a window and `pread` just its bytes, first to last frame
+-> the same decode + crop + flip + normalise -> batch -> prefetch. The same clips as
+`reads="records"` for the same videos and seeds; local uncompressed shards with an index only.
 
 Output dtype: by default the readers hand out normalised float32 clips. With
 `output_dtype="uint8"` they hand out the decoded frames as they are (RGB, or the two flow
@@ -16,26 +23,29 @@ its device: `p3d_keras.layers.Normalize(preset)` before the network gives exactl
 output (the channel reversal of BGR presets is the layer's, not the reader's). `p3d-train` trains
 this way.
 
-Corrupt shards: `TFRecordDataset` stops a shard at its first corrupt or truncated record with a
+Corrupt shards (`reads="records"`): `TFRecordDataset` stops a shard at its first corrupt or truncated record with a
 `DataLossError` that does not name the file. The reader therefore reads each shard with errors
 ignored and checks, at the shard's end, that the records it read add up to the shard's length
 (for GZIP shards: to the uncompressed length in the gzip trailer). A shortfall raises an
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
-`dataset.corrupt_records` and reading goes on with the next shard.
+`dataset.corrupt_records` and reading goes on with the next shard. With `reads="windows"` records
+are checked when their shard is indexed; a shard whose size differs from its index's is refused,
+and a read that comes up short raises an error naming the shard.
 
-Speed (`bench/pipeline_throughput.py`, `bench/README.md`): over 4096-video epochs on 2 cores, uint8
-output reaches 87-88 % of the JPEG-decode limit, float32 output 61-66 % (its cast, normalisation
-and 4.9 MB per clip of float32 writes). Each epoch starts by filling the shuffle buffer (~0.2 s
-at 512 windows), which weighs more in short epochs (80 % at 256 videos). Cropping while decoding
-saves ~0.4 ms of libjpeg work per clip, but copies cost as much again: TensorFlow copies each row
-of a crop whose x offset is not a multiple of 16 out of libjpeg's output, then come the clip's
-stack, the flip and the batch. Reading, checking and parsing the records cost 1-3 % of a clip
-each. The corrupt-record check runs once per `RECORDS_PER_CHECK` records. For float32 output, BGR
-presets reverse the channels on the uint8 frames, fused with the flip.
+Speed (`bench/pipeline_throughput.py`, `bench/README.md`), uint8 output on 2 cores, 186-frame
+videos: `reads="windows"` 88 % of the JPEG-decode limit end to end, 90 % in the steady state
+(84-87 % by CPU time per clip), `reads="records"` 65 %; float32 output ~60 % (its cast,
+normalisation and 4.9 MB per clip of float32 writes). With `reads="records"` each epoch starts by
+filling the shuffle buffer (~0.2-0.7 s at 512 windows). Cropping while decoding saves ~0.4 ms of
+libjpeg work per clip, but copies cost as much again: TensorFlow copies each row of a crop whose
+x offset is not a multiple of 16 out of libjpeg's output, then come the clip's stack, the flip and
+the batch. The corrupt-record check of `reads="records"` runs once per `RECORDS_PER_CHECK`
+records. For float32 output, BGR presets reverse the channels on the uint8 frames, fused with the
+flip.
 
 Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts. With the default allocator every
 large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is freshly `mmap`ed memory
-that must be paged in again: uint8 output then reaches 74-75 % of the limit.
+that must be paged in again: uint8 output with `reads="windows"` then reaches 83 % of the limit.
 """
 import dataclasses
 import os

@@ -5,10 +5,11 @@ No protobuf package is needed. Encoding: `encode_varint`, `field_key`, `length_p
 and length of a field whose payload is written separately, e.g. streamed from a file),
 `length_delimited`, `packed_varints`, `packed_floats`. Fields written in ascending field-number
 order, and map entries sorted by key, give the bytes of protobuf's deterministic serialisation.
-Decoding: `decode_varint`, `iter_fields` and `iter_fields_at` (varint, fixed64, length-delimited and fixed32 fields;
-groups are rejected), `group_fields`, `payload`, `signed64`. Anything that is not valid wire
-format (a truncated varint or field, a varint over ten bytes, field number 0, an unknown or group
-wire type) raises `ProtobufDecodeError`, a `ValueError`.
+Decoding: `decode_varint`, `iter_fields` (varint, fixed64, length-delimited and fixed32 fields;
+groups are rejected), `iter_file_fields` (the same over a range of a file, headers only),
+`group_fields`, `payload`, `signed64`. Anything that is not valid wire format (a truncated varint
+or field, a varint over ten bytes, field number 0, an unknown or group wire type) raises
+`ProtobufDecodeError`, a `ValueError`.
 """
 import struct
 
@@ -95,13 +96,6 @@ def iter_fields(buf):
     `value` is an int for varints, a memoryview of the payload for length-delimited fields, and
     the raw little-endian bytes (a memoryview) for 32- and 64-bit fields. Groups are rejected.
     """
-    for field, wire, value, _ in iter_fields_at(buf):
-        yield field, wire, value
-
-
-def iter_fields_at(buf):
-    """`iter_fields` with where each value starts in `buf`: `(field_number, wire_type, value,
-    offset)`, e.g. to locate a bytes field inside a larger serialised message."""
     buf = memoryview(buf)
     pos, end = 0, len(buf)
     while pos < end:
@@ -109,20 +103,50 @@ def iter_fields_at(buf):
         field, wire = key >> 3, key & 7
         if field == 0:
             raise ProtobufDecodeError(f"field number 0 at byte {pos}")
-        start = pos
         if wire == VARINT:
             value, pos = decode_varint(buf, pos)
         elif wire in (FIXED64, FIXED32):
             size = 8 if wire == FIXED64 else 4
             value, pos = buf[pos:pos + size], pos + size
         elif wire == LENGTH_DELIMITED:
-            size, start = decode_varint(buf, pos)
-            value, pos = buf[start:start + size], start + size
+            size, pos = decode_varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
         else:
             raise ProtobufDecodeError(f"unsupported wire type {wire} for field {field} at byte {pos}")
         if pos > end:
             raise ProtobufDecodeError(f"field {field} runs past the end of the data ({pos} > {end} bytes)")
-        yield field, wire, value, start
+        yield field, wire, value
+
+
+def iter_file_fields(f, start, end):
+    """Yield `(field_number, wire_type, value, payload_offset)` for each field of the message at
+    bytes `[start, end)` of the seekable binary file `f`, reading only the fields' headers: `value`
+    is an int for varints, the raw bytes for 32- and 64-bit fields, and for length-delimited
+    fields the payload's length (the payload, at `payload_offset`, is not read). So a message
+    larger than memory can be walked field by field; errors as in `iter_fields`."""
+    pos = start
+    while pos < end:
+        f.seek(pos)
+        head = f.read(2 * _MAX_VARINT_BYTES)
+        key, used = decode_varint(head, 0)
+        field, wire = key >> 3, key & 7
+        if field == 0:
+            raise ProtobufDecodeError(f"field number 0 at byte {pos}")
+        if wire == VARINT:
+            payload = pos + used
+            value, used = decode_varint(head, used)
+            pos += used
+        elif wire in (FIXED64, FIXED32):
+            size = 8 if wire == FIXED64 else 4
+            value, payload, pos = head[used:used + size], pos + used, pos + used + size
+        elif wire == LENGTH_DELIMITED:
+            value, used = decode_varint(head, used)
+            payload, pos = pos + used, pos + used + value
+        else:
+            raise ProtobufDecodeError(f"unsupported wire type {wire} for field {field} at byte {pos}")
+        if pos > end:
+            raise ProtobufDecodeError(f"field {field} runs past the end of the message ({pos} > {end})")
+        yield field, wire, value, payload
 
 
 def group_fields(buf):

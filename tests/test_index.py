@@ -27,12 +27,16 @@ def epoch(dataset):
     return [tuple(t.numpy() for t in batch) for batch in dataset]
 
 
-def test_iter_fields_at_gives_each_payloads_offset():
+def test_iter_file_fields_reads_headers_and_gives_payload_offsets(tmp_path):
     message = pw.length_delimited(1, b"abc") + pw.field_key(2, pw.VARINT) + pw.encode_varint(300) \
         + pw.length_delimited(3, b"\x00" * 200)
-    fields = list(pw.iter_fields_at(message))
-    assert [(f, at) for f, _, _, at in fields] == [(1, 2), (2, 6), (3, 11)]
-    assert message[2:5] == b"abc" and message[11:211] == b"\x00" * 200 and fields[1][2] == 300
+    path = tmp_path / "message.bin"
+    path.write_bytes(b"junk" + message + b"more")
+    with open(path, "rb") as f:
+        fields = list(pw.iter_file_fields(f, 4, 4 + len(message)))
+    assert fields == [(1, pw.LENGTH_DELIMITED, 3, 6), (2, pw.VARINT, 300, 10), (3, pw.LENGTH_DELIMITED, 200, 15)]
+    with open(path, "rb") as f, pytest.raises(pw.ProtobufDecodeError, match="runs past the end"):
+        list(pw.iter_file_fields(f, 4, 4 + len(message) - 1))
 
 
 def test_index_locates_every_frame_of_tensorflow_and_converter_records(shards, tmp_path):
@@ -108,7 +112,7 @@ def test_a_shard_truncated_after_indexing_names_the_shard_when_read(tmp_path):
     path = write_shards(tmp_path, VIDEOS)[0]
     built = index.write_index(path)
     dataset = reader.training_dataset(path, batch_size=6, reads="windows", shuffle_buffer=0, **SMALL)
-    last_video = int(built.num_frames[:-1].sum())
+    last_video = sum(built.num_frames[:-1])
     os.truncate(path, int(built.frame_offsets[last_video]) + 1)  # after the dataset checked the size
     with pytest.raises(tf.errors.InvalidArgumentError, match=r"bytes at byte \d+ of shard=.*train-00000"):
         epoch(dataset)

@@ -111,39 +111,45 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
     return head + frames + tail
 
 
-def locate_frames(serialized):
-    """Where the frames of a serialised SequenceExample lie in it, without TensorFlow:
-    `(label_index, [(offset, length), ...])`, the byte range of each `ENCODED` JPEG in
-    `serialized`, in frame order (for the window index, `index`). A record that is not a
-    SequenceExample with one JPEG per frame and a `LABEL_INDEX` raises a `ValueError`."""
+def locate_frames(f, start, end):
+    """Where the frames of the serialised SequenceExample at bytes `[start, end)` of the seekable
+    binary file `f` lie, without TensorFlow and reading little more than the fields' headers:
+    `(label_index, [(offset, length), ...])`, the file offsets and lengths of its `ENCODED` JPEGs
+    in frame order (for the window index, `index`). A record that is not a SequenceExample with
+    one JPEG per frame and a `LABEL_INDEX` raises a `ValueError`."""
     label, frames = None, []
-    for field, wire, message, at in pw.iter_fields_at(serialized):
-        if field == _CONTEXT:
-            for key, feature, _ in _map_entries(pw.payload(wire, message), at):
-                if key == LABEL_INDEX:
-                    label = _single_int64(feature)
-        elif field == _FEATURE_LISTS:
-            for key, feature_list, list_at in _map_entries(pw.payload(wire, message), at):
+    for field, wire, size, at in pw.iter_file_fields(f, start, end):
+        if field == _CONTEXT and wire == pw.LENGTH_DELIMITED:
+            f.seek(at)
+            context = f.read(size)  # small: the per-video features
+            for entry_wire, entry in pw.group_fields(context).get(_MAP, []):
+                entry = pw.group_fields(pw.payload(entry_wire, entry))
+                key = bytes(pw.payload(*entry[_MAP_KEY][0])).decode("utf-8") if _MAP_KEY in entry else None
+                if key == LABEL_INDEX and _MAP_VALUE in entry:
+                    label = _single_int64(pw.payload(*entry[_MAP_VALUE][0]))
+        elif field == _FEATURE_LISTS and wire == pw.LENGTH_DELIMITED:
+            for key, list_at, list_size in _file_map_entries(f, at, at + size):
                 if key == ENCODED:
-                    frames.extend(_bytes_values(feature_list, list_at))
+                    frames.extend(_file_bytes_values(f, list_at, list_at + list_size))
     if label is None:
         raise ValueError(f"Expected a SequenceExample with the context feature {LABEL_INDEX!r}. Received: none")
     return label, frames
 
 
-def _map_entries(message, base):
-    """`(key, value, value_offset)` of each entry of the `map<string, message>` field of `message`
-    (which starts at `base` in the whole record)."""
-    for field, wire, entry, at in pw.iter_fields_at(message):
-        if field != _MAP:
+def _file_map_entries(f, start, end):
+    """`(key, value_offset, value_length)` of each entry of the `map<string, message>` field of the
+    message at `[start, end)` of `f`."""
+    for field, wire, size, at in pw.iter_file_fields(f, start, end):
+        if field != _MAP or wire != pw.LENGTH_DELIMITED:
             continue
-        key, value, value_at = None, b"", base + at
-        for f, w, v, a in pw.iter_fields_at(pw.payload(wire, entry)):
-            if f == _MAP_KEY:
-                key = bytes(pw.payload(w, v)).decode("utf-8")
-            elif f == _MAP_VALUE:
-                value, value_at = pw.payload(w, v), base + at + a
-        yield key, value, value_at
+        key, value_at, value_size = None, at, 0
+        for entry_field, entry_wire, entry_size, entry_at in pw.iter_file_fields(f, at, at + size):
+            if entry_field == _MAP_KEY and entry_wire == pw.LENGTH_DELIMITED:
+                f.seek(entry_at)
+                key = f.read(entry_size).decode("utf-8")
+            elif entry_field == _MAP_VALUE and entry_wire == pw.LENGTH_DELIMITED:
+                value_at, value_size = entry_at, entry_size
+        yield key, value_at, value_size
 
 
 def _single_int64(feature):
@@ -165,15 +171,18 @@ def _single_int64(feature):
     return values[0]
 
 
-def _bytes_values(feature_list, base):
-    """`(offset, length)` of the one `BytesList` value of each `Feature` of a `FeatureList`."""
+def _file_bytes_values(f, start, end):
+    """`(offset, length)` of the one `BytesList` value of each `Feature` of the `FeatureList` at
+    `[start, end)` of `f`."""
     spans = []
-    for field, wire, feature, at in pw.iter_fields_at(feature_list):
-        if field != _VALUE:
+    for field, wire, size, at in pw.iter_file_fields(f, start, end):
+        if field != _VALUE or wire != pw.LENGTH_DELIMITED:
             continue
-        values = [(base + at + a + b, len(value))
-                  for f, w, bytes_list, a in pw.iter_fields_at(pw.payload(wire, feature)) if f == _BYTES_LIST
-                  for f2, w2, value, b in pw.iter_fields_at(pw.payload(w, bytes_list)) if f2 == _VALUE]
+        values = [(value_at, value_size)
+                  for list_field, list_wire, list_size, list_at in pw.iter_file_fields(f, at, at + size)
+                  if list_field == _BYTES_LIST and list_wire == pw.LENGTH_DELIMITED
+                  for value_field, value_wire, value_size, value_at in pw.iter_file_fields(f, list_at, list_at + list_size)
+                  if value_field == _VALUE and value_wire == pw.LENGTH_DELIMITED]
         if len(values) != 1:
             raise ValueError(f"Expected one JPEG per frame in {ENCODED!r}. Received: {len(values)} in frame {len(spans)}")
         spans.append(values[0])

@@ -143,6 +143,25 @@ def test_index_refuses_corrupt_records_naming_shard_and_byte(tmp_path):
     assert not os.path.exists(index.index_path(path))
 
 
+@pytest.mark.parametrize("frames, label, error", [
+    ([[b"\xff\xd8a", b"\xff\xd8b"]], [3], "one JPEG per frame"),  # one frame holding two images
+    ([[b"\xff\xd8a"]], None, "context feature 'clip/label/index'"),
+])
+def test_index_refuses_records_it_cannot_locate_naming_shard_and_byte(tmp_path, frames, label, error):
+    example = tf.train.SequenceExample()
+    if label is not None:
+        example.context.feature[schema.LABEL_INDEX].int64_list.value.extend(label)
+    for images in frames:
+        example.feature_lists.feature_list[schema.ENCODED].feature.add().bytes_list.value.extend(images)
+    path = str(tmp_path / "odd.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(video_example(2, 0, "fine"))
+        w.write(example.SerializeToString())
+    second = framing.FRAMING_BYTES + len(video_example(2, 0, "fine"))
+    with pytest.raises(ValueError, match=rf"{error}.*record at byte {second} of shard=.*odd\.tfrecord"):
+        index.write_index(path)
+
+
 def test_windows_refuse_options_they_cannot_honour(shards):
     for bad in (dict(skip_corrupt=True), dict(cycle_length=2), dict(compression="GZIP"), dict(reads="bytes")):
         with pytest.raises(ValueError, match="reads"):

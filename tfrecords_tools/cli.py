@@ -194,6 +194,7 @@ def _index(args):
     failed = 0
     for path in _shard_paths(args.paths):
         if index.is_index_file(path):
+            logger.info("Not a shard, left as it is: %s", path)
             continue
         try:
             written = index.write_index(path)

@@ -28,7 +28,6 @@ from . import schema
 
 INDEX_SUFFIX = ".tfindex"
 SHARD_SUFFIX = ".tfrecord"
-COMPRESSED_SUFFIXES = (".gz", ".gzip")
 GZIP_MAGIC = b"\x1f\x8b"
 # The file: MAGIC, then HEADER (version, shard bytes, records, frames), then the arrays of
 # `ShardIndex` in field order, little-endian, each as `array.array` of its typecode.
@@ -98,9 +97,6 @@ def iter_records(f, shard):
 def build_index(shard):
     """The `ShardIndex` of an uncompressed shard (reads it once, then the records' field headers;
     see the module docstring)."""
-    if os.fspath(shard).endswith(COMPRESSED_SUFFIXES):
-        raise ValueError("Expected an uncompressed shard (a window index locates frames by byte). "
-                         f"Received: shard={os.fspath(shard)}")
     arrays = {name: array.array(code) for name, code in _TYPECODES.items()}
     with open(shard, "rb") as f:
         if f.read(2) == GZIP_MAGIC:

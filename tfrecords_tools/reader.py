@@ -65,6 +65,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 CROPS = ("center", "three")
 OUTPUT_DTYPES = ("float32", "uint8")
 COMPRESSIONS = ("auto", None, "", "GZIP")
+COMPRESSED_SUFFIXES = (".gz", ".gzip")  # compression="auto" reads these as GZIP
 READS = ("records", "windows")
 # Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
 # of each shard being read are held at once (x cycle_length shards).
@@ -108,7 +109,7 @@ def shard_compression(path, compression="auto"):
     if compression not in COMPRESSIONS:
         raise ValueError(f"Expected compression to be one of {COMPRESSIONS}. Received: compression={compression!r}")
     if compression == "auto":
-        return "GZIP" if path.endswith(index_lib.COMPRESSED_SUFFIXES) else ""
+        return "GZIP" if path.endswith(COMPRESSED_SUFFIXES) else ""
     return compression or ""
 
 
@@ -198,7 +199,7 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
     (its frames only, for consecutive frames; the span between them for larger strides; the
     whole video when a short video loops), in a `tf.numpy_function`."""
     for path in paths:
-        if "://" in path or path.endswith(index_lib.COMPRESSED_SUFFIXES):
+        if "://" in path or path.endswith(COMPRESSED_SUFFIXES):
             raise ValueError(f"Expected local, uncompressed shards for reads='windows'. Received: shard={path}; "
                              "use reads='records'")
     indexes = [index_lib.load_index(path) for path in paths]

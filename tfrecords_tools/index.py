@@ -12,8 +12,8 @@ since it was indexed is refused. 12 bytes per frame (~22 MB for UCF101's 9,537 t
 among them). Building reads the shard once, checks every record's framing and CRC32C (a corrupt
 record is an error naming the shard and the byte), and locates the frames with
 `schema.locate_frames`, reading only the records' field headers: memory does not grow with a
-record's length. GZIP shards cannot be read by byte range
-and are refused. Neither TensorFlow nor NumPy (the converter's processes import neither).
+record's length. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow
+nor NumPy (the converter's processes import neither).
 """
 import array
 import dataclasses

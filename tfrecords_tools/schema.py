@@ -120,13 +120,10 @@ def locate_frames(f, start, end):
     label, frames = None, []
     for field, wire, size, at in pw.iter_file_fields(f, start, end):
         if field == _CONTEXT and wire == pw.LENGTH_DELIMITED:
-            f.seek(at)
-            context = f.read(size)  # small: the per-video features
-            for entry_wire, entry in pw.group_fields(context).get(_MAP, []):
-                entry = pw.group_fields(pw.payload(entry_wire, entry))
-                key = bytes(pw.payload(*entry[_MAP_KEY][0])).decode("utf-8") if _MAP_KEY in entry else None
-                if key == LABEL_INDEX and _MAP_VALUE in entry:
-                    label = _single_int64(pw.payload(*entry[_MAP_VALUE][0]))
+            for key, feature_at, feature_size in _file_map_entries(f, at, at + size):
+                if key == LABEL_INDEX:
+                    f.seek(feature_at)
+                    label = _single_int64(f.read(feature_size))
         elif field == _FEATURE_LISTS and wire == pw.LENGTH_DELIMITED:
             for key, list_at, list_size in _file_map_entries(f, at, at + size):
                 if key == ENCODED:

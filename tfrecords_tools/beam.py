@@ -3,10 +3,16 @@
 Each item becomes the record `writer.convert_item` makes (same bytes as the local converter);
 failures go to `<output_prefix>-failures*.jsonl`. Record order and shard assignment are the
 runner's (Beam does not promise an order), so compare record sets, not shard bytes.
+
+Uncompressed shards written to a local folder get their window index (`index.write_index`, for
+`reads="windows"`) as the pipeline's last step, one shard per worker call. The windows reader
+reads local files only, so shards written elsewhere (`gs://...`) get none: copy them to the
+training machine and run `p3d-tfrecords index` there.
 """
 import dataclasses
 import json
 
+from . import index
 from . import video as video_lib
 from . import writer
 
@@ -31,10 +37,21 @@ class _ConvertFn:
             yield "ok", record
 
 
+def _index_shard(shard):
+    index.write_index(shard)
+    return index.index_path(shard)
+
+
+def writes_indexes(output_prefix, compression):
+    """Whether the pipeline indexes its shards: uncompressed ones in a local folder."""
+    return compression is None and "://" not in output_prefix
+
+
 def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_lib.DecodeOptions(),
                    num_shards=0, compression=None):
     """Add the conversion to `pipeline` (a `beam.Pipeline`). `num_shards=0` lets the runner pick.
-    Shards are `<output_prefix>-SSSSS-of-NNNNN.tfrecord`."""
+    Shards are `<output_prefix>-SSSSS-of-NNNNN.tfrecord`, with their window indexes when
+    `writes_indexes`."""
     import apache_beam as beam
     from apache_beam.io.filesystem import CompressionTypes
 
@@ -49,11 +66,13 @@ def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_li
     )
     records = results | "Ok" >> beam.Filter(lambda kv: kv[0] == "ok") | "Record" >> beam.Map(lambda kv: kv[1])
     failures = results | "Failed" >> beam.Filter(lambda kv: kv[0] == "failed") | "Reason" >> beam.Map(lambda kv: kv[1])
-    records | "Write" >> beam.io.WriteToTFRecord(
+    shards = records | "Write" >> beam.io.WriteToTFRecord(
         output_prefix, file_name_suffix=".tfrecord", num_shards=num_shards,
         shard_name_template="-SSSSS-of-NNNNN",
         compression_type=CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED,
     )
+    if writes_indexes(output_prefix, compression):
+        shards | "Index" >> beam.Map(_index_shard)
     failures | "WriteFailures" >> beam.io.WriteToText(
         output_prefix + "-failures", file_name_suffix=".jsonl", num_shards=1,
         shard_name_template="")

@@ -2,7 +2,7 @@
 
     p3d-tfrecords convert --layout folder --root videos/ --output shards/ --workers 8
     p3d-tfrecords beam --layout csv --csv list.csv --output gs://bucket/shards/data -- --runner=DataflowRunner ...
-    p3d-tfrecords index shards/        # window indexes (convert writes them itself; beam does not)
+    p3d-tfrecords index shards/        # window indexes of other shards (convert, and beam into a local folder, write them)
     p3d-tfrecords inspect shards/ --contact-sheet sheet.png
 """
 import argparse
@@ -160,9 +160,12 @@ def _beam(args, pipeline_args):
     from . import beam
 
     items, label_map = _list(args)
+    compression = "GZIP" if args.gzip else None
     beam.run(items, label_map, args.output, pipeline_args=pipeline_args,
-             decode=_decode_options(args), num_shards=args.shards or 0,
-             compression="GZIP" if args.gzip else None)
+             decode=_decode_options(args), num_shards=args.shards or 0, compression=compression)
+    if not beam.writes_indexes(args.output, compression):
+        logger.info("No window indexes written for %s (GZIP or not a local folder): reads='windows' needs local, "
+                    "uncompressed shards indexed with `p3d-tfrecords index`", args.output)
     return 0
 
 

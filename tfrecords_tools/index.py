@@ -7,9 +7,9 @@ Each uncompressed shard `NAME.tfrecord` gets an index file `NAME.tfindex` beside
 frame its byte offset in the shard and its length, and the shard's size, so a shard that changed
 since it was indexed is refused. 12 bytes per frame (~22 MB for UCF101's 9,537 training videos).
 
-`p3d-tfrecords convert` writes the index of every uncompressed shard it writes;
-`p3d-tfrecords index` (or `write_index`) builds it for any other shard (`p3d-tfrecords beam`'s
-among them). Building reads the shard once, checks every record's framing and CRC32C (a corrupt
+`p3d-tfrecords convert`, and `p3d-tfrecords beam` writing to a local folder, write the index of
+every uncompressed shard they write; `p3d-tfrecords index` (or `write_index`) builds it for any
+other shard. Building reads the shard once, checks every record's framing and CRC32C (a corrupt
 record is an error naming the shard and the byte), and locates the frames with
 `schema.locate_frames`, reading only the records' field headers: memory does not grow with a
 record's length. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow

@@ -38,13 +38,15 @@ class _ConvertFn:
 
 
 def _index_shard(shard):
+    """Write the window index of a written shard; returns the index's path (not the index, which
+    the pipeline need not carry)."""
     index.write_index(shard)
     return index.index_path(shard)
 
 
 def writes_indexes(output_prefix, compression):
     """Whether the pipeline indexes its shards: uncompressed ones in a local folder."""
-    return compression is None and "://" not in output_prefix
+    return compression is None and index.is_local(output_prefix)
 
 
 def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_lib.DecodeOptions(),

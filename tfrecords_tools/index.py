@@ -57,6 +57,12 @@ def index_path(shard):
     return (shard[:-len(SHARD_SUFFIX)] if shard.endswith(SHARD_SUFFIX) else shard) + INDEX_SUFFIX
 
 
+def is_local(path):
+    """Whether `path` is a local (or mounted) file rather than a URL (`gs://...`): indexes are
+    written and read with plain file I/O."""
+    return "://" not in os.fspath(path)
+
+
 def is_index_file(path):
     return os.fspath(path).endswith(INDEX_SUFFIX)
 

@@ -199,7 +199,7 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
     (its frames only, for consecutive frames; the span between them for larger strides; the
     whole video when a short video loops), in a `tf.numpy_function`."""
     for path in paths:
-        if "://" in path or path.endswith(COMPRESSED_SUFFIXES):
+        if not index_lib.is_local(path) or path.endswith(COMPRESSED_SUFFIXES):
             raise ValueError(f"Expected local, uncompressed shards for reads='windows'. Received: shard={path}; "
                              "use reads='records'")
     indexes = [index_lib.load_index(path) for path in paths]

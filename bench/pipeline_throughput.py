@@ -10,7 +10,7 @@ and their window indexes, then times one epoch of each, alternately in each roun
     allocator maps fresh and page-faults in every time, a cost of the limit's larger frames that
     made it look slower than the uint8 pipeline);
   - the uint8 pipeline, `training_dataset(output_dtype="uint8")`, what `p3d-train` uses (the
-    model normalises on its device), reading whole records (`reads="records"`, the default) and
+    model normalises on its device), reading whole records (`reads="records"`) and
     reading only each window's bytes (`reads="windows"`);
   - the float32 pipeline, `training_dataset(normalization=...)`, normalised on the CPU, with
     `reads="windows"`;
@@ -145,7 +145,7 @@ def measure(args, paths):
 
     datasets = {
         "limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1),
-        "uint8 records": (pipeline(output_dtype="uint8"), args.batch_size),
+        "uint8 records": (pipeline(output_dtype="uint8", reads="records"), args.batch_size),
         "uint8 windows": (pipeline(output_dtype="uint8", reads="windows"), args.batch_size),
         "float32 windows": (pipeline(normalization=args.normalization, reads="windows"), args.batch_size),
     }

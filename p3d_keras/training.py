@@ -218,10 +218,11 @@ def build_parser():
     g.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
                    help="uint8 (default): the reader hands out uint8 clips and the model normalises them on "
                         "its device; float32: the reader normalises on the CPU (slower)")
-    g.add_argument("--reads", choices=("records", "windows"), default="records",
-                   help="records (default): stream each training video's whole record; windows: read only each "
-                        "clip's frames, at the offsets in the shards' window indexes (written by p3d-tfrecords "
-                        "convert or index; local uncompressed shards), much less reading for long videos")
+    g.add_argument("--reads", choices=("auto", "records", "windows"), default="auto",
+                   help="windows: read only each clip's frames, at the offsets in the shards' window indexes "
+                        "(written by p3d-tfrecords convert or index; local uncompressed shards), much less reading "
+                        "for long videos; records: stream each training video's whole record; auto (default): "
+                        "windows when every training shard has an index, else records")
     g.add_argument("--seed", type=int, help="seed for the initial weights, dropout and a deterministic input pipeline")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
     return p

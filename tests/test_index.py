@@ -66,7 +66,7 @@ def test_windows_give_the_same_clips_as_whole_records(tmp_path, options):
     path = write_shards(tmp_path, VIDEOS)[0]
     index.write_index(path)
     kw = dict(batch_size=3, shuffle_buffer=0, deterministic=True, seed=5, **SMALL, **options)
-    records = epoch(reader.training_dataset(path, **kw))
+    records = epoch(reader.training_dataset(path, reads="records", **kw))
     windows = epoch(reader.training_dataset(path, reads="windows", **kw))
     assert len(records) == len(windows) == 2
     for (clips_r, labels_r), (clips_w, labels_w) in zip(records, windows):
@@ -86,6 +86,39 @@ def test_windows_shuffle_every_video_each_epoch_deterministically(shards, tmp_pa
     orders = [tuple(np.concatenate([b[1] for b in epoch(reader.training_dataset(glob, **{**kw, "seed": s}))]))
               for s in range(6)]
     assert len(set(orders)) > 1  # the whole epoch is shuffled, not kept in shard order
+
+
+def test_auto_reads_windows_only_when_every_shard_is_indexed(tmp_path, caplog):
+    paths = write_shards(tmp_path, VIDEOS, num_shards=2)
+    kw = dict(batch_size=2, deterministic=True, seed=3, **SMALL)
+
+    def read(**options):
+        with caplog.at_level(logging.INFO, logger="p3d_keras.tfrecords_tools"):
+            caplog.clear()
+            batches = epoch(reader.training_dataset(paths, **kw, **options))
+            return batches, caplog.text
+
+    def assert_same(a, b):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            for u, v in zip(x, y):
+                np.testing.assert_array_equal(u, v)
+
+    index.write_index(paths[0])  # one shard of two indexed: whole records
+    auto, log = read()
+    assert "reading whole records: 1 of 2 shards have no window index" in log
+    assert_same(auto, read(reads="records")[0])
+    index.write_index(paths[1])
+    auto, log = read()
+    assert "reading only the windows of 2 indexed shards" in log
+    assert_same(auto, read(reads="windows")[0])
+    corrupt_ok, log = read(skip_corrupt=True)  # an option only records can honour
+    assert "reading whole records: skip_corrupt" in log
+    assert_same(corrupt_ok, read(reads="records")[0])
+    with open(paths[1], "ab") as f:
+        f.write(b"\x00")  # a stale index is an error, not a reason to read records
+    with pytest.raises(ValueError, match=r"train-00001-of-00002\.tfrecord to be the \d+ bytes"):
+        reader.training_dataset(paths, **kw)
 
 
 def test_missing_stale_and_gzip_indexes_are_errors_naming_the_files(tmp_path):

@@ -5,7 +5,7 @@
 crops per video. Both decode only the frames of a window (the encoded JPEGs are gathered first)
 and only the crop's region of each frame (`tf.io.decode_and_crop_jpeg`).
 
-Pipeline (training), `reads="records"` (default): shard names -> parallel interleave of
+Pipeline (training), `reads="records"`: shard names -> parallel interleave of
 `TFRecordDataset`s -> parse and pick a window, keeping only its encoded frames -> shuffle (so the
 buffer holds windows, not whole videos) -> parallel decode + crop + flip + normalise -> batch ->
 prefetch. Every video's whole record is read, CRC-checked and parsed for one window: at UCF101's
@@ -15,6 +15,7 @@ mean of 186 frames per video, ~12x the window's bytes.
 all videos shuffled in memory -> pick a window and `pread` just its bytes, first to last frame
 -> the same decode + crop + flip + normalise -> batch -> prefetch. The same clips as
 `reads="records"` for the same videos and seeds; local uncompressed shards with an index only.
+`reads="auto"` (default) is `windows` when the shards and options allow it (`resolve_reads`).
 
 Output dtype: by default the readers hand out normalised float32 clips. With
 `output_dtype="uint8"` they hand out the decoded frames as they are (RGB, or the two flow
@@ -48,6 +49,7 @@ large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is freshly `
 that must be paged in again: uint8 output with `reads="windows"` then reaches 83 % of the limit.
 """
 import dataclasses
+import logging
 import os
 import struct
 
@@ -61,12 +63,14 @@ from p3d_keras.tfrecords_tools import index as index_lib
 from p3d_keras.tfrecords_tools import sampling
 from p3d_keras.tfrecords_tools import schema
 
+logger = logging.getLogger(__name__)
+
 AUTOTUNE = tf.data.AUTOTUNE
 CROPS = ("center", "three")
 OUTPUT_DTYPES = ("float32", "uint8")
 COMPRESSIONS = ("auto", None, "", "GZIP")
 COMPRESSED_SUFFIXES = (".gz", ".gzip")  # compression="auto" reads these as GZIP
-READS = ("records", "windows")
+READS = ("auto", "records", "windows")
 # Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
 # of each shard being read are held at once (x cycle_length shards).
 RECORDS_PER_CHECK = 4
@@ -190,18 +194,42 @@ def _read_range(path, begin, length):
     return data
 
 
+def windows_obstacle(paths, *, compression, skip_corrupt, cycle_length):
+    """Why `reads="windows"` cannot read the shards `paths` with these options, or None: it needs
+    local, uncompressed shards (indexes are read, and windows read by byte range, with plain file
+    I/O), and it cannot honour `skip_corrupt` or `cycle_length` (records are checked when indexed,
+    not when read; there is no interleave)."""
+    if skip_corrupt or cycle_length is not None or compression not in ("auto", None, ""):
+        return f"skip_corrupt={skip_corrupt!r}, cycle_length={cycle_length!r}, compression={compression!r}"
+    unreadable = [p for p in paths if not index_lib.is_local(p) or p.endswith(COMPRESSED_SUFFIXES)]
+    return f"shard={unreadable[0]}, not a local, uncompressed file" if unreadable else None
+
+
+def resolve_reads(paths, *, compression, skip_corrupt, cycle_length):
+    """What `reads="auto"` reads: `windows` when nothing stands in its way (`windows_obstacle`) and
+    every shard has a window index file, else `records`; logs the choice and why. A stale or
+    broken index is not a reason to read records: `index.load_index` raises on it when the
+    dataset is built."""
+    reason = windows_obstacle(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
+    if reason is None:
+        missing = [p for p in paths if not os.path.exists(index_lib.index_path(p))]
+        if not missing:
+            logger.info("reads='auto': reading only the windows of %d indexed shards", len(paths))
+            return "windows"
+        reason = (f"{len(missing)} of {len(paths)} shards have no window index (e.g. {missing[0]}); "
+                  "`p3d-tfrecords index` builds them")
+    logger.info("reads='auto': reading whole records: %s", reason)
+    return "records"
+
+
 def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, deterministic):
     """`(encoded [clip_length], label, crop seed)` per video of the shards' window indexes
-    (`index.load_index`), the videos in shard order or, with `shuffle`, all of them shuffled
+    (`index.load_index`; local, uncompressed shards: `windows_obstacle`), the videos in shard order or, with `shuffle`, all of them shuffled
     anew each epoch; `pick(num_frames, element_seed)` gives a video's frame indices and crop seed.
 
     Each window's frames are read with one `pread` of the bytes from its first to its last frame
     (its frames only, for consecutive frames; the span between them for larger strides; the
     whole video when a short video loops), in a `tf.numpy_function`."""
-    for path in paths:
-        if not index_lib.is_local(path) or path.endswith(COMPRESSED_SUFFIXES):
-            raise ValueError(f"Expected local, uncompressed shards for reads='windows'. Received: shard={path}; "
-                             "use reads='records'")
     indexes = [index_lib.load_index(path) for path in paths]
     counts = np.concatenate([ix.num_frames for ix in indexes]).astype(np.int32)
     videos = tf.data.Dataset.from_tensor_slices((
@@ -352,7 +380,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
                      crop_size=160, multiscale=False, flip=True, scale_jitter=None, normalization=None,
                      output_dtype="float32", modality="rgb", shuffle_buffer=512, deterministic=False, seed=None,
                      compression="auto", skip_corrupt=False, drop_remainder=True,
-                     num_parallel_calls=None, cycle_length=None, reads="records"):
+                     num_parallel_calls=None, cycle_length=None, reads="auto"):
     """Training clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32)`
     (`clips` uint8 with `output_dtype="uint8"`).
 
@@ -391,7 +419,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             (`p3d_keras.tfrecords_tools.index`, written by `p3d-tfrecords convert` or
             `p3d-tfrecords index`): local uncompressed shards only, their records checked when
             indexed (not when read), and no `skip_corrupt`. The clips are the same for the same
-            videos and seeds. At UCF101's 186 frames per video it reads ~12x fewer bytes.
+            videos and seeds (their order, when shuffled, is not). At UCF101's 186 frames per video
+            it reads ~12x fewer bytes. `auto` (default) reads windows when every shard has an
+            index and no option needs records (`resolve_reads`), and logs which it reads; adding
+            or removing index files therefore changes the order of the batches.
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
                           crop_size=crop_size, modality=modality, normalization=normalization,
@@ -400,10 +431,15 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         raise ValueError(f"Expected an integer seed when deterministic=True. Received: seed={seed!r}")
     if reads not in READS:
         raise ValueError(f"Expected reads to be one of {READS}. Received: reads={reads!r}")
-    if reads == "windows" and (skip_corrupt or cycle_length is not None or compression not in ("auto", None, "")):
-        raise ValueError("Expected skip_corrupt=False, cycle_length=None and uncompressed shards with reads='windows' "
-                         f"(records are checked when indexed). Received: skip_corrupt={skip_corrupt!r}, "
-                         f"cycle_length={cycle_length!r}, compression={compression!r}")
+    paths = list_shards(file_pattern)
+    if reads == "auto":
+        reads = resolve_reads(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
+    if reads == "windows":
+        obstacle = windows_obstacle(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
+        if obstacle:
+            raise ValueError("Expected local, uncompressed shards and skip_corrupt=False, cycle_length=None with "
+                             f"reads='windows' (records are checked when indexed). Received: {obstacle}; "
+                             "use reads='records'")
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
     parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
@@ -415,11 +451,11 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
 
     counter = CorruptRecordCounter() if skip_corrupt else None
     if reads == "windows":
-        windows = index_windows(list_shards(file_pattern), pick, clip_length=clip_length, shuffle=bool(shuffle_buffer),
+        windows = index_windows(paths, pick, clip_length=clip_length, shuffle=bool(shuffle_buffer),
                                 seed=seed, parallel=parallel, deterministic=deterministic)
     else:
-        records = read_records(list_shards(file_pattern), compression=compression, shuffle=True, seed=seed,
-                               deterministic=deterministic, cycle_length=cycle_length, counter=counter)
+        records = read_records(paths, compression=compression, shuffle=True, seed=seed, deterministic=deterministic,
+                               cycle_length=cycle_length, counter=counter)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
         def pick_window(record, element_seed):

@@ -35,7 +35,6 @@ MAGIC = b"P3DTFIDX"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<IQQQ")
 _TYPECODES = {"labels": "i", "num_frames": "i", "frame_offsets": "q", "frame_lengths": "i"}
-_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,39 +66,6 @@ def is_index_file(path):
     return os.fspath(path).endswith(INDEX_SUFFIX)
 
 
-def iter_records(f, shard):
-    """`(start, length)` of each record's data in the open binary shard `f`, after checking its
-    framing and CRC32C (read in chunks: memory does not grow with the record); a broken frame
-    (truncated, or a length or data CRC that does not match) raises a `ValueError` naming `shard`
-    and the record's byte."""
-    crc = framing.crc32c()
-    position = 0
-    while header := f.read(framing.HEADER_BYTES):
-        def broken(what):
-            return ValueError(f"Expected intact TFRecord records. Received: {what} in the record at byte "
-                              f"{position} of shard={os.fspath(shard)}")
-        if len(header) < framing.HEADER_BYTES:
-            raise broken("a truncated header")
-        (length,), (length_crc,) = struct.unpack("<Q", header[:8]), struct.unpack("<I", header[8:])
-        if framing.masked_crc32c(crc.value(header[:8])) != length_crc:
-            raise broken("a corrupt length")
-        value, left = 0, length
-        while left:
-            chunk = f.read(min(left, _CHUNK))
-            if not chunk:
-                raise broken("truncated data")
-            value, left = crc.extend(value, chunk), left - len(chunk)
-        footer = f.read(framing.FOOTER_BYTES)
-        if len(footer) < framing.FOOTER_BYTES:
-            raise broken("truncated data")
-        if framing.masked_crc32c(value) != struct.unpack("<I", footer)[0]:
-            raise broken("corrupt data (CRC32C mismatch)")
-        end = f.tell()
-        yield position + framing.HEADER_BYTES, length
-        f.seek(end)
-        position = end
-
-
 def build_index(shard):
     """The `ShardIndex` of an uncompressed shard (reads it once, then the records' field headers;
     see the module docstring)."""
@@ -109,7 +75,7 @@ def build_index(shard):
             raise ValueError("Expected an uncompressed shard (a window index locates frames by byte). "
                              f"Received: a GZIP-compressed shard={os.fspath(shard)}")
         f.seek(0)
-        for start, length in iter_records(f, shard):
+        for start, length in framing.read_frames(f, shard):
             try:
                 label, frames = schema.locate_frames(f, start, start + length)
             except ValueError as error:

@@ -40,7 +40,8 @@ setup(
         "p3d_keras.applications": "applications",
         "p3d_keras.tfrecords_tools": "tfrecords_tools",
     },
-    package_data={"p3d_keras.applications": ["labels/*.txt"]},
+    # clip_decoder.cc: the native clip decoder's source, compiled on first use (tfrecords_tools/clip_decoder.py)
+    package_data={"p3d_keras.applications": ["labels/*.txt"], "p3d_keras.tfrecords_tools": ["*.cc"]},
     install_requires=["keras>=3.3", "numpy>=1.23", "h5py"],
     # TensorFlow is an extra: `tf` (tensorflow) or `tf-cpu`; the demo and tests use `tf-cpu`.
     extras_require=EXTRAS,

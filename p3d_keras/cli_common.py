@@ -27,6 +27,13 @@ def add_model_arguments(parser):
     return group
 
 
+def add_decoder_argument(parser):
+    """`--decoder` of the programs that read clips (`reader.training_dataset(decoder=...)`)."""
+    parser.add_argument("--decoder", choices=("auto", "native", "tf"), default="auto",
+                        help="JPEG clip decoder: native (a compiled op, built on first use; 8-19%% less CPU per clip), "
+                             "tf (TensorFlow's ops), auto (default: native when it can be built); the same clips")
+
+
 def preset_of(args):
     """The `WeightPreset` named by `--weights`, or None for no weights or a file path."""
     from p3d_keras.applications import get_preset  # noqa: PLC0415
@@ -43,11 +50,12 @@ def normalization_of(args, modality):
 
 
 def clip_options(model, args):
-    """Reader arguments matching `model`'s input: clip length, crop size, modality, normalisation."""
+    """Reader arguments matching `model`'s input (clip length, crop size, modality, normalisation),
+    and the `--decoder`."""
     _, frames, size, _, channels = model.input_shape
     modality = "flow" if channels == 2 else "rgb"
     return dict(clip_length=frames, crop_size=size, frame_stride=args.frame_stride, modality=modality,
-                normalization=normalization_of(args, modality))
+                normalization=normalization_of(args, modality), decoder=args.decoder)
 
 
 def parse_depth(text):

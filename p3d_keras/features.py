@@ -49,6 +49,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--frame-stride", type=int, default=1)
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
+    cli_common.add_decoder_argument(p)
     cli_common.add_model_arguments(p)
     return p
 

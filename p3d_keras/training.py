@@ -223,6 +223,7 @@ def build_parser():
                         "(written by p3d-tfrecords convert or index; local uncompressed shards), much less reading "
                         "for long videos; records: stream each training video's whole record; auto (default): "
                         "windows when every training shard has an index, else records")
+    cli_common.add_decoder_argument(g)
     g.add_argument("--seed", type=int, help="seed for the initial weights, dropout and a deterministic input pipeline")
     g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
     return p

@@ -73,22 +73,23 @@ def test_flip_is_clip_consistent():
     clip = tf.reshape(tf.range(2 * 1 * 3), [2, 1, 3, 1])
     outcomes = set()
     for n in range(10):
-        out = sampling.random_flip(clip, seed(n)).numpy()
-        flipped = out[0, 0, 0, 0] == 2
-        np.testing.assert_array_equal(out, clip.numpy()[:, :, ::-1] if flipped else clip.numpy())
-        outcomes.add(flipped)
+        flip = bool(sampling.flip_decision(seed(n)))
+        out = sampling.flip_clip(clip, flip).numpy()
+        np.testing.assert_array_equal(out, clip.numpy()[:, :, ::-1] if flip else clip.numpy())
+        outcomes.add(flip)
     assert outcomes == {True, False}
 
 
 def test_flip_with_channel_reversal():
     clip = tf.reshape(tf.range(2 * 1 * 3 * 3), [2, 1, 3, 3])
     for n in range(10):
-        plain = sampling.random_flip(clip, seed(n)).numpy()
-        np.testing.assert_array_equal(sampling.random_flip(clip, seed(n), reverse_channels=True), plain[..., ::-1])
+        flip = sampling.flip_decision(seed(n))
+        plain = sampling.flip_clip(clip, flip).numpy()
+        np.testing.assert_array_equal(sampling.flip_clip(clip, flip, reverse_channels=True), plain[..., ::-1])
 
 
 def test_flip_keeps_the_static_shape():
     spec = tf.TensorSpec([4, 6, 5, 3], tf.uint8)
     for reverse_channels in (False, True):
-        graph = tf.function(lambda c: sampling.random_flip(c, seed(0), reverse_channels)).get_concrete_function(spec)
+        graph = tf.function(lambda c: sampling.flip_clip(c, sampling.flip_decision(seed(0)), reverse_channels)).get_concrete_function(spec)
         assert graph.output_shapes.as_list() == [4, 6, 5, 3]

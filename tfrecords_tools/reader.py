@@ -3,7 +3,8 @@
 `training_dataset` yields `(clips, labels)`, one random window per video per epoch;
 `evaluation_dataset` yields `(clips, labels, video_ids)`, `num_clips` uniform windows x 1 or 3
 crops per video. Both decode only the frames of a window (the encoded JPEGs are gathered first)
-and only the crop's region of each frame (`tf.io.decode_and_crop_jpeg`).
+and only the crop's region of each frame: with the native clip decoder (`clip_decoder`, one op
+per clip) or TensorFlow's `tf.io.decode_and_crop_jpeg` per frame (`decoder=`), the same values.
 
 Pipeline (training), `reads="records"`: shard names -> parallel interleave of
 `TFRecordDataset`s -> parse and pick a window, keeping only its encoded frames -> shuffle (so the
@@ -34,19 +35,20 @@ are checked when their shard is indexed; a shard whose size differs from its ind
 and a read that comes up short raises an error naming the shard.
 
 Speed (`bench/pipeline_throughput.py`, `bench/README.md`), uint8 output on 2 cores, 186-frame
-videos: `reads="windows"` 88 % of the JPEG-decode limit end to end, 90 % in the steady state
-(84-87 % by CPU time per clip), `reads="records"` 65 %; float32 output ~60 % (its cast,
-normalisation and 4.9 MB per clip of float32 writes). With `reads="records"` each epoch starts by
-filling the shuffle buffer (~0.2-0.7 s at 512 windows). Cropping while decoding saves ~0.4 ms of
-libjpeg work per clip, but copies cost as much again: TensorFlow copies each row of a crop whose
-x offset is not a multiple of 16 out of libjpeg's output, then come the clip's stack, the flip and
-the batch. The corrupt-record check of `reads="records"` runs once per `RECORDS_PER_CHECK`
-records. For float32 output, BGR presets reverse the channels on the uint8 frames, fused with the
-flip.
+videos, native decoder: `reads="windows"` 91-94 % of the JPEG-decode limit end to end, 92 % in
+the steady state (96-97 % by CPU time per clip), `reads="records"` 66-68 %; float32 output
+74-75 % (its cast, normalisation and 4.9 MB per clip of float32 writes). With TensorFlow's ops
+(`decoder="tf"`) `reads="windows"` measured 85-87 %: TensorFlow's decoder copies each row of a
+crop whose x offset is not a multiple of 16 out of libjpeg's output, then come the clip's stack
+and the flip, copies the native op does not make. With `reads="records"` each epoch starts by
+filling the shuffle buffer (~0.2-0.7 s at 512 windows). The corrupt-record check of
+`reads="records"` runs once per `RECORDS_PER_CHECK` records. BGR presets reverse the channels on
+the uint8 frames, with the flip (in the native op's row pass, or one `tf.reverse`).
 
 Set `TF_CPU_ALLOCATOR_USE_BFC=true` before TensorFlow starts. With the default allocator every
 large batch (79 MB float32, 20 MB uint8 at 16 x 16 x 160 x 160 x 3) is freshly `mmap`ed memory
-that must be paged in again: uint8 output with `reads="windows"` then reaches 83 % of the limit.
+that must be paged in again: float32 output then drops from 74 % to 46 % of the limit (uint8
+output with `reads="windows"` measured 93 % either way).
 """
 import dataclasses
 import logging
@@ -58,6 +60,7 @@ import tensorflow as tf
 
 from p3d_keras import normalization as norm_lib
 from p3d_keras.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
+from p3d_keras.tfrecords_tools import clip_decoder
 from p3d_keras.tfrecords_tools import framing
 from p3d_keras.tfrecords_tools import index as index_lib
 from p3d_keras.tfrecords_tools import sampling
@@ -275,20 +278,31 @@ def parse_video(path, serialized):
     return example
 
 
-def decode_frames(encoded, box, channels):
+def decode_frames(encoded, box, channels, *, flip=False, reverse_channels=False, native=None):
     """Decode the `box` region of each JPEG in `encoded` (`[N]`) into a `[N, h, w, channels]`
-    uint8 tensor (flow frames are stored as JPEGs with x, y in the first two channels).
+    uint8 tensor (flow frames are stored as JPEGs with x, y in the first two channels), flipped
+    left-right where the scalar bool `flip` is true, channels reversed with `reverse_channels`.
 
-    A static N (training clips) is unrolled into N independent decode ops, which is about twice
-    as fast as a `tf.map_fn` loop; a dynamic N (evaluation's unique frames) uses `tf.map_fn`."""
-    def decode(jpeg):
-        frame = tf.io.decode_and_crop_jpeg(jpeg, box, channels=3)
-        return frame if channels == 3 else frame[..., :channels]
-
-    if encoded.shape[0] is not None:
-        frames = tf.stack([decode(encoded[i]) for i in range(encoded.shape[0])])
+    With the `native` op module (`clip_decoder.resolve`) one op decodes every frame straight into
+    the result. With TensorFlow's ops (`native=None`) a static N (training clips) is unrolled into
+    N independent decode ops, about twice as fast as a `tf.map_fn` loop, and a dynamic N
+    (evaluation's unique frames) uses `tf.map_fn`; the frames are then stacked and reversed
+    (`sampling.flip_clip`). The same values either way."""
+    if native is not None:
+        frames = native.p3d_decode_crop_clip(encoded, box, flip, reverse_channels)
     else:
-        frames = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, channels], tf.uint8))
+        def decode(jpeg):
+            return tf.io.decode_and_crop_jpeg(jpeg, box, channels=3)
+
+        if encoded.shape[0] is not None:
+            frames = tf.stack([decode(encoded[i]) for i in range(encoded.shape[0])])
+        else:
+            frames = tf.map_fn(decode, encoded, fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+        if flip is not False:
+            frames = sampling.flip_clip(frames, flip, reverse_channels)
+        elif reverse_channels:
+            frames = tf.reverse(frames, axis=[-1])
+    frames = frames if channels == 3 else frames[..., :channels]
     return tf.ensure_shape(frames, [None, None, None, channels])
 
 
@@ -380,7 +394,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
                      crop_size=160, multiscale=False, flip=True, scale_jitter=None, normalization=None,
                      output_dtype="float32", modality="rgb", shuffle_buffer=512, deterministic=False, seed=None,
                      compression="auto", skip_corrupt=False, drop_remainder=True,
-                     num_parallel_calls=None, cycle_length=None, reads="auto"):
+                     num_parallel_calls=None, cycle_length=None, reads="auto", decoder="auto"):
     """Training clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32)`
     (`clips` uint8 with `output_dtype="uint8"`).
 
@@ -423,6 +437,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             it reads ~12x fewer bytes. `auto` (default) reads windows when every shard has an
             index and no option needs records (`resolve_reads`), and logs which it reads; adding
             or removing index files therefore changes the order of the batches.
+        decoder: `native` decodes each clip with one compiled op (`clip_decoder`: built on first
+            use, needs a C++ compiler and libjpeg-turbo's headers; 8-19 % less CPU per clip),
+            `tf` with TensorFlow's JPEG ops; the same clips. `auto` (default) is `native` when it
+            can be built, else `tf` with a warning saying why.
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
                           crop_size=crop_size, modality=modality, normalization=normalization,
@@ -442,6 +460,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
                              "use reads='records'")
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
+    native = clip_decoder.resolve(decoder)
     parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
 
     def pick(num_frames, element_seed):
@@ -478,11 +497,8 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         else:
             side = crop_size if scale_jitter is None else sampling.jittered_box_side(crop_size, scale_jitter, seed_scale)
             box = sampling.random_crop_box(height, width, side, side, seed_box)
-        clip = decode_frames(encoded, box, channels)
-        if flip:
-            clip = sampling.random_flip(clip, seed_flip, reverse_channels=bgr)
-        elif bgr:
-            clip = tf.reverse(clip, axis=[-1])
+        clip = decode_frames(encoded, box, channels, flip=sampling.flip_decision(seed_flip) if flip else False,
+                             reverse_channels=bgr, native=native)
         clip = finish_clip(clip, crop_size, norm)
         return tf.ensure_shape(clip, [clip_length, crop_size, crop_size, channels]), label
 
@@ -498,7 +514,8 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
 
 def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1, num_clips=20,
                        crops="center", crop_size=160, normalization=None, output_dtype="float32",
-                       modality="rgb", compression="auto", skip_corrupt=False, num_parallel_calls=None, cycle_length=None):
+                       modality="rgb", compression="auto", skip_corrupt=False, num_parallel_calls=None,
+                       cycle_length=None, decoder="auto"):
     """Evaluation clips: a `tf.data.Dataset` of `(clips [B, T, S, S, C] float32, labels [B] int32,
     video_ids [B] string)`, in a fixed order (`clips` uint8 with `output_dtype="uint8"`).
 
@@ -517,6 +534,7 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
         raise ValueError(f"Expected crops to be one of {CROPS}. Received: crops={crops!r}")
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
+    native = clip_decoder.resolve(decoder)
     counter = CorruptRecordCounter() if skip_corrupt else None
     records = read_records(list_shards(file_pattern), compression=compression, deterministic=True,
                            cycle_length=cycle_length, counter=counter)
@@ -532,9 +550,7 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
         else:
             boxes = sampling.three_crop_boxes(height, width, crop_size)
         region = sampling.union_box(boxes)
-        frames = decode_frames(encoded, region, channels)
-        if bgr:
-            frames = tf.reverse(frames, axis=[-1])
+        frames = decode_frames(encoded, region, channels, reverse_channels=bgr, native=native)
         frames = tf.gather(frames, tf.reshape(position, tf.shape(indices)))
         clips = crop_windows(frames, boxes, region)
         shape = tf.shape(clips)

@@ -150,13 +150,18 @@ def _reverse_width(clip):
     return tf.ensure_shape(tf.reshape(tf.reverse(flat, axis=[1]), shape), clip.shape)
 
 
-def random_flip(clip, seed, reverse_channels=False):
-    """Flip a whole clip `[T, H, W, C]` left-right with probability 1/2 (the same for all frames).
+def flip_decision(seed):
+    """The clip's flip: a scalar bool tensor, true with probability 1/2 (stateless in `seed`)."""
+    return tf.random.stateless_uniform([], seed) < 0.5
+
+
+def flip_clip(clip, flip, reverse_channels=False):
+    """Flip a whole clip `[T, H, W, C]` left-right where the scalar bool tensor `flip` is true.
 
     With `reverse_channels=True` the channel axis is reversed too (RGB -> BGR), flipped or not,
     in the same `tf.reverse`: on a uint8 clip, reversing the width and channel axes together is
     faster than reversing the width alone."""
-    flip = tf.random.stateless_uniform([], seed) < 0.5
     if reverse_channels:
         return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2, -1]), lambda: tf.reverse(clip, axis=[-1]))
     return tf.cond(flip, lambda: _reverse_width(clip), lambda: clip)
+

@@ -11,9 +11,11 @@ and their window indexes, then times one epoch of each, alternately in each roun
     made it look slower than the uint8 pipeline);
   - the uint8 pipeline, `training_dataset(output_dtype="uint8")`, what `p3d-train` uses (the
     model normalises on its device), reading whole records (`reads="records"`) and
-    reading only each window's bytes (`reads="windows"`);
+    reading only each window's bytes (`reads="windows"`), decoding with the native clip decoder
+    (`decoder="native"`, `clip_decoder`), and with `reads="windows"` also with TensorFlow's
+    JPEG ops (`decoder="tf"`);
   - the float32 pipeline, `training_dataset(normalization=...)`, normalised on the CPU, with
-    `reads="windows"`;
+    `reads="windows"` and the native decoder;
 and prints Markdown tables: the rates in total and per core, each pipeline's ratio to the limit,
 and the cores a GPU consuming N clips/s would need at the measured per-core rates (frames/s =
 clips/s x clip_length).
@@ -45,7 +47,8 @@ Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips
 x 3 = 79 MB) is fresh memory from `mmap` (glibc maps anything over 32 MB), so filling it page-
 faults ~19,000 pages: ~2 ms per clip, as much as the rest of the clip's work after decoding.
 `TF_CPU_ALLOCATOR_USE_BFC=true` (read when TensorFlow starts) makes TensorFlow reuse its CPU memory;
-it also speeds up the uint8 pipeline (20 MB batches) by about a fifth. The table's header says which
+with TensorFlow's JPEG ops it also sped up the uint8 pipeline (20 MB batches) by a few percent; with the native
+decoder the uint8 pipeline measured the same with both allocators. The table's header says which
 allocator ran.
 """
 import argparse
@@ -145,9 +148,11 @@ def measure(args, paths):
 
     datasets = {
         "limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1),
-        "uint8 records": (pipeline(output_dtype="uint8", reads="records"), args.batch_size),
-        "uint8 windows": (pipeline(output_dtype="uint8", reads="windows"), args.batch_size),
-        "float32 windows": (pipeline(normalization=args.normalization, reads="windows"), args.batch_size),
+        "uint8 records": (pipeline(output_dtype="uint8", reads="records", decoder="native"), args.batch_size),
+        "uint8 windows": (pipeline(output_dtype="uint8", reads="windows", decoder="native"), args.batch_size),
+        "uint8 windows tf": (pipeline(output_dtype="uint8", reads="windows", decoder="tf"), args.batch_size),
+        "float32 windows": (pipeline(normalization=args.normalization, reads="windows", decoder="native"),
+                            args.batch_size),
     }
     skip = args.steady_skip if args.shuffle_buffer <= args.steady_skip < args.videos / 2 else None
     for dataset, _ in datasets.values():
@@ -171,6 +176,7 @@ def table(args, measured, jpeg_bytes, cores):
         "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames in memory, same parallelism, no batching)",
         "uint8 records": f"training pipeline, uint8 out, `reads='records'` ({args.normalization} on the device)",
         "uint8 windows": f"training pipeline, uint8 out, `reads='windows'` ({args.normalization} on the device)",
+        "uint8 windows tf": "the same with `decoder='tf'` (TensorFlow's JPEG ops)",
         "float32 windows": f"training pipeline, float32 out, `reads='windows'` ({args.normalization} on the CPU)",
     }
     lines = [

@@ -72,17 +72,20 @@ def build(directory=None, cxx=None):
     command[command.index("OUTPUT")] = partial
     logger.info("Compiling the native clip decoder: %s", shlex.join(command))
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
-    except (OSError, subprocess.TimeoutExpired) as error:
-        raise NativeDecoderUnavailable(f"could not run the C++ compiler {command[0]!r} (set $CXX): {error}") from error
-    if done.returncode != 0:
-        if os.path.exists(partial):
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=BUILD_TIMEOUT_S)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise NativeDecoderUnavailable(f"could not run the C++ compiler {command[0]!r} (set $CXX): {error}") \
+                from error
+        if done.returncode != 0:
+            errors = [line for line in done.stderr.splitlines() if "error" in line.lower()] or done.stderr.splitlines()
+            hint = (" (libjpeg-turbo's headers are missing: install libjpeg-turbo8-dev, libjpeg62-turbo-dev or "
+                    "conda's libjpeg-turbo)" if "jpeglib.h: No such file" in done.stderr else "")
+            raise NativeDecoderUnavailable(f"compiling {SOURCE} failed{hint}: " + " | ".join(errors[:5]))
+        os.replace(partial, library)
+    finally:
+        if os.path.exists(partial):  # what a failed or timed-out build left
             os.remove(partial)
-        errors = [line for line in done.stderr.splitlines() if "error" in line.lower()] or done.stderr.splitlines()
-        hint = (" (libjpeg-turbo's headers are missing: install libjpeg-turbo8-dev, libjpeg62-turbo-dev or "
-                "conda's libjpeg-turbo)" if "jpeglib.h: No such file" in done.stderr else "")
-        raise NativeDecoderUnavailable(f"compiling {SOURCE} failed{hint}: " + " | ".join(errors[:5]))
-    os.replace(partial, library)
     return library
 
 
@@ -121,9 +124,10 @@ def native_op():
                 op = tf.load_op_library(build())
                 verify(op)
                 _loaded["op"] = op
-            except (NativeDecoderUnavailable, tf.errors.OpError) as error:
-                _loaded["error"] = error if isinstance(error, NativeDecoderUnavailable) else \
-                    NativeDecoderUnavailable(f"loading the compiled op failed: {error}")
+            except NativeDecoderUnavailable as error:
+                _loaded["error"] = error
+            except tf.errors.OpError as error:
+                _loaded["error"] = NativeDecoderUnavailable(f"loading the compiled op failed: {error}")
         if "error" in _loaded:
             raise _loaded["error"]
         return _loaded["op"]

@@ -227,8 +227,9 @@ def resolve_reads(paths, *, compression, skip_corrupt, cycle_length):
 
 def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, deterministic):
     """`(encoded [clip_length], label, crop seed)` per video of the shards' window indexes
-    (`index.load_index`; local, uncompressed shards: `windows_obstacle`), the videos in shard order or, with `shuffle`, all of them shuffled
-    anew each epoch; `pick(num_frames, element_seed)` gives a video's frame indices and crop seed.
+    (`index.load_index`; local, uncompressed shards: `windows_obstacle`), the videos in shard
+    order or, with `shuffle`, all of them shuffled anew each epoch; `pick(num_frames,
+    element_seed)` gives a video's frame indices and crop seed.
 
     Each window's frames are read with one `pread` of the bytes from its first to its last frame
     (its frames only, for consecutive frames; the span between them for larger strides; the

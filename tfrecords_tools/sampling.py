@@ -164,4 +164,3 @@ def flip_clip(clip, flip, reverse_channels=False):
     if reverse_channels:
         return tf.cond(flip, lambda: tf.reverse(clip, axis=[-2, -1]), lambda: tf.reverse(clip, axis=[-1]))
     return tf.cond(flip, lambda: _reverse_width(clip), lambda: clip)
-

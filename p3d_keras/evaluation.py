@@ -79,9 +79,11 @@ def build_parser():
     p = argparse.ArgumentParser(prog="p3d-evaluate", description="Clip and video hit@1/5 of a P3D ResNet on "
                                 "TFRecord shards (N clips per video, scores averaged per video as in the paper).")
     p.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
-    p.add_argument("--out", required=True, help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
+    p.add_argument("--out", required=True,
+                   help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
     p.add_argument("--labels", help="class names, one per line (default: labels.txt beside the shards)")
-    p.add_argument("--num-clips", type=cli_common.positive_int, default=20, help="clips per video (default 20, as the paper)")
+    p.add_argument("--num-clips", type=cli_common.positive_int, default=20,
+                   help="clips per video (default 20, as the paper)")
     p.add_argument("--crops", choices=("center", "three"), default="center")
     p.add_argument("--batch-size", type=cli_common.positive_int, default=8)
     p.add_argument("--frame-stride", type=cli_common.positive_int, default=1)

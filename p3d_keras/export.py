@@ -296,7 +296,8 @@ def build_parser():
         description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
                     "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
     cli_common.add_model_arguments(p)
-    p.add_argument("--classes", type=cli_common.positive_int, help="classes of a new network (default 400, or the preset's)")
+    p.add_argument("--classes", type=cli_common.positive_int,
+                   help="classes of a new network (default 400, or the preset's)")
     p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
     p.add_argument("--name", default="p3d", help="model name (default: p3d)")
     p.add_argument("--version", type=cli_common.non_negative_int, default=None, help="version (default: next integer)")

@@ -92,10 +92,12 @@ def build_parser():
     p.add_argument("--saved-model", help="an exported SavedModel version folder (p3d-export) instead of a model")
     p.add_argument("--labels", help="class names, one per line (default: the preset's)")
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    p.add_argument("--num-clips", type=cli_common.positive_int, default=5, help="windows averaged over the video (default 5)")
+    p.add_argument("--num-clips", type=cli_common.positive_int, default=5,
+                   help="windows averaged over the video (default 5)")
     p.add_argument("--top", type=cli_common.positive_int, default=5, help="classes printed (default 5)")
     p.add_argument("--max-frames", type=cli_common.positive_int, default=None, help="decode at most N frames")
-    p.add_argument("--classes", type=cli_common.positive_int, help="classes of a new network (default 400, or the preset's)")
+    p.add_argument("--classes", type=cli_common.positive_int,
+                   help="classes of a new network (default 400, or the preset's)")
     cli_common.add_model_arguments(p)
     return p
 

@@ -13,16 +13,29 @@ def read_version():
     return scope["__version__"]
 
 
+# Where `tensorflow-cpu` has wheels (Linux x86_64, Windows x86_64), and its complement (PEP 508
+# markers have no `not`): elsewhere (macOS, Linux aarch64) the `tensorflow` wheel is the CPU build.
+TF_CPU_WHEELS = ('(sys_platform == "linux" and platform_machine == "x86_64") or '
+                 '(sys_platform == "win32" and platform_machine == "AMD64")')
+NO_TF_CPU_WHEELS = ('(sys_platform != "linux" and sys_platform != "win32") or '
+                    '(sys_platform == "linux" and platform_machine != "x86_64") or '
+                    '(sys_platform == "win32" and platform_machine != "AMD64")')
+# Floors are the versions tested (`make test` installs the `test` extra): TensorFlow 2.21 (which
+# needs keras >= 3.12), PyAV 17 for `VideoFrame.reformat(threads=...)`.
+TF = "2.21"
+VIDEO = ["av>=17", "pillow>=9", "google-crc32c>=1.5"]
 EXTRAS = {
-    "tf": ["tensorflow>=2.16", "tensorboard"],
-    "tf-cpu": ["tensorflow-cpu>=2.16", "tensorboard"],
-    "video": ["av>=12", "pillow>=9", "google-crc32c>=1.5"],
+    "tf": [f"tensorflow>={TF}", "tensorboard"],
+    "tf-cpu": [f"tensorflow-cpu>={TF}; {TF_CPU_WHEELS}", f"tensorflow>={TF}; {NO_TF_CPU_WHEELS}", "tensorboard"],
+    "tf-gpu": [f"tensorflow[and-cuda]>={TF}", "tensorboard"],  # CUDA wheels exist for Linux only
+    "video": VIDEO,
     "plots": ["matplotlib>=3.6"],
-    "beam": ["apache-beam[tfrecord]>=2.50"],
+    "beam": ["apache-beam>=2.50", *VIDEO],  # the workers decode videos and write the shards
     "jax": ["jax[cpu]>=0.4.30"],
 }
 EXTRAS["test"] = sorted(set(
-    ["pytest>=7", "tensorflow-cpu==2.21.0", "tensorboard", "torch==2.13.0", "scikit-video"]
+    ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
+     "tensorboard", "torch==2.13.0", "scikit-video"]
     + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"]
 ))
 
@@ -42,8 +55,9 @@ setup(
     },
     # clip_decoder.cc: the native clip decoder's source, compiled on first use (tfrecords_tools/clip_decoder.py)
     package_data={"p3d_keras.applications": ["labels/*.txt"], "p3d_keras.tfrecords_tools": ["*.cc"]},
-    install_requires=["keras>=3.3", "numpy>=1.23", "h5py"],
-    # TensorFlow is an extra: `tf` (tensorflow) or `tf-cpu`; the demo and tests use `tf-cpu`.
+    install_requires=["keras>=3.12", "numpy>=1.26", "h5py"],
+    # TensorFlow is an extra: `tf-cpu` (any platform), `tf` (the default build; GPU on Linux with
+    # CUDA installed), `tf-gpu` (Linux, brings CUDA); the demo and tests use `tf-cpu`.
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [

@@ -162,7 +162,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="p3d-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--fast", action="store_true", help="a tiny run that checks every step (seconds, not accuracy)")
-    p.add_argument("--epochs", type=int, help="override the number of training epochs")
+    p.add_argument("--epochs", type=cli_common.positive_int, help="override the number of training epochs")
     args = p.parse_args(argv)
     cli_common.setup_logging()
     # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 and newer;

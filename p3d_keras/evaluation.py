@@ -14,6 +14,8 @@ from p3d_keras import cli_common
 
 log = logging.getLogger(__name__)
 
+PLOTS_EXTRA = "p3d_keras[plots]"  # the extra that brings matplotlib
+
 
 def confusion_matrix(labels, predictions, classes):
     """`[true, predicted]` counts."""
@@ -38,8 +40,16 @@ def evaluation_report(scores, labels, video_ids, class_names):
 
 
 def save_confusion_png(matrix, class_names, path):
-    """A labelled confusion-matrix heat map (rows: true class, columns: predicted)."""
-    import matplotlib  # noqa: PLC0415
+    """Draw a labelled confusion-matrix heat map (rows: true class, columns: predicted) into `path`.
+
+    Returns `path`, or None when matplotlib (the `p3d_keras[plots]` extra) is not installed: then
+    nothing is drawn and one warning says which extra to install.
+    """
+    try:
+        import matplotlib  # noqa: PLC0415 (the optional [plots] extra)
+    except ImportError:
+        log.warning("%s not drawn: matplotlib is not installed (pip install '%s')", path, PLOTS_EXTRA)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
@@ -69,12 +79,14 @@ def build_parser():
     p = argparse.ArgumentParser(prog="p3d-evaluate", description="Clip and video hit@1/5 of a P3D ResNet on "
                                 "TFRecord shards (N clips per video, scores averaged per video as in the paper).")
     p.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
-    p.add_argument("--out", required=True, help="folder for report.json and confusion_matrix.png")
+    p.add_argument("--out", required=True,
+                   help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
     p.add_argument("--labels", help="class names, one per line (default: labels.txt beside the shards)")
-    p.add_argument("--num-clips", type=int, default=20, help="clips per video (default 20, as the paper)")
+    p.add_argument("--num-clips", type=cli_common.positive_int, default=20,
+                   help="clips per video (default 20, as the paper)")
     p.add_argument("--crops", choices=("center", "three"), default="center")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--frame-stride", type=int, default=1)
+    p.add_argument("--batch-size", type=cli_common.positive_int, default=8)
+    p.add_argument("--frame-stride", type=cli_common.positive_int, default=1)
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
     cli_common.add_decoder_argument(p)
     cli_common.add_model_arguments(p)

@@ -42,6 +42,7 @@ INPUT_KEY = "frames"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 # The paper trains on 182x242 frames cropped to 160x160: resize the short side by this ratio.
 PAPER_SHORT_SIDE, PAPER_CROP = 182, 160
+DEFAULT_TOP_K = 5  # or every class, for a model with fewer
 
 # Protobuf field numbers of the TF Serving messages the warmup file holds, from
 # github.com/tensorflow/serving, tensorflow_serving/apis/:
@@ -231,7 +232,7 @@ def check_export_args(model, resize_short_side, top_k, classes):
 
 
 def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None, normalization="caffe",
-                       resize_short_side=None, top_k=5, warmup=True):
+                       resize_short_side=None, top_k=None, warmup=True):
     """Export a P3D ResNet classifier as a TF Serving SavedModel under `<base_dir>/<name>/<version>/`.
 
     Args:
@@ -246,7 +247,7 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
             `flow`): how the weights were trained.
         resize_short_side: short side before the centre crop; default `round(crop * 182 / 160)`,
             the paper's 182x242 -> 160x160 ratio (182 for a 160 px model).
-        top_k: how many top classes the serving signature returns.
+        top_k: how many top classes the serving signature returns; default `min(5, classes)`.
         warmup: write `assets.extra/tf_serving_warmup_requests`.
 
     Returns:
@@ -257,6 +258,8 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
     height, width = model.input_shape[2:4]
     if resize_short_side is None:
         resize_short_side = default_resize_short_side(max(height, width))
+    if top_k is None:
+        top_k = min(DEFAULT_TOP_K, classes)
     check_export_args(model, resize_short_side, top_k, classes)
     model_dir = pathlib.Path(base_dir) / name
     version = next_version(model_dir) if version is None else version
@@ -293,15 +296,17 @@ def build_parser():
         description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
                     "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
     cli_common.add_model_arguments(p)
-    p.add_argument("--classes", type=int, help="classes of a new network (default 400, or the preset's)")
+    p.add_argument("--classes", type=cli_common.positive_int,
+                   help="classes of a new network (default 400, or the preset's)")
     p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
     p.add_argument("--name", default="p3d", help="model name (default: p3d)")
-    p.add_argument("--version", type=int, default=None, help="version (default: next integer)")
+    p.add_argument("--version", type=cli_common.non_negative_int, default=None, help="version (default: next integer)")
     p.add_argument("--labels", help="text file with one class name per line (default: the preset's class names)")
     p.add_argument("--normalization", help="caffe, imagenet, unit or flow (default: caffe, or the preset's)")
-    p.add_argument("--resize-short-side", type=int, default=None,
+    p.add_argument("--resize-short-side", type=cli_common.positive_int, default=None,
                    help="short side before the centre crop (default: crop * 182 / 160)")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=cli_common.positive_int,
+                   help="top classes the serving signature returns (default: 5, or every class if fewer)")
     p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
     return p
 

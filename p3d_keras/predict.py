@@ -1,6 +1,8 @@
 """Classify a video file with a P3D ResNet (Keras model, preset) or an exported SavedModel, and
 the `p3d-predict` program, which prints the top classes."""
 import argparse
+import os
+import re
 
 import numpy as np
 
@@ -16,6 +18,31 @@ def read_video(path, max_frames=None):
     if not frames:
         raise ValueError(f"Expected a video with at least one frame. Received: {path!r} with none")
     return np.stack(frames)
+
+
+# FFmpeg demuxers that turn files which are not videos into frames: `tty` renders a .txt/.nfo/.asc
+# file as ANSI art.
+NOT_VIDEO_DEMUXERS = {"tty": "a text file (FFmpeg would render it as ANSI art)"}
+
+
+def load_video(path, max_frames=None):
+    """`read_video(path, max_frames)`, with every way `path` can fail to be a decodable video (missing,
+    a folder, empty, corrupt, text, no video stream, no frames) raised as ValueError naming it."""
+    import av  # noqa: PLC0415 (the optional [video] extra)
+
+    from p3d_keras.tfrecords_tools.video import VideoError  # noqa: PLC0415 (needs the [video] extra)
+
+    if not os.path.isfile(path):
+        found = "a folder" if os.path.isdir(path) else "nothing there"
+        raise ValueError(f"Expected a video file. Received: {path!r}, which is {found}")
+    try:
+        with av.open(path) as container:
+            demuxer = container.format.name
+        if demuxer in NOT_VIDEO_DEMUXERS:
+            raise VideoError(f"not a video: {NOT_VIDEO_DEMUXERS[demuxer]}")
+        return read_video(path, max_frames)
+    except (VideoError, av.error.FFmpegError, OSError, ValueError) as e:
+        raise ValueError(f"Expected a video file that PyAV can decode. Received: {path!r}: {e}") from e
 
 
 def predict_video(frames, model, *, normalization="caffe", num_clips=5):
@@ -37,11 +64,19 @@ def predict_video(frames, model, *, normalization="caffe", num_clips=5):
 
 
 def predict_saved_model(frames, saved_model_dir):
-    """Class probabilities and labels from an exported SavedModel's `serving_default`."""
+    """Class probabilities and labels from an exported SavedModel's `serving_default`; raises
+    ValueError when there are fewer frames than the model's clip length (its graph asserts it)."""
     import tensorflow as tf  # noqa: PLC0415
 
     serving = tf.saved_model.load(saved_model_dir).signatures["serving_default"]
-    out = serving(frames=tf.constant(frames[None]))
+    try:
+        out = serving(frames=tf.constant(frames[None]))
+    except tf.errors.InvalidArgumentError as e:
+        needed = re.search(r"Expected at least (\d+) frames", e.message)  # export.make_preprocess's assertion
+        if needed is None:
+            raise
+        raise ValueError(f"Expected at least {needed[1]} frames for the SavedModel {saved_model_dir!r} (its "
+                         f"clip length). Received: {len(frames)} frames") from e
     return out["probabilities"].numpy()[0], [b.decode("utf-8") for b in out["top_k_labels"].numpy()[0]]
 
 
@@ -57,10 +92,12 @@ def build_parser():
     p.add_argument("--saved-model", help="an exported SavedModel version folder (p3d-export) instead of a model")
     p.add_argument("--labels", help="class names, one per line (default: the preset's)")
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    p.add_argument("--num-clips", type=int, default=5, help="windows averaged over the video (default 5)")
-    p.add_argument("--top", type=int, default=5)
-    p.add_argument("--max-frames", type=int, default=None, help="decode at most N frames")
-    p.add_argument("--classes", type=int, help="classes of a new network (default 400, or the preset's)")
+    p.add_argument("--num-clips", type=cli_common.positive_int, default=5,
+                   help="windows averaged over the video (default 5)")
+    p.add_argument("--top", type=cli_common.positive_int, default=5, help="classes printed (default 5)")
+    p.add_argument("--max-frames", type=cli_common.positive_int, default=None, help="decode at most N frames")
+    p.add_argument("--classes", type=cli_common.positive_int,
+                   help="classes of a new network (default 400, or the preset's)")
     cli_common.add_model_arguments(p)
     return p
 
@@ -69,9 +106,12 @@ def run(args):
     """The top classes of `args.video`, as `p3d-predict` prints them."""
     from p3d_keras.export import labels_and_normalization  # noqa: PLC0415
 
-    frames = read_video(args.video, args.max_frames)
+    frames = load_video(args.video, args.max_frames)
     if args.saved_model:
-        probabilities, _ = predict_saved_model(frames, args.saved_model)
+        try:
+            probabilities, _ = predict_saved_model(frames, args.saved_model)
+        except ValueError as e:
+            raise ValueError(f"{args.video!r}: {e}") from e
         labels = cli_common.read_labels(args.labels) if args.labels else None
     else:
         model = cli_common.model_from_args(args, classes=args.classes)

@@ -195,23 +195,25 @@ def build_parser():
     p.add_argument("--train", required=True, help="training shards: a p3d-tfrecords output folder or a glob")
     p.add_argument("--val", help="validation shards (evaluated on one centre clip per video each epoch)")
     p.add_argument("--out", required=True, help="output folder: last.keras, best.keras, logs, resume state")
-    p.add_argument("--classes", type=int, help="number of classes (default: labels.txt beside the shards)")
+    p.add_argument("--classes", type=cli_common.positive_int,
+                   help="number of classes (default: labels.txt beside the shards)")
     cli_common.add_model_arguments(p)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--batch-size", type=int, default=8)
+    g.add_argument("--epochs", type=cli_common.positive_int, default=10)
+    g.add_argument("--batch-size", type=cli_common.positive_int, default=8)
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd: SGD with --momentum (default, as the authors); adamw: AdamW")
-    g.add_argument("--lr", type=float, default=0.001, help="base learning rate (default 0.001)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=5e-4)
+    g.add_argument("--lr", type=cli_common.positive_float, default=0.001, help="base learning rate (default 0.001)")
+    g.add_argument("--momentum", type=cli_common.non_negative_float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=cli_common.non_negative_float, default=5e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="step")
-    g.add_argument("--step-epochs", type=int, nargs="*", help="epochs at which the step schedule divides by 10")
+    g.add_argument("--step-epochs", type=cli_common.positive_int, nargs="*",
+                   help="epochs at which the step schedule divides by 10")
     g.add_argument("--no-partial-bn", action="store_true", help="train every BatchNormalization layer")
     g.add_argument("--precision", choices=PRECISIONS, default="float32")
     g.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
     g.add_argument("--distribute", choices=DISTRIBUTIONS, default="none")
-    g.add_argument("--frame-stride", type=int, default=1)
+    g.add_argument("--frame-stride", type=cli_common.positive_int, default=1)
     g.add_argument("--no-flip", action="store_true",
                    help="no random horizontal flip (when left/right or cw/ccw are different classes)")
     g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
@@ -224,8 +226,10 @@ def build_parser():
                         "for long videos; records: stream each training video's whole record; auto (default): "
                         "windows when every training shard has an index, else records")
     cli_common.add_decoder_argument(g)
-    g.add_argument("--seed", type=int, help="seed for the initial weights, dropout and a deterministic input pipeline")
-    g.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras progress output")
+    g.add_argument("--seed", type=cli_common.non_negative_int,
+                   help="seed for the initial weights, dropout and a deterministic input pipeline")
+    g.add_argument("--verbose", type=cli_common.non_negative_int, default=1, choices=(0, 1, 2),
+                   help="Keras progress output")
     return p
 
 

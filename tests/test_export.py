@@ -190,3 +190,14 @@ def test_main_unknown_preset(tmp_path, caplog):
     assert main(["--weights", "no-such-preset", "--depth", "63", "--base-dir", str(tmp_path)]) == 2
     assert "Unknown weights preset" in caplog.text and "Received: weights='no-such-preset'" in caplog.text
     assert not any(tmp_path.iterdir())
+
+
+def test_a_model_with_fewer_than_5_classes_exports_with_the_default_top_k(tmp_path):
+    """`--top-k` defaults to min(5, classes): a 3-class model exports and serves its top 3."""
+    P3DResNet(depth=(1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3).save(tmp_path / "three.keras")
+    assert main(["--model", str(tmp_path / "three.keras"), "--base-dir", str(tmp_path / "base"), "--no-warmup"]) == 0
+    serve = tf.saved_model.load(str(tmp_path / "base" / "p3d" / "1")).signatures["serving_default"]
+    out = serve(frames=tf.zeros((2, 16, 40, 40, 3), tf.uint8))
+    assert out["top_k_indices"].shape == (2, 3) and out["top_k_labels"].shape == (2, 3)
+    assert sorted(out["top_k_indices"].numpy()[0]) == [0, 1, 2]
+    assert [b.decode() for b in out["top_k_labels"].numpy()[0]] == [str(i) for i in out["top_k_indices"].numpy()[0]]

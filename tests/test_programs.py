@@ -1,4 +1,5 @@
 """The programs (train, evaluate, extract-features, predict, demo), run in-process on tiny data."""
+import argparse
 import csv
 import json
 import os
@@ -9,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from p3d_keras import evaluation, features, predict, training
+from p3d_keras import cli_common, evaluation, export, features, predict, training
 from p3d_keras.applications import P3DResNet
 from p3d_keras.layers import Normalize
 from p3d_keras.tfrecords_tools import index
@@ -238,3 +239,135 @@ def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path,
     for name in ("conv1", "res3a", "res5a"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Failing cleanly: optional extras, bad videos, bad numbers
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    """An untrained 3-class tiny network: its .keras file and its SavedModel export."""
+    root = tmp_path_factory.mktemp("tiny_classifier")
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
+    model.save(root / "tiny.keras")
+    saved = export.export_saved_model(model, root / "serving", labels=["jump", "run", "sit"], top_k=3,
+                                      warmup=False)
+    return root / "tiny.keras", saved
+
+
+def test_evaluate_without_matplotlib_writes_the_report_and_skips_the_png(shards, tiny_classifier, tmp_path,
+                                                                         monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
+    out = tmp_path / "eval"
+    assert evaluation.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "1",
+                            "--model", str(tiny_classifier[0])]) == 0
+    assert json.load(open(out / "report.json"))["num_videos"] == 6
+    assert not (out / "confusion_matrix.png").exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == [f"{out / 'confusion_matrix.png'} not drawn: matplotlib is not installed "
+                        "(pip install 'p3d_keras[plots]')"]
+
+
+def write_audio_only(path):
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1600), np.int16), format="s16", layout="mono")
+        frame.sample_rate = 16000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+
+
+def bad_video(kind, folder):
+    """A path that is not a usable video, of the given `kind`."""
+    from p3d_keras import synthetic
+
+    rng = np.random.default_rng(0)
+    path = folder / {"text": "notes.txt", "audio_only": "speech.wav", "folder": "clips.mp4"}.get(kind, f"{kind}.mp4")
+    if kind == "corrupt":
+        path.write_bytes(rng.bytes(5000))
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind in ("text", "text_as_mp4"):
+        path.write_text("not a video\n" * 50)  # FFmpeg decodes a .txt file as ANSI art
+    elif kind == "audio_only":
+        write_audio_only(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind in ("truncated", "short"):
+        synthetic.write_video(path, synthetic.render_clip("move_left", rng, frames=24 if kind == "truncated" else 8,
+                                                          size=48))
+        if kind == "truncated":
+            path.write_bytes(path.read_bytes()[:2000])
+    return path
+
+
+@pytest.mark.parametrize("kind, expected", [
+    ("corrupt", "Expected a video file that PyAV can decode"),
+    ("empty", "Expected a video file that PyAV can decode"),
+    ("text", "not a video: a text file"),
+    ("text_as_mp4", "Expected a video file that PyAV can decode"),
+    ("audio_only", "not a video: no video stream"),
+    ("truncated", "Expected a video file that PyAV can decode"),
+    ("missing", "Expected a video file. Received: {path!r}, which is nothing there"),
+    ("folder", "Expected a video file. Received: {path!r}, which is a folder"),
+    ("short", "Expected at least 16 frames for the SavedModel"),
+])
+def test_predict_reports_a_bad_video_and_exits_2(kind, expected, tiny_classifier, tmp_path, caplog, capsys):
+    path = str(bad_video(kind, tmp_path))
+    model_file, saved = tiny_classifier
+    source = ["--saved-model", saved] if kind == "short" else ["--model", str(model_file)]
+    assert predict.main([path, *source]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and errors[0].startswith("p3d-predict: ") and repr(path) in errors[0]
+    assert expected.format(path=path) in errors[0] and "Traceback" not in errors[0]
+    if kind == "short":
+        assert errors[0].endswith("Received: 8 frames")
+    assert capsys.readouterr().out == ""
+
+
+PARSERS = {"p3d-train": training.build_parser, "p3d-evaluate": evaluation.build_parser,
+           "p3d-extract-features": features.build_parser, "p3d-export": export.build_parser,
+           "p3d-predict": predict.build_parser}
+
+
+def test_every_numeric_flag_is_range_checked():
+    bare = [(name, action.option_strings) for name, build in PARSERS.items() for action in build()._actions
+            if action.type in (int, float)]
+    assert bare == []
+
+
+@pytest.mark.parametrize("main, argv", [
+    (predict.main, ["v.mp4", "--num-clips", "0"]),
+    (predict.main, ["v.mp4", "--top", "-1"]),
+    (predict.main, ["v.mp4", "--max-frames", "many"]),
+    (evaluation.main, ["--data", "d", "--out", "o", "--batch-size", "0"]),
+    (evaluation.main, ["--data", "d", "--out", "o", "--frame-stride", "0"]),
+    (features.main, ["--data", "d", "--out", "o.npz", "--num-clips", "0"]),
+    (training.main, ["--train", "t", "--out", "o", "--epochs", "0"]),
+    (training.main, ["--train", "t", "--out", "o", "--lr", "nan"]),
+    (training.main, ["--train", "t", "--out", "o", "--weight-decay", "-0.1"]),
+    (export.main, ["--base-dir", "b", "--top-k", "0"]),
+    (export.main, ["--base-dir", "b", "--frames", "0"]),
+    (export.main, ["--base-dir", "b", "--size", "-32"]),
+    (export.main, ["--base-dir", "b", "--dropout", "1.5"]),
+])
+def test_invalid_numbers_are_argument_errors(main, argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: argument {argv[-2]}: Expected a" in err and f"Received: {argv[-1]!r}" in err
+
+
+def test_numeric_argument_types():
+    assert cli_common.positive_int("3") == 3 and cli_common.non_negative_int("0") == 0
+    assert cli_common.positive_float("1e-3") == 1e-3 and cli_common.dropout_rate("0") == 0.0
+    for parse, text in [(cli_common.positive_int, "0"), (cli_common.positive_int, "2.5"),
+                        (cli_common.non_negative_int, "-1"), (cli_common.positive_float, "inf"),
+                        (cli_common.non_negative_float, "nan"), (cli_common.dropout_rate, "1")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=f"Received: {text!r}"):
+            parse(text)

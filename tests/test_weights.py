@@ -4,7 +4,9 @@ import dataclasses
 import functools
 import http.server
 import os
+import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -21,18 +23,24 @@ CLIP = np.random.default_rng(0).normal(size=(1, 16, 32, 32, 3)).astype("float32"
 
 
 class Handler(http.server.SimpleHTTPRequestHandler):
-    """Serves a folder; `/truncated/<file>` announces the full length but sends half."""
+    """Serves a folder; `/truncated/<file>` announces the full length but sends half;
+    `/stall/<file>` sends the headers and half the body, then stalls until `release` is set."""
+
+    release = threading.Event()
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        if self.path.startswith("/truncated/"):
+        if self.path.startswith(("/truncated/", "/stall/")):
             data = open(os.path.join(self.directory, self.path.split("/")[-1]), "rb").read()
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            if self.path.startswith("/stall/"):
+                self.release.wait(60)
             return
         super().do_GET()
 
@@ -44,7 +52,9 @@ def server(tmp_path):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
+    Handler.release.clear()
     yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    Handler.release.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -69,8 +79,48 @@ def tiny_preset(server, monkeypatch):
     return preset, source(CLIP)
 
 
+@pytest.fixture
+def silent_server():
+    """A TCP server that accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    listener.close()
+    for connection in held:
+        connection.close()
+
+
 def build(**kw):
     return P3DResNet(**TINY, weights="tiny", classifier_activation=None, **kw)
+
+
+def build_within(seconds, **kw):
+    """`build(**kw)` in a thread; returns (model or None, error or None, elapsed s); a build still
+    running after `seconds` fails the test instead of hanging it."""
+    result = {}
+
+    def target():
+        try:
+            result["model"] = build(**kw)
+        except Exception as e:  # noqa: BLE001 (handed to the test)
+            result["error"] = e
+
+    start = time.monotonic()
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"the download was still running after {seconds} s"
+    return result.get("model"), result.get("error"), time.monotonic() - start
 
 
 def test_download_hash_check_cache_then_offline(keras_home, tiny_preset, monkeypatch):
@@ -110,6 +160,88 @@ def test_failed_download_keeps_a_good_cached_file(keras_home, tiny_preset, monke
     monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url="http://127.0.0.1:9/gone"))
     build()
     assert (keras_home / preset.filename).read_bytes() == good
+
+
+@pytest.mark.parametrize("where", ["silent", "stall"])
+def test_a_stalled_server_fails_the_download_within_the_timeout(keras_home, tiny_preset, server, silent_server,
+                                                                 monkeypatch, where):
+    preset, _ = tiny_preset
+    url = silent_server + "/x.weights.h5" if where == "silent" else f"{server[1]}/stall/{preset.filename}"
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=url))
+    monkeypatch.setenv(weights.TIMEOUT_ENV, "1")
+    model, error, elapsed = build_within(20)
+    assert model is None and isinstance(error, ValueError) and elapsed < 10
+    message = str(error)
+    assert f"no data from {url} for 1 s" in message and weights.TIMEOUT_ENV in message
+    assert f"put the converted file at {keras_home / preset.filename}" in message
+    assert "pass weights=<a local .weights.h5 file>" in message
+    assert os.listdir(keras_home) == []  # the stalled partial was removed
+
+
+def test_download_timeout_must_be_a_positive_number(monkeypatch):
+    for text in ("0", "-1", "soon", "nan", "inf"):
+        monkeypatch.setenv(weights.TIMEOUT_ENV, text)
+        with pytest.raises(ValueError, match=rf"Expected \$P3D_KERAS_DOWNLOAD_TIMEOUT to be a positive number of "
+                                             rf"seconds. Received: '{text}'"):
+            weights.download_timeout()
+    monkeypatch.setenv(weights.TIMEOUT_ENV, "2.5")
+    assert weights.download_timeout() == 2.5
+
+
+def test_partials_of_killed_downloads_are_removed_by_the_next(keras_home, tiny_preset):
+    preset, expected = tiny_preset
+    keras_home.mkdir(parents=True)
+    old = time.time() - 2 * weights.STALE_PARTIAL_S
+    stale = [keras_home / f"{preset.filename}.part-1234-{'a' * 32}",                 # a killed download
+             keras_home / f"{preset.filename}.part-{'b' * 32}",                      # the previous naming
+             keras_home / f"p3d_keras_other.weights.h5.part-77-{'c' * 32}.weights.h5"]  # a killed conversion
+    live = keras_home / f"p3d_keras_other.weights.h5.part-78-{'d' * 32}"  # being written right now
+    unrelated = keras_home / "resnet50_weights_tf_dim_ordering_tf_kernels.h5.part"
+    for path in stale + [live, unrelated]:
+        path.write_bytes(b"partial")
+    for path in stale + [unrelated]:
+        os.utime(path, (old, old))
+    np.testing.assert_allclose(build()(CLIP), expected, atol=1e-6)
+    assert sorted(os.listdir(keras_home)) == sorted([preset.filename, live.name, unrelated.name])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "text"])
+def test_a_damaged_cached_file_without_sha256_is_named(keras_home, tiny_preset, server, monkeypatch, damage):
+    preset, _ = tiny_preset
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
+    good = (server[0] / preset.filename).read_bytes()
+    keras_home.mkdir(parents=True)
+    cached = keras_home / preset.filename
+    cached.write_bytes({"truncated": good[: len(good) // 2], "empty": b"", "text": b"<html>Not found</html>"}[damage])
+    with pytest.raises(ValueError) as info:
+        build()
+    message = str(info.value)
+    assert f"converted file in the cache: {cached} (unreadable, truncated or not a Keras weights file" in message
+    assert f"delete {cached} and download or convert it again" in message
+
+
+def test_a_truncated_cached_file_is_replaced_by_converting_the_original(keras_home, tiny_preset, monkeypatch):
+    preset, _ = tiny_preset
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
+    source = P3DResNet(**TINY, classes=5, classifier_activation=None)
+    keras_home.mkdir(parents=True)
+    np.savez(keras_home / "tiny_original.npz", **convert.original_tensors(source))
+    (keras_home / preset.filename).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # an HDF5 signature, then nothing
+    np.testing.assert_allclose(build()(CLIP), source(CLIP), atol=1e-5)
+    assert weights.unreadable_reason(keras_home / preset.filename) is None
+
+
+def test_an_unwritable_cache_names_the_folder_and_keras_home(tiny_preset, tmp_path, monkeypatch):
+    # Beneath a regular file nothing can be created, even by root (chmod does not stop root).
+    blocker = tmp_path / "plain_file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("KERAS_HOME", str(blocker / "home"))
+    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
+    with pytest.raises(ValueError) as info:
+        build()
+    message = str(info.value)
+    assert f"Received: {str(blocker / 'home' / 'models')!r}, which cannot be written" in message
+    assert "Set KERAS_HOME to a writable folder" in message
 
 
 def test_mirror_environment_variable(keras_home, tiny_preset, server, monkeypatch):

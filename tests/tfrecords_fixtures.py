@@ -101,3 +101,34 @@ def task_flagging_tensorflow(index, item, *args):
     if "tensorflow" in sys.modules:
         raise AssertionError("tensorflow was imported in the worker")
     return result
+
+
+def sleeping_task(index, item, *args):
+    """`writer._convert_task`, except that a worker given a media id containing "sleep" writes
+    its pid to `$P3D_TEST_MARKERS/<pid>` and sleeps for a minute first (a long video)."""
+    import os
+    import time
+
+    from p3d_keras.tfrecords_tools import writer
+
+    if "sleep" in item.media_id:
+        pathlib.Path(os.environ["P3D_TEST_MARKERS"], str(os.getpid())).write_text(item.media_id)
+        time.sleep(60)
+    return writer._convert_task(index, item, *args)
+
+
+def task_on_a_full_disk(index, item, label_index, decode, work):
+    """`writer._convert_task`, except that for a media id containing "full" the worker's disk is
+    full: creating its spool file raises OSError(ENOSPC)."""
+    import errno
+    import os
+    import tempfile
+
+    from p3d_keras.tfrecords_tools import writer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(work))
+
+    if "full" in item.media_id:
+        tempfile.TemporaryFile = full  # this worker process only
+    return writer._convert_task(index, item, label_index, decode, work)

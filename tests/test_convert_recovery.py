@@ -100,28 +100,33 @@ class _DiskFile:
         return self._f.__exit__(*exc)
 
 
-def test_a_full_disk_stops_the_run_marks_no_video_failed_and_resumes_byte_identical(reference, tmp_path, monkeypatch):
+@pytest.mark.parametrize("compression", [None, "GZIP"])
+def test_a_full_disk_stops_the_run_marks_no_video_failed_and_resumes_byte_identical(
+        reference, tmp_path, monkeypatch, compression):
     items, label_map, expected, _ = reference
+    convert = dict(decode=DECODE, num_shards=SHARDS, compression=compression, workers=0)
     measure = _Disk(float("inf"))
     with monkeypatch.context() as patch:
         measure.install(patch)
-        writer.convert(items, label_map, tmp_path / "measure", decode=DECODE, num_shards=SHARDS, workers=0)
-    assert _outputs(tmp_path / "measure") == expected  # the injection itself changes nothing
+        writer.convert(items, label_map, tmp_path / "measure", **convert)
+    uninterrupted = _outputs(tmp_path / "measure")
+    if compression is None:
+        assert uninterrupted == expected  # the injection itself changes nothing
     # out of space at every stage: the first work file, videos, shards, indexes, manifest
     for k, left in enumerate([0, 100, *(measure.used * j // 8 for j in range(1, 8)), measure.used - 10]):
         out = tmp_path / f"full{k}"
         with monkeypatch.context() as patch:
             _Disk(left).install(patch)
             with pytest.raises(writer.OutputError) as info:
-                writer.convert(items, label_map, out, decode=DECODE, num_shards=SHARDS, workers=0)
+                writer.convert(items, label_map, out, **convert)
         message = str(info.value)
         assert f"Expected to write the conversion's files in {out}. Received: [Errno 28] No space left" in message
         assert "rerun the same command to resume" in message
         assert not list((out / writer.WORK_DIR).glob("*.tmp")), left  # no partial file left behind
         if (out / writer.FAILURES).exists():  # only the last stage: everything else was written
-            assert (out / writer.FAILURES).read_bytes() == expected[writer.FAILURES]
-        writer.convert(items, label_map, out, decode=DECODE, num_shards=SHARDS, workers=0)  # space freed
-        assert _outputs(out) == expected, left
+            assert (out / writer.FAILURES).read_bytes() == uninterrupted[writer.FAILURES]
+        writer.convert(items, label_map, out, **convert)  # space freed
+        assert _outputs(out) == uninterrupted, left
 
 
 @pytest.mark.slow  # spawns a pool of worker processes
@@ -255,3 +260,22 @@ def test_a_rotated_phone_video_is_converted_upright(tmp_path):
     for i, jpeg in enumerate(record[schema.ENCODED]):
         stored = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), np.float32)
         assert np.abs(stored - fx.displayed(fx.synthetic_frame(i), -90)).mean() < 12
+
+
+def test_an_input_that_fails_to_read_is_a_failed_video_not_a_stopped_run(reference, dataset, tmp_path, monkeypatch):
+    """An OSError reading a video (a failing input disk) is the video's: failures.jsonl."""
+    import av
+
+    items, label_map, expected, _ = reference
+    real_open = av.open
+
+    def failing_disk(path, *args, **kwargs):
+        if path.endswith("v4.mp4"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)  # a plain OSError, not PyAV's
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(av, "open", failing_disk)
+    summary = writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=SHARDS, workers=0)
+    reasons = {f["media_id"]: f["reason"] for f in summary.failures}
+    assert reasons["class1/v4"] == f"unreadable: [Errno 5] Input/output error: {str(dataset / 'class1' / 'v4.mp4')!r}"
+    assert summary.converted == json.loads(expected[writer.MANIFEST])["totals"]["records"] - 1

@@ -102,6 +102,14 @@ class _FrameIterator:
         self.duration_us = None
 
     def __iter__(self):
+        """The frames; any OSError while reading is the input's, raised as a `VideoError` (so an
+        OSError from a caller's work between frames is never mistaken for the video's)."""
+        try:
+            yield from self._open_and_decode()
+        except OSError as error:  # also PyAV's errors of that kind, e.g. closing the container
+            raise VideoError(f"unreadable: {error}") from error
+
+    def _open_and_decode(self):
         import av
 
         _check_regular_file(self.path)
@@ -262,7 +270,8 @@ def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
 
     Nothing here keeps the JPEGs: memory does not grow with the video's length unless
     `on_frame` keeps them. Raises `VideoError` (with the reason) for unreadable, non-video,
-    truncated, empty or too short inputs (possibly after some frames went to `on_frame`)."""
+    truncated, empty or too short inputs (possibly after some frames went to `on_frame`); an
+    OSError raised here is `on_frame`'s (e.g. the converter's disk is full), never the video's."""
     frames = iter_frames(path, options, start, end)
     timestamps = []
     size = None

@@ -290,3 +290,16 @@ def test_an_input_that_fails_to_read_is_a_failed_video_not_a_stopped_run(referen
     reasons = {f["media_id"]: f["reason"] for f in summary.failures}
     assert reasons["class1/v4"] == f"unreadable: [Errno 5] Input/output error: {str(dataset / 'class1' / 'v4.mp4')!r}"
     assert summary.converted == json.loads(expected[writer.MANIFEST])["totals"]["records"] - 1
+
+
+def test_the_program_exits_2_on_a_full_disk_and_a_rerun_succeeds(dataset, reference, tmp_path, monkeypatch, caplog):
+    _, _, expected, _ = reference
+    args = ["convert", "--root", str(dataset), "--output", str(tmp_path), "--size", "32x48", "--max-frames", "6",
+            "--shards", str(SHARDS), "--workers", "0", "--no-progress"]
+    with monkeypatch.context() as patch, caplog.at_level(logging.ERROR):
+        _Disk(5000).install(patch)
+        assert cli.main(args) == 2
+    assert f"Expected to write the conversion's files in {tmp_path}. Received: [Errno 28] No space left on device" \
+        in caplog.text
+    assert cli.main(args) == 0
+    assert _outputs(tmp_path) == expected

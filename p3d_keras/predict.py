@@ -10,11 +10,16 @@ from p3d_keras import cli_common
 
 
 def read_video(path, max_frames=None):
-    """All frames of a video file as uint8 RGB `[T, H, W, 3]` (PyAV)."""
-    from p3d_keras.tfrecords_tools import video  # noqa: PLC0415
+    """All frames of a video file as uint8 RGB `[T, H, W, 3]`, upright as displayed (a phone
+    video's rotation applied, as the converter does: `tfrecords_tools.video.upright_image`).
+    Raises ValueError naming `path` for a file that is not a readable video."""
+    from p3d_keras.tfrecords_tools import video  # noqa: PLC0415 (PyAV and Pillow: the [video] extra)
 
     options = video.DecodeOptions(max_frames=max_frames)
-    frames = [frame.to_ndarray(format="rgb24") for _, frame in video.iter_frames(path, options)]
+    try:
+        frames = [np.asarray(video.upright_image(frame)) for _, frame in video.iter_frames(path, options)]
+    except video.VideoError as error:
+        raise ValueError(f"Expected a readable video file. Received: {path!r}: {error}") from error
     if not frames:
         raise ValueError(f"Expected a video with at least one frame. Received: {path!r} with none")
     return np.stack(frames)

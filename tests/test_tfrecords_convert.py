@@ -259,7 +259,7 @@ def test_the_whole_conversion_runs_without_tensorflow(tmp_path):
 def test_automatic_threads_share_the_cores_among_workers(tmp_path, monkeypatch):
     seen = []
 
-    def in_process_pool(args, workers):  # stands in for the process pool, in this process
+    def in_process_pool(args, workers, work):  # stands in for the process pool, in this process
         while args:
             task = args.popleft()
             seen.append((workers, task[3].threads))

@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from p3d_keras.tfrecords_tools import sources
@@ -67,3 +69,49 @@ def test_errors_name_the_argument(tmp_path):
     (tmp_path / "labels.txt").write_text("y\n")
     with pytest.raises(ValueError, match=r"unknown labels \['x'\]"):
         sources.list_videos("csv", csv_path=tmp_path / "ok.csv", label_file=tmp_path / "labels.txt")
+
+
+def test_folder_lists_every_video_named_entry_even_dangling_or_behind_symlinked_folders(tmp_path):
+    _touch(tmp_path / "elsewhere", "x.mp4")
+    _touch(tmp_path / "root", "walk/a.mp4", "jump/b.mp4")
+    root = tmp_path / "root"
+    (root / "walk" / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")  # a video that was moved
+    os.mkfifo(root / "walk" / "fifo.mp4")
+    (root / "walk" / "moved").symlink_to(tmp_path / "elsewhere")  # a symlinked folder of videos
+    (root / "jump" / "loop").symlink_to(root)  # a symlink loop: never walked forever
+    (root / "jump" / "again").symlink_to(root / "walk")  # a second way into a class: listed once
+    items, _ = sources.list_videos("folder", root)
+    assert [(i.media_id, i.label) for i in items] == [
+        ("jump/b", "jump"), ("walk/a", "walk"), ("walk/dangling", "walk"), ("walk/fifo", "walk"),
+        ("walk/moved/x", "walk")]
+
+
+def test_folder_refuses_what_it_cannot_list_or_place(tmp_path, monkeypatch):
+    _touch(tmp_path, "walk/a.mp4", "walk/private/b.mp4")
+    real_scandir = os.scandir
+
+    def scandir(path="."):  # an unreadable folder (chmod 000 does not stop root)
+        if os.fspath(path).endswith("private"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError, match=r"Permission denied: '.*walk/private'"):
+        sources.list_videos("folder", tmp_path)
+    monkeypatch.undo()
+    (tmp_path / "walk" / "private" / "b.mp4").unlink()
+    _touch(tmp_path, "stray.mp4")
+    with pytest.raises(ValueError, match=r"Expected only class folders .* Received: 'stray.mp4', not in a class"):
+        sources.list_videos("folder", tmp_path)
+    (tmp_path / "stray.mp4").unlink()
+    (tmp_path / "run").symlink_to(tmp_path / "gone")
+    with pytest.raises(ValueError, match=r"Received: 'run', a dangling symlink"):
+        sources.list_videos("folder", tmp_path)
+
+
+def test_kinetics_finds_a_dangling_symlink_in_a_subfolder(tmp_path):
+    (tmp_path / "train" / "abseiling").mkdir(parents=True)
+    (tmp_path / "train" / "abseiling" / "abc_000010_000020.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "train.csv").write_text("label,youtube_id,time_start,time_end,split\nabseiling,abc,10,20,train\n")
+    items, _ = sources.list_videos("kinetics", tmp_path, csv_path=tmp_path / "train.csv")
+    assert [i.path for i in items] == [str(tmp_path / "train" / "abseiling" / "abc_000010_000020.mp4")]

@@ -1,10 +1,14 @@
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 import tfrecords_fixtures as fx
+from p3d_keras import predict
 from p3d_keras.tfrecords_tools import video
 
 
@@ -74,3 +78,63 @@ def test_min_frames(tmp_path):
 def test_bad_options_raise(kwargs):
     with pytest.raises(ValueError, match="Expected .* Received: "):
         video.DecodeOptions(**kwargs)
+
+
+@pytest.mark.parametrize("rotation, hflip", [(90, False), (-90, False), (180, False), (None, True), (90, True)])
+def test_display_matrix_is_applied_frames_stored_upright(tmp_path, rotation, hflip):
+    """A phone video (its frames stored sideways, a display matrix saying how to show them)
+    is encoded as displayed, by the converter's path and by p3d-predict's read_video."""
+    path = fx.make_video(tmp_path / "phone", "h264", num_frames=4, rotation=rotation, hflip=hflip)
+    expected = np.stack([fx.displayed(fx.synthetic_frame(i), rotation, hflip) for i in range(4)]).astype(np.float32)
+    clip = video.encode_clip(path, video.DecodeOptions(short_side=48, jpeg_quality=95))
+    assert (clip.height, clip.width) == expected.shape[1:3]  # 64x48 for a quarter turn
+    stored = np.stack([_decode(jpeg) for jpeg in clip.encoded_frames])
+    assert np.abs(stored - expected).mean() < 12
+    as_decoded = np.stack([fx.synthetic_frame(i) for i in range(4)])
+    if as_decoded.shape == stored.shape:  # the pattern tells orientations apart
+        assert np.abs(stored - as_decoded).mean() > 30
+    frames = predict.read_video(str(path))
+    assert frames.shape == (4, *expected.shape[1:]) and frames.dtype == np.uint8
+    assert np.abs(frames - expected).mean() < 12
+
+
+def test_size_is_the_displayed_size_of_a_rotated_video(tmp_path):
+    path = fx.make_video(tmp_path / "phone", "h264", num_frames=2, rotation=-90)  # stored 48x64
+    clip = video.encode_clip(path, video.DecodeOptions(size=(64, 48), jpeg_quality=95))
+    assert Image.open(io.BytesIO(clip.encoded_frames[0])).size == (48, 64)
+    for i, jpeg in enumerate(clip.encoded_frames):  # turned, not stretched
+        assert np.abs(_decode(jpeg) - fx.displayed(fx.synthetic_frame(i), -90)).mean() < 12
+
+
+def test_a_display_matrix_that_is_not_a_right_angle_is_a_failed_video(tmp_path):
+    path = fx.make_video(tmp_path / "tilted", "h264", num_frames=2, rotation=30)
+    with pytest.raises(video.VideoError, match=r"unsupported display matrix .* 30 degrees"):
+        video.encode_clip(path)
+
+
+def test_dangling_symlink_folder_and_fifo_are_failed_videos_never_opened(tmp_path):
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    (tmp_path / "folder.mp4").mkdir()
+    os.mkfifo(tmp_path / "fifo.mp4")
+    # in a subprocess: opening a FIFO blocks until a writer comes, which must not happen
+    result = subprocess.run([sys.executable, "-c", REASONS, *map(str, sorted(tmp_path.iterdir()))],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"dangling symlink to {str(tmp_path / 'gone.mp4')!r}: No such file or directory",
+        "not a regular file (a folder, FIFO, socket or device)",
+        "not a regular file (a folder, FIFO, socket or device)",
+    ]
+    with pytest.raises(ValueError, match=r"Expected a readable video file. Received: '.*dangling.mp4': dangling"):
+        predict.read_video(str(tmp_path / "dangling.mp4"))
+
+
+REASONS = """
+import sys
+from p3d_keras.tfrecords_tools import video
+for path in sys.argv[1:]:
+    try:
+        video.encode_clip(path)
+    except video.VideoError as error:
+        print(error)
+"""

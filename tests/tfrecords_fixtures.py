@@ -26,8 +26,11 @@ def synthetic_frame(i, height=48, width=64):
     return frame
 
 
-def make_video(path, codec="h264", num_frames=8, fps=10, height=48, width=64):
-    """Write `num_frames` synthetic frames with `codec`; returns the path (suffix added)."""
+def make_video(path, codec="h264", num_frames=8, fps=10, height=48, width=64, rotation=None, hflip=False):
+    """Write `num_frames` synthetic frames with `codec`; returns the path (suffix added). With
+    `rotation` (degrees counter-clockwise) and/or `hflip` (a mirror after it), the container
+    carries a display matrix, as a phone video does: displayed upright, its frames are
+    `displayed(synthetic_frame(i), rotation, hflip)`."""
     import av
 
     encoder, suffix, pix_fmt = CODECS[codec]
@@ -36,6 +39,8 @@ def make_video(path, codec="h264", num_frames=8, fps=10, height=48, width=64):
     with av.open(str(path), "w") as container:
         stream = container.add_stream(encoder, rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation is not None or hflip:
+            stream.set_display_rotation(rotation or 0, hflip=hflip)
         if codec == "h264":
             stream.options = {"crf": "10", "preset": "ultrafast"}
         else:
@@ -45,6 +50,13 @@ def make_video(path, codec="h264", num_frames=8, fps=10, height=48, width=64):
             container.mux(stream.encode(frame))
         container.mux(stream.encode())
     return path
+
+
+def displayed(frame, rotation=None, hflip=False):
+    """`frame` as a player shows it under a display matrix of `rotation` degrees counter-clockwise
+    (a multiple of 90) and then a horizontal mirror."""
+    frame = np.rot90(frame, (rotation or 0) // 90)
+    return frame[:, ::-1] if hflip else frame
 
 
 def make_bad_files(folder):
@@ -89,3 +101,34 @@ def task_flagging_tensorflow(index, item, *args):
     if "tensorflow" in sys.modules:
         raise AssertionError("tensorflow was imported in the worker")
     return result
+
+
+def sleeping_task(index, item, *args):
+    """`writer._convert_task`, except that a worker given a media id containing "sleep" writes
+    its pid to `$P3D_TEST_MARKERS/<pid>` and sleeps for a minute first (a long video)."""
+    import os
+    import time
+
+    from p3d_keras.tfrecords_tools import writer
+
+    if "sleep" in item.media_id:
+        pathlib.Path(os.environ["P3D_TEST_MARKERS"], str(os.getpid())).write_text(item.media_id)
+        time.sleep(60)
+    return writer._convert_task(index, item, *args)
+
+
+def task_on_a_full_disk(index, item, label_index, decode, work):
+    """`writer._convert_task`, except that for a media id containing "full" the worker's disk is
+    full: creating its spool file raises OSError(ENOSPC)."""
+    import errno
+    import os
+    import tempfile
+
+    from p3d_keras.tfrecords_tools import writer
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(work))
+
+    if "full" in item.media_id:
+        tempfile.TemporaryFile = full  # this worker process only
+    return writer._convert_task(index, item, label_index, decode, work)

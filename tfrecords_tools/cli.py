@@ -135,13 +135,18 @@ class _ProgressDisplay:
 
 
 def _convert(args):
-    items, label_map = _list(args)
+    """`p3d-tfrecords convert`; an error of the input listing or of the output side (no space
+    left, an output that is a file, a folder another run holds) is one message and exit 2."""
     display = _ProgressDisplay(sys.stderr, sys.stderr.isatty() and not args.no_progress)
-    num_shards = args.shards or writer.default_num_shards(len(items), args.videos_per_shard)
     try:
+        items, label_map = _list(args)
+        num_shards = args.shards or writer.default_num_shards(len(items), args.videos_per_shard)
         summary = writer.convert(items, label_map, args.output, decode=_decode_options(args, args.threads or 0),
                                  num_shards=num_shards, compression="GZIP" if args.gzip else None,
                                  prefix=args.prefix, workers=args.workers, on_progress=display)
+    except (writer.OutputError, OSError) as error:
+        logger.error("%s", error)
+        return 2
     finally:
         display.close()
     totals = summary.manifest["totals"]

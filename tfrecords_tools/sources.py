@@ -6,6 +6,7 @@ Labels map to indices deterministically: sorted class names, or the order of a l
 """
 import csv
 import dataclasses
+import os
 import pathlib
 
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
@@ -40,17 +41,49 @@ def _fmt_seconds(value):
 
 
 def _is_video(path, extensions):
-    return path.is_file() and path.suffix.lower() in extensions
+    return path.suffix.lower() in extensions and not path.is_dir()
+
+
+def walk_videos(folder, extensions=VIDEO_EXTENSIONS, seen=None):
+    """Sorted paths of everything under `folder` (recursively, following symlinked folders) that
+    has a video extension and is not a folder: also dangling symlinks, FIFOs and unreadable
+    files, so that the converter lists them as failures instead of their vanishing. A folder
+    is walked once: one in `seen` (a set of `(st_dev, st_ino)`, updated; a symlink loop, or a
+    second way into a folder listed elsewhere) is skipped. Raises OSError (naming it) for a
+    folder that cannot be listed."""
+    found, seen = [], set() if seen is None else seen
+    status = os.stat(folder)
+    seen.add((status.st_dev, status.st_ino))
+
+    def fail(error):
+        raise error
+
+    for parent, folders, files in os.walk(folder, onerror=fail, followlinks=True):
+        folders.sort()
+        for name in list(folders):
+            status = os.stat(os.path.join(parent, name))
+            if (status.st_dev, status.st_ino) in seen:
+                folders.remove(name)
+            seen.add((status.st_dev, status.st_ino))
+        found.extend(path for path in map(pathlib.Path(parent).joinpath, files) if _is_video(path, extensions))
+    return sorted(found)
 
 
 def list_folder(root, extensions=VIDEO_EXTENSIONS):
-    """`root/<class>/**/<video>`: the class is the first folder under `root` (also HMDB51)."""
+    """`root/<class>/**/<video>`: the class is the first folder under `root` (also HMDB51).
+    Every video-named entry is listed once (see `walk_videos`); a video or a dangling symlink
+    directly in `root` (no class) raises ValueError naming it."""
     root = pathlib.Path(root)
+    for path in sorted(root.iterdir()):
+        if (path.is_symlink() and not path.exists()) or _is_video(path, extensions):
+            raise ValueError(f"Expected only class folders of videos in root={str(root)!r}. Received: "
+                             f"{path.name!r}, {'a dangling symlink' if not path.exists() else 'not in a class folder'}")
+    class_dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    seen = {(s.st_dev, s.st_ino) for s in map(os.stat, [root, *class_dirs])}
     items = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for path in sorted(class_dir.rglob("*")):
-            if _is_video(path, extensions):
-                items.append(VideoItem(str(path), class_dir.name, _media_id(path, root)))
+    for class_dir in class_dirs:
+        for path in walk_videos(class_dir, extensions, seen):
+            items.append(VideoItem(str(path), class_dir.name, _media_id(path, root)))
     return items
 
 
@@ -114,10 +147,10 @@ def kinetics_file_name(youtube_id, time_start, time_end, extension=".mp4"):
 
 def list_kinetics(csv_path, root, split=None):
     """Kinetics: CSV rows `label,youtube_id,time_start,time_end,split`; the (already trimmed)
-    files `<youtube_id>_<start:06d>_<end:06d>.mp4` anywhere under `root`. A row whose file is
-    missing is kept, so it is reported as a failure rather than silently dropped."""
+    files `<youtube_id>_<start:06d>_<end:06d>.mp4` anywhere under `root` (`walk_videos`). A row
+    whose file is missing is kept, so it is reported as a failure rather than silently dropped."""
     root = pathlib.Path(root)
-    found = {p.name: p for p in sorted(root.rglob("*")) if p.is_file()}
+    found = {p.name: p for p in walk_videos(root, (".mp4",))}
     items = []
     with open(csv_path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):

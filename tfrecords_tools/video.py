@@ -1,12 +1,17 @@
-"""PyAV decode -> resized RGB frames -> JPEG bytes + timestamps, streaming frame by frame.
+"""PyAV decode -> upright, resized RGB frames -> JPEG bytes + timestamps, streaming frame by frame.
 
 Decoded frames are encoded and dropped one at a time; `stream_clip` hands each JPEG to a callback
 (the converter writes it to a file), so memory does not grow with the video's length, and
-`encode_clip` keeps the JPEGs of a clip in memory.
+`encode_clip` keeps the JPEGs of a clip in memory. Frames are turned upright as they are
+displayed: a display matrix (a phone video's 90 degree rotation, a mirror) is applied
+(`upright_image`, also what `p3d_keras.predict.read_video` reads frames with).
 """
 import dataclasses
 import io
+import math
 import os
+import stat
+import struct
 
 PAPER_SIZE = (182, 242)  # (height, width) the P3D paper resizes frames to
 INTERPOLATION = "BILINEAR"
@@ -97,10 +102,17 @@ class _FrameIterator:
         self.duration_us = None
 
     def __iter__(self):
+        """The frames; any OSError while reading is the input's, raised as a `VideoError` (so an
+        OSError from a caller's work between frames is never mistaken for the video's)."""
+        try:
+            yield from self._open_and_decode()
+        except OSError as error:  # also PyAV's errors of that kind, e.g. closing the container
+            raise VideoError(f"unreadable: {error}") from error
+
+    def _open_and_decode(self):
         import av
 
-        if os.path.isfile(self.path) and os.path.getsize(self.path) == 0:
-            raise VideoError("empty file (0 bytes)")
+        _check_regular_file(self.path)
         try:
             container = av.open(self.path)
         except (av.error.FFmpegError, UnicodeDecodeError) as error:
@@ -120,9 +132,9 @@ class _FrameIterator:
         import av
 
         origin = stream.start_time or 0
-        if self.start_us > 0:
-            container.seek(int(self.start_us / 1e6 / stream.time_base) + origin, stream=stream)
         try:
+            if self.start_us > 0:
+                container.seek(int(self.start_us / 1e6 / stream.time_base) + origin, stream=stream)
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
@@ -155,6 +167,21 @@ class _FrameIterator:
                     return
 
 
+def _check_regular_file(path):
+    """Raise `VideoError` unless `path` is a non-empty regular file (after symlinks): a dangling
+    symlink, a folder, a FIFO or a device is a failed input, never opened (a FIFO would block)."""
+    try:
+        status = os.stat(path)
+    except OSError as error:
+        if os.path.islink(path):
+            raise VideoError(f"dangling symlink to {os.readlink(path)!r}: {error.strerror}") from error
+        raise VideoError(f"unreadable: {error.strerror}") from error
+    if not stat.S_ISREG(status.st_mode):
+        raise VideoError("not a regular file (a folder, FIFO, socket or device)")
+    if status.st_size == 0:
+        raise VideoError("empty file (0 bytes)")
+
+
 def _duration_us(container, stream):
     if stream.duration is not None:
         return int(float(stream.duration * stream.time_base) * 1e6)
@@ -163,13 +190,77 @@ def _duration_us(container, stream):
     return None
 
 
+@dataclasses.dataclass(frozen=True)
+class Orientation:
+    """How a decoded frame is turned to be displayed upright (a right-angle display matrix):
+    `transpose` swaps rows and columns, then `flip_rows` / `flip_columns` reverse them."""
+    transpose: bool = False
+    flip_rows: bool = False
+    flip_columns: bool = False
+
+
+_PIL_TRANSPOSE = {  # (transpose, flip_rows, flip_columns) -> PIL's Image.Transpose member
+    (False, False, True): "FLIP_LEFT_RIGHT", (False, True, False): "FLIP_TOP_BOTTOM",
+    (False, True, True): "ROTATE_180", (True, False, False): "TRANSPOSE",
+    (True, True, False): "ROTATE_90", (True, False, True): "ROTATE_270", (True, True, True): "TRANSVERSE",
+}
+
+
+def orientation(frame):
+    """The `Orientation` of a decoded `av.VideoFrame` from its display matrix (FFmpeg's
+    `AV_FRAME_DATA_DISPLAYMATRIX`: a point `(x, y)` of the frame is displayed at
+    `(a*x + c*y, b*x + d*y)` plus a translation); as decoded when there is none. Raises
+    `VideoError` for a matrix that is not a right-angle rotation and/or mirror."""
+    import av
+
+    for side_data in frame.side_data:
+        if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
+            a, b, _, c, d = struct.unpack_from("<5i", bytes(side_data))
+            break
+    else:
+        return Orientation()
+    if bool(a) == bool(b) or bool(c) == bool(d) or bool(a) != bool(d):
+        degrees = -math.degrees(math.atan2(b, a))  # counter-clockwise, as av_display_rotation_get
+        raise VideoError(f"unsupported display matrix (not a right-angle rotation): {degrees:.0f} degrees")
+    if b:  # rows become columns: the displayed x is c*y, the displayed y is b*x
+        return Orientation(transpose=True, flip_rows=b < 0, flip_columns=c < 0)
+    return Orientation(flip_rows=d < 0, flip_columns=a < 0)
+
+
+def display_size(frame, turn=None):
+    """`(height, width)` of `frame` as displayed (swapped by a 90 or 270 degree rotation)."""
+    turn = orientation(frame) if turn is None else turn
+    return (frame.width, frame.height) if turn.transpose else (frame.height, frame.width)
+
+
+def upright_image(frame, height=None, width=None, threads=0):
+    """`frame` as an RGB `PIL.Image`, upright as displayed (`orientation`), resized to
+    `height x width` (the displayed size; default: the frame's own) with `threads` scaler
+    threads (0: one per core). Deterministic, whatever the threads. Raises `VideoError`."""
+    from PIL import Image  # optional extra ([video])
+
+    turn = orientation(frame)
+    height, width = display_size(frame, turn) if height is None else (height, width)
+    if turn.transpose:
+        height, width = width, height  # resized as decoded, then turned
+    try:
+        image = frame.reformat(width=width, height=height, format="rgb24",
+                               interpolation=INTERPOLATION, threads=threads).to_image()
+    except (OSError, ValueError) as error:  # also PyAV's errors of these kinds
+        raise VideoError(f"cannot convert a frame: {error}") from error
+    method = _PIL_TRANSPOSE.get(dataclasses.astuple(turn))
+    return image if method is None else image.transpose(Image.Transpose[method])
+
+
 def encode_jpeg(frame, height, width, quality, threads=0):
-    """JPEG bytes of `frame` resized to `height x width` with `threads` scaler threads (0: one
-    per core); deterministic for a fixed quality, whatever the threads."""
-    image = frame.reformat(width=width, height=height, format="rgb24",
-                           interpolation=INTERPOLATION, threads=threads).to_image()
+    """JPEG bytes of `frame`, upright, resized to `height x width` (`upright_image`); deterministic
+    for a fixed quality, whatever the threads."""
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
+    image = upright_image(frame, height, width, threads)
+    try:
+        image.save(buffer, format="JPEG", quality=quality)
+    except (OSError, ValueError) as error:
+        raise VideoError(f"cannot encode a frame: {error}") from error
     return buffer.getvalue()
 
 
@@ -179,14 +270,15 @@ def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
 
     Nothing here keeps the JPEGs: memory does not grow with the video's length unless
     `on_frame` keeps them. Raises `VideoError` (with the reason) for unreadable, non-video,
-    truncated, empty or too short inputs (possibly after some frames went to `on_frame`)."""
+    truncated, empty or too short inputs (possibly after some frames went to `on_frame`); an
+    OSError raised here is `on_frame`'s (e.g. the converter's disk is full), never the video's."""
     frames = iter_frames(path, options, start, end)
     timestamps = []
     size = None
     last_jpeg, last_frame = None, None
     for t_us, frame in frames:
         if size is None:
-            size = options.output_size(frame.height, frame.width)
+            size = options.output_size(*display_size(frame))
         if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
             last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality, options.threads), frame
         on_frame(last_jpeg)

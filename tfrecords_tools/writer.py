@@ -18,11 +18,26 @@ How it stays deterministic, bounded and resumable:
 - a shard is written to a temporary name and renamed, then a per-shard marker (record count,
   sha256, failures) is written, then its item files are removed. A rerun keeps every shard that
   has a marker and redoes only the unfinished items.
+
+What it never does (so nothing is lost, whatever happens):
+- a failure of the output side (no space left, quota, a read-only or vanished output folder)
+  is not a bad video: it stops the run with an `OutputError`, no video is marked failed for it,
+  and the rerun resumes to the shards an uninterrupted run writes; only errors of an input
+  video (`video.VideoError`, or anything else its decoding raises) go to failures.jsonl;
+- two runs never write into one output folder: a run holds an exclusive `flock` on
+  `.work/lock` (which names it) from start to end, and the kernel releases it when the run
+  dies, so a killed run's lock is never stale;
+- a worker never outlives its run: it dies with the main process (Linux: PR_SET_PDEATHSIG) and
+  holds a shared `flock` on `.work/workers.lock` while it lives, which a new run waits for
+  before it touches `.work/`.
 """
 import collections
 import concurrent.futures
 import contextlib
+import ctypes
 import dataclasses
+import datetime
+import fcntl
 import gzip
 import hashlib
 import io
@@ -32,6 +47,9 @@ import multiprocessing
 import os
 import pathlib
 import shutil
+import signal
+import socket
+import sys
 import tempfile
 import time
 
@@ -53,6 +71,16 @@ COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
 # The layout of `.work/<item>.rec` files (2: frame count + a TFRecord frame). It is one of the
 # run's parameters, so a resume never copies work files of another layout into shards.
 WORK_FORMAT = 2
+LOCK = "lock"  # in .work: flock'ed by the running conversion, holds its pid, host and start time
+WORKERS_LOCK = "workers.lock"  # in .work: flock'ed (shared) by each living worker process
+WORKERS_EXIT_S = 60  # how long a run waits for the workers of a killed run to be gone
+_HOLDER_BYTES = 4096  # the most read of a lock file's holder description
+
+
+class OutputError(Exception):
+    """The conversion stopped because of its output side, not a video: the output folder cannot
+    be written (no space left, quota, read-only, vanished) or another run holds it. No video is
+    marked failed because of it; rerunning the same command resumes."""
 
 
 @dataclasses.dataclass
@@ -110,22 +138,107 @@ def convert(items, label_map, output_dir, *, decode=video_lib.DecodeOptions(), n
     """Convert `items` (`sources.VideoItem`s) into `num_shards` TFRecord shards in `output_dir`.
 
     workers: processes (None = all cores, 0 = in this process). compression: None or "GZIP".
-    Rerunning with the same arguments after an interruption resumes; different arguments in a
-    non-empty output dir raise. Returns a `Summary`; failed videos are skipped and listed in
-    failures.jsonl."""
+    Rerunning with the same arguments after an interruption (an exception, `kill -9`, a full
+    disk) resumes and writes the shards an uninterrupted run writes; different arguments in a
+    non-empty output dir raise ValueError. Returns a `Summary`; failed videos are skipped and
+    listed in failures.jsonl. Raises `OutputError` when the output side fails or another run
+    holds `output_dir` (see the module docstring), ValueError for bad arguments (also an
+    `output_dir` that is an existing file)."""
     items = shard_order(items)
     num_shards = default_num_shards(len(items)) if num_shards is None else num_shards
     _validate(items, num_shards, compression, workers)
     out = pathlib.Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"Expected output_dir to be a folder (new or existing). Received: "
+                         f"output_dir={str(out)!r}, an existing file")
     work = out / WORK_DIR
-    work.mkdir(parents=True, exist_ok=True)
     params = _params(items, label_map, decode, num_shards, prefix, compression)
-    _check_or_write_params(work, params)
-    job = _Job(items, label_map, decode, out, work, prefix, compression, num_shards)
-    started = time.monotonic()
-    resumed = job.run(workers, on_progress, started)
-    manifest, failures = job.finish(params)
+    with _output_side(out):
+        work.mkdir(parents=True, exist_ok=True)
+        with _locked(work):
+            _check_or_write_params(work, params)
+            job = _Job(items, label_map, decode, out, work, prefix, compression, num_shards)
+            started = time.monotonic()
+            resumed = job.run(workers, on_progress, started)
+            manifest, failures = job.finish(params)
     return Summary(str(out), manifest, failures, resumed, time.monotonic() - started)
+
+
+@contextlib.contextmanager
+def _output_side(out):
+    """Turn an OSError inside into an `OutputError`: inside are only the output side's file
+    operations (an input video's errors reach here as `VideoError`s or failure records)."""
+    try:
+        yield
+    except OSError as error:
+        raise OutputError(
+            f"Expected to write the conversion's files in {out}. Received: {error}. The run stopped "
+            f"without marking any video failed for it; fix the cause (e.g. free disk space) and "
+            f"rerun the same command to resume"
+        ) from error
+
+
+@contextlib.contextmanager
+def _locked(work):
+    """Hold an exclusive flock on `work/LOCK` for the block, with this run's pid, host and start
+    time written in it; then wait (at most `WORKERS_EXIT_S`) for the worker processes of an
+    earlier, killed run to be gone. Raises `OutputError` naming the holder when another run
+    holds it. The kernel releases the lock when its holder dies, however it dies."""
+    fd = os.open(work / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, _HOLDER_BYTES, 0).decode("utf-8", "replace").strip()
+            raise OutputError(
+                f"Expected no other conversion running on {work.parent}. Received: it is locked by "
+                f"{holder or 'a run that is starting'} ({work / LOCK}); wait for that run to end or stop it"
+            ) from None
+        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode(), 0)
+        _wait_for_old_workers(work)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _wait_for_old_workers(work):
+    """Return once no worker process holds `work/WORKERS_LOCK` (those of a killed run die with
+    it, at once on Linux); raise `OutputError` if some still do after `WORKERS_EXIT_S`."""
+    fd = os.open(work / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + WORKERS_EXIT_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise OutputError(
+                        f"Expected the worker processes of an earlier run on {work.parent} to have exited. "
+                        f"Received: some still hold {work / WORKERS_LOCK} after {WORKERS_EXIT_S}s; stop "
+                        f"them (e.g. `fuser {work / WORKERS_LOCK}`) and rerun"
+                    ) from None
+                time.sleep(0.05)
+    finally:
+        os.close(fd)  # this run's workers take it shared
+
+
+_worker_lock_fd = None  # a worker's open, shared-locked WORKERS_LOCK: closed when the process ends
+
+
+def _init_worker(parent_pid, work):
+    """Pool initializer: die with the main process `parent_pid` (Linux: PR_SET_PDEATHSIG; exit
+    now if it is already gone), and hold a shared flock on `work/WORKERS_LOCK` for life."""
+    global _worker_lock_fd
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent_pid:
+        os._exit(1)
+    _worker_lock_fd = os.open(pathlib.Path(work) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(_worker_lock_fd, fcntl.LOCK_SH)
 
 
 def _validate(items, num_shards, compression, workers):
@@ -207,22 +320,26 @@ def convert_item(item, label_index, decode):
 
 def _convert_task(index, item, label_index, decode, work):
     """Worker task: convert one item and leave `<index>.rec` (the frame count as 8 little-endian
-    bytes, then the record as a TFRecord frame) or `<index>.fail` in `work`."""
+    bytes, then the record as a TFRecord frame) or `<index>.fail` in `work`. Raises `OutputError`
+    (and leaves neither) when writing them fails: that is not the video's failure."""
     base = pathlib.Path(work) / f"{index:08d}"
-    try:
-        # The spool is unnamed: nothing of it outlives this process, even after a kill -9.
-        with tempfile.TemporaryFile(dir=work) as spool, atomic_file(base.with_suffix(".rec")) as out:
-            out.write(bytes(8))  # the frame count, known at the end
-            frames = write_record(item, label_index, decode, out, spool, framed=True)
-            out.seek(0)
-            out.write(frames.to_bytes(8, "little"))
-    except video_lib.VideoError as error:
-        reason = str(error)
-    except Exception as error:  # noqa: BLE001 - one bad file must not stop the run
-        reason = f"{type(error).__name__}: {error}"
-    else:
-        return index, frames, None
-    write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
+    with _output_side(pathlib.Path(work).parent):
+        try:
+            # The spool is unnamed: nothing of it outlives this process, even after a kill -9.
+            with tempfile.TemporaryFile(dir=work) as spool, atomic_file(base.with_suffix(".rec")) as out:
+                out.write(bytes(8))  # the frame count, known at the end
+                frames = write_record(item, label_index, decode, out, spool, framed=True)
+                out.seek(0)
+                out.write(frames.to_bytes(8, "little"))
+        except video_lib.VideoError as error:
+            reason = str(error)
+        except OSError:  # the output side's (the input's are VideoErrors): stop the run
+            raise
+        except Exception as error:  # noqa: BLE001 - one bad file must not stop the run
+            reason = f"{type(error).__name__}: {error}"
+        else:
+            return index, frames, None
+        write_atomic(base.with_suffix(".fail"), json.dumps({"reason": reason}).encode("utf-8"))
     return index, 0, reason
 
 
@@ -312,9 +429,9 @@ class _Job:
             yield from (_convert_task(*a) for a in args)
             return
         while args:
-            suspects = yield from _run_pool(args, workers)
+            suspects = yield from _run_pool(args, workers, self.work)
             for a in suspects:  # alone, so a crash is the suspect's own
-                if (yield from _run_pool(collections.deque([a]), 1)):
+                if (yield from _run_pool(collections.deque([a]), 1, self.work)):
                     yield _record_crash(*a)
 
     def _largest_first(self, k):
@@ -389,28 +506,35 @@ class _Job:
         return manifest, failures
 
 
-def _new_pool(workers):
+def _new_pool(workers, work):
     context = multiprocessing.get_context("spawn")  # never fork: the caller may hold TF, threads
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context)
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                                  initargs=(os.getpid(), str(work)))
 
 
-def _run_pool(args, workers):
+def _run_pool(args, workers, work):
     """Run tasks from the deque `args` (at most 2 per worker in flight, so memory stays bounded)
-    and yield their results; returns the tasks in flight if a worker died, else []."""
-    with _new_pool(workers) as pool:
+    in workers of the conversion in `work`, and yield their results; returns the tasks in flight
+    if a worker died, else []. A task's exception (an `OutputError`) cancels the queued tasks
+    and is raised once the running ones have finished."""
+    with _new_pool(workers, work) as pool:
         pending = {}
-        while args or pending:
-            while args and len(pending) < 2 * workers:
-                a = args.popleft()
-                pending[pool.submit(_convert_task, *a)] = a
-            done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
-            for future in done:
-                try:
-                    result = future.result()
-                except concurrent.futures.process.BrokenProcessPool:
-                    return list(pending.values())
-                del pending[future]
-                yield result
+        try:
+            while args or pending:
+                while args and len(pending) < 2 * workers:
+                    a = args.popleft()
+                    pending[pool.submit(_convert_task, *a)] = a
+                done, _ = concurrent.futures.wait(pending, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    try:
+                        result = future.result()
+                    except concurrent.futures.process.BrokenProcessPool:
+                        return list(pending.values())
+                    del pending[future]
+                    yield result
+        except BaseException:  # also the consumer stopping (GeneratorExit): queue nothing more
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
     return []
 
 

@@ -311,7 +311,7 @@ class _PickleScan:
     Only the opcodes that a state dict pickle uses are allowed (no object construction by NEWOBJ,
     INST, OBJ or the copyreg extensions); dict keys and set items must be strings or numbers; a
     memo index must be the next free one or an earlier one; APPEND, SETITEM and BUILD must apply to
-    a list, a dict and an OrderedDict. The objects (including container entries) are counted
+    a list, a dict and an OrderedDict. Opcodes, objects and container entries together are counted
     against `MAX_PICKLE_ITEMS`, and at STOP the result, walked along every path as printing or
     comparing it would, must stay within `MAX_PICKLE_ITEMS` and `MAX_NESTING`.
     """
@@ -322,8 +322,8 @@ class _PickleScan:
     def _spend(self, items):
         self.count += items
         if self.count > MAX_PICKLE_ITEMS:
-            raise _Refused(f"its pickle makes more than {MAX_PICKLE_ITEMS} objects and entries. "
-                           f"Expected a state dict (a P3D-199 training checkpoint makes about 100 000)")
+            raise _Refused(f"its pickle has more than {MAX_PICKLE_ITEMS} opcodes, objects and entries. "
+                           f"Expected a state dict (a P3D-199 training checkpoint has about 200 000)")
 
     def _new(self, kind, items=(), value=None):
         self._spend(1 + len(items))
@@ -369,6 +369,7 @@ class _PickleScan:
     def step(self, name, arg):
         """Apply one opcode; return the pickle's result at STOP, else None."""
         stack = self.stack
+        self._spend(1)
         if name in _ATOM_OPS:
             if isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
                 raise _Refused(f"its pickle holds an integer of {arg.bit_length()} bits. "

@@ -273,7 +273,7 @@ def _dag(levels, container=b"\x86"):
     with the memo: a few bytes per level, 2**levels leaves when walked."""
     out = b")\x94"
     for level in range(levels):
-        out += b"h" + bytes([level]) + b"h" + bytes([level]) + container + b"\x94"
+        out += b"0h" + bytes([level]) + b"h" + bytes([level]) + container + b"\x94"  # POP the level below
     return out
 
 

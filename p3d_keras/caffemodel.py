@@ -39,7 +39,7 @@ from p3d_keras.protowire import (  # noqa: F401 (iter_fields and the wire types 
     payload,
     signed64,
 )
-from p3d_keras.untrusted import MAX_BYTES, MAX_PROTOBUF_FIELDS, CheckpointError, describe
+from p3d_keras.untrusted import MAX_BYTES, MAX_PROTOBUF_FIELDS, CheckpointError, describe, too_large
 
 # caffe.proto field numbers: the one place both the reader and the writer take them from.
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
@@ -59,6 +59,10 @@ _NET_FIELDS = {NET_NAME: LENGTH_DELIMITED, NET_LAYERS_V1: LENGTH_DELIMITED, 3: L
 # Decoding
 
 
+class _TooManyFields(ProtobufDecodeError):
+    """More fields than `MAX_PROTOBUF_FIELDS`."""
+
+
 class _FieldBudget:
     """Counts the fields decoded from one file against `MAX_PROTOBUF_FIELDS`, so that no file
     (say, millions of tiny fields) keeps the decoder busy for long."""
@@ -69,7 +73,7 @@ class _FieldBudget:
     def spend(self):
         self.left -= 1
         if self.left < 0:
-            raise ProtobufDecodeError(f"more than {MAX_PROTOBUF_FIELDS} protobuf fields and packed integers "
+            raise _TooManyFields(f"more than {MAX_PROTOBUF_FIELDS} protobuf fields and packed integers "
                                       f"(a P3D-199 caffemodel has about 20 000)")
 
     def fields(self, buf):
@@ -159,8 +163,8 @@ def _decode_layer(buf, name_field, blobs_field, budget):
 
 def _looks_like_net(buf):
     """True when the top level of `buf` is wire-valid, uses only NetParameter's fields with their
-    wire types, holds at least one layer, and has at most `MAX_PROTOBUF_FIELDS` fields.
-    Sub-messages are not decoded."""
+    wire types and holds at least one layer; raises `_TooManyFields` past `MAX_PROTOBUF_FIELDS`
+    fields. Sub-messages are not decoded."""
     has_layer = False
     try:
         for field, wire, _ in _FieldBudget().fields(buf):
@@ -168,6 +172,8 @@ def _looks_like_net(buf):
             if expected is None or wire not in (expected if isinstance(expected, tuple) else (expected,)):
                 return False
             has_layer |= field in (NET_LAYER, NET_LAYERS_V1)
+    except _TooManyFields:
+        raise
     except ProtobufDecodeError:
         return False
     return has_layer
@@ -179,7 +185,10 @@ def is_caffemodel(path, max_bytes=MAX_BYTES):
     if os.path.getsize(path) > max_bytes:
         return False
     with open(path, "rb") as f:
-        return _looks_like_net(f.read())
+        try:
+            return _looks_like_net(f.read())
+        except _TooManyFields:
+            return False
 
 
 def read_caffemodel(path, max_bytes=MAX_BYTES):
@@ -199,17 +208,15 @@ def read_caffemodel(path, max_bytes=MAX_BYTES):
         raise FileNotFoundError(f"No caffemodel at {path!r}. Expected an existing .caffemodel file.")
     size = os.path.getsize(path)
     if size > max_bytes:
-        raise CheckpointError(f"Refusing to load {path}: it holds {size} bytes, more than the {max_bytes} bytes "
-                              f"allowed (the largest P3D network in float64, or the target model's size). "
-                              f"Expected a P3D .caffemodel. Received: {size} bytes")
+        raise too_large(path, "it holds", size, max_bytes)
     with open(path, "rb") as f:
         buf = f.read()
-    if not _looks_like_net(buf):
-        raise CheckpointError(
-            f"{path} is not a Caffe NetParameter (.caffemodel): its bytes do not parse as protobuf with "
-            f"'layer' fields, or it is truncated. Received: {len(buf)} bytes starting {bytes(buf[:16])!r}")
     layers, budget = {}, _FieldBudget()
     try:
+        if not _looks_like_net(buf):
+            raise CheckpointError(
+                f"{path} is not a Caffe NetParameter (.caffemodel): its bytes do not parse as protobuf with "
+                f"'layer' fields, or it is truncated. Received: {len(buf)} bytes starting {bytes(buf[:16])!r}")
         for field, _, value in budget.fields(buf):
             if field == NET_LAYER:
                 name, blobs = _decode_layer(value, LAYER_NAME, LAYER_BLOBS, budget)
@@ -226,7 +233,7 @@ def read_caffemodel(path, max_bytes=MAX_BYTES):
         raise CheckpointError(f"Corrupt caffemodel {path}: {e}. Expected a valid caffe NetParameter.") from e
     if not layers:
         raise CheckpointError(f"{path} is a NetParameter without any layer weights (blobs). "
-                         f"Expected a trained .caffemodel, not a deploy net.")
+                              f"Expected a trained .caffemodel, not a deploy net.")
     return layers
 
 

@@ -41,6 +41,7 @@ from p3d_keras.untrusted import (  # noqa: F401 (both errors stay importable fro
     CheckpointError,
     UnsafeCheckpointError,
     describe,
+    too_large,
 )
 
 FORMATS = ("pytorch-zip", "pytorch-legacy", "npz", "caffe")
@@ -595,12 +596,6 @@ def _corrupt(path, fmt, error):
                            f"{error}). Expected a complete file written by torch.save.")
 
 
-def _too_large(path, what, nbytes, max_bytes):
-    return CheckpointError(
-        f"Refusing to load {path}: {what} {nbytes} bytes, more than the {max_bytes} bytes allowed (the largest "
-        f"P3D network in float64, or the target model's size). Expected a P3D checkpoint. Received: {nbytes} bytes")
-
-
 def _unpickle(f, path, fmt):
     """Scan, then load, the pickle at the position of the binary file `f` with the restricted
     unpickler; `(object, storages)`, with `f` left just after the pickle."""
@@ -632,7 +627,7 @@ def _needed_storages(state, storages, path, max_bytes, byteorder="little"):
     sized = [(s, _storage_dtype(s, byteorder), s.numel * _storage_dtype(s).itemsize) for s in needed]
     total = sum(nbytes for _, _, nbytes in sized)
     if total > max_bytes:
-        raise _too_large(path, f"its {len(sized)} tensor storages declare", total, max_bytes)
+        raise too_large(path, f"its {len(sized)} tensor storages declare", total, max_bytes)
     return sized
 
 
@@ -797,7 +792,7 @@ def _read_npz(path, max_bytes):
                                      f"{info.file_size - offset} bytes of data")
                 headers.append(nbytes)
             if sum(headers) > max_bytes:
-                raise _too_large(path, f"its {len(infos)} arrays declare", sum(headers), max_bytes)
+                raise too_large(path, f"its {len(infos)} arrays declare", sum(headers), max_bytes)
             arrays = {}
             for name, info in zip(names, infos):
                 with zf.open(info) as f:
@@ -840,6 +835,6 @@ def read_state_dict(path, max_bytes=MAX_BYTES):
     state = _load_zip(path, max_bytes) if fmt == "pytorch-zip" else _load_legacy(path, max_bytes)
     sizes = {name: _tensor_nbytes(ref, path, name) for name, ref in state.items()}
     if sum(sizes.values()) > max_bytes:
-        raise _too_large(path, f"its {len(sizes)} tensors (views of shared or strided storage) take",
+        raise too_large(path, f"its {len(sizes)} tensors (views of shared or strided storage) take",
                          sum(sizes.values()), max_bytes)
     return _strip_data_parallel_prefix({name: _to_numpy(ref) for name, ref in state.items()})

@@ -14,7 +14,7 @@ from keras import layers
 
 from p3d_keras import cli_common
 from p3d_keras.layers import P3DBottleneck
-from p3d_keras.untrusted import MAX_BYTES, CheckpointError, byte_budget
+from p3d_keras.untrusted import MAX_BYTES, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,10 @@ def _mismatch_message(model, source, naming, missing, unexpected, misshaped, sho
 
 def load_original_weights(model, path):
     """Convert an original checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) into `model`,
-    all or nothing (see `assign_original`). The file may declare at most
-    `byte_budget(model.count_params())` bytes of tensors."""
-    naming, tensors = read_original(path, byte_budget(model.count_params()))
+    all or nothing (see `assign_original`). The file is read within `MAX_BYTES` (the largest
+    architecture), not the model's size, so that a checkpoint of a larger network is reported
+    tensor by tensor."""
+    naming, tensors = read_original(path)
     assign_original(model, tensors, naming, source=os.fspath(path))
 
 

@@ -4,9 +4,9 @@ error it raises for a file it refuses, and the limits on what a file may declare
 A weights file is data from anywhere. Before anything is allocated, what a file declares (storage
 and array sizes, pickle payload lengths, blob shapes) is checked against the file's real size and
 against `max_bytes`: by default `MAX_BYTES`, enough for the largest architecture (P3D-199, 66.7 M
-parameters) in float64 with slack; `byte_budget(model.count_params())` when the target model is
-known. Pickles are further bounded in size, object count and nesting depth, so that nothing that
-walks, hashes or prints their content can take long.
+parameters) in float64 with slack; a caller may pass a smaller one (`byte_budget(parameters)`).
+Pickles are further bounded in size, object count and nesting depth, so that nothing that walks,
+hashes or prints their content can take long.
 """
 import reprlib
 
@@ -35,6 +35,13 @@ class CheckpointError(ValueError):
 class UnsafeCheckpointError(CheckpointError):
     """A checkpoint whose pickle asks for something a state dict never needs (a global outside the
     allow-list, an object construction, a change to one of the reader's stand-ins)."""
+
+
+def too_large(path, what, nbytes, max_bytes):
+    """The CheckpointError for a file that declares `nbytes` (`what`: "its 3 arrays declare")."""
+    return CheckpointError(
+        f"Refusing to load {path}: {what} {nbytes} bytes, more than the {max_bytes} bytes allowed (by default the "
+        f"largest P3D network in float64). Expected a P3D checkpoint. Received: {nbytes} bytes")
 
 
 _SHORT = reprlib.Repr()

@@ -295,7 +295,8 @@ def test_truncated_zip_raises(tmp_path):
 @pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
 def test_truncated_legacy_raises(tmp_path, keep):
     path = tmp_path / "cut.pth"
-    path.write_bytes((DATA / "tricky_legacy.pth").read_bytes()[: int((DATA / "tricky_legacy.pth").stat().st_size * keep)])
+    data = (DATA / "tricky_legacy.pth").read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
     assert sniff_format(path) == "pytorch-legacy"
     with pytest.raises(ValueError, match="cut.pth: truncated or corrupt pytorch-legacy"):
         read_state_dict(path)
@@ -399,7 +400,8 @@ def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case)
 
 @pytest.mark.parametrize("target, state", [
     (cf.op_global("torch", "FloatStorage"), cf.op_tuple(cf.op_str("int64"))),
-    (cf.op_global("torch._utils", "_rebuild_tensor_v2"), cf.op_tuple(cf.op_global("torch._utils", "_rebuild_parameter"))),
+    (cf.op_global("torch._utils", "_rebuild_tensor_v2"),
+     cf.op_tuple(cf.op_global("torch._utils", "_rebuild_parameter"))),
     (cf.op_global("torch", "float32"), cf.op_tuple(cf.op_str("float64"))),
 ], ids=["storage-type", "rebuild", "dtype"])
 def test_stand_ins_refuse_changes_even_past_the_scan(tmp_path, target, state):

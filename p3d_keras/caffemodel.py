@@ -16,7 +16,7 @@ few fields that carry weights are decoded here by hand. Field numbers follow BVL
 `write_caffemodel` is its inverse, for tests and for maintainers who need a fixture.
 
 A file is decoded within the limits of `p3d_keras.untrusted`: its size at most `max_bytes`, at
-most `MAX_PROTOBUF_FIELDS` fields decoded in all (a P3D-199 caffemodel has about 20 000; unpacked
+most `MAX_PROTOBUF_FIELDS` fields decoded in all (of the order of 20 000 for P3D-199; unpacked
 repeated floats, which Caffe never writes, cost one field each), and a blob's declared shape must
 match its values before it is reshaped.
 """
@@ -74,7 +74,7 @@ class _FieldBudget:
         self.left -= 1
         if self.left < 0:
             raise _TooManyFields(f"more than {MAX_PROTOBUF_FIELDS} protobuf fields and packed integers "
-                                      f"(a P3D-199 caffemodel has about 20 000)")
+                                      f"(of the order of 20 000 for P3D-199)")
 
     def fields(self, buf):
         """`iter_fields(buf)`, each field counted."""

@@ -16,7 +16,7 @@ SLACK_BYTES = 16 << 20  # metadata, protobuf overhead, BN counters
 MAX_PICKLE_BYTES = 64 << 20  # one pickle (a P3D-199 training checkpoint's is about 1 MB)
 MAX_PICKLE_ITEMS = 1_000_000  # opcodes, objects and entries of one pickle (a P3D-199 training checkpoint: 200 000)
 MAX_NESTING = 32  # containers inside containers (a torch checkpoint nests about 8 deep)
-MAX_PROTOBUF_FIELDS = 1 << 18  # fields decoded from one .caffemodel (P3D-199's has about 20 000)
+MAX_PROTOBUF_FIELDS = 1 << 18  # fields decoded from one .caffemodel (of the order of 20 000 for P3D-199)
 
 
 def byte_budget(parameters):

@@ -289,7 +289,7 @@ class _PickleTooLong(Exception):
 
 class _Node:
     """One object of a scanned pickle: its kind ("atom", "list", "dict", "set", "tuple",
-    "frozenset", "global", "odict" (an OrderedDict), "call", "storage", "mark"), the objects it
+    "frozenset", "global", "odict" (an OrderedDict), "call", "storage"), the objects it
     holds, and for atoms and globals their value."""
 
     __slots__ = ("kind", "items", "value")
@@ -638,7 +638,8 @@ def _load_zip(path, max_bytes):
         archive = pkl[: -len("data.pkl")]
         byteorder = "little"
         if archive + "byteorder" in zf.namelist():
-            byteorder = zf.open(archive + "byteorder").read(16).decode("ascii", "replace")
+            with zf.open(archive + "byteorder") as f:
+                byteorder = f.read(16).decode("ascii", "replace")
             if byteorder not in ("little", "big"):
                 raise _corrupt(path, "pytorch-zip", ValueError(f"byteorder record {describe(byteorder)}"))
         with zf.open(pkl) as f:
@@ -708,7 +709,7 @@ def _tensor_nbytes(ref, path, name):
     view, root = ref.storage, ref.storage.root
     size, stride, offset = ref.size, ref.stride, ref.offset
     if not (len(size) == len(stride) and all(map(_is_count, (*size, *stride, offset)))
-            and view.offset + view.numel <= root.numel):
+            and max(size, default=0) <= MAX_BYTES and view.offset + view.numel <= root.numel):
         raise _corrupt(path, "pytorch", ValueError(
             f"tensor {describe(name)} has size {describe(size)}, stride {describe(stride)}, offset "
             f"{describe(offset)} in a storage view [{view.offset}, +{view.numel}) of {root.numel} elements"))

@@ -414,6 +414,22 @@ def test_stand_ins_refuse_changes_even_past_the_scan(tmp_path, target, state):
     assert_same(read_state_dict(cf.write_clean(tmp_path / "clean.pth")), cf.clean_state())
 
 
+@pytest.mark.parametrize("size, stride, offset", [((0, 1 << 63), (1, 1), 0), ((2,), (-1,), 0), ((1 << 40,), (0,), 0),
+                                                  ((2, 2), (1,), 0), ((1,), (1,), 1 << 70)],
+                         ids=["empty-huge-dim", "negative-stride", "huge-dim", "rank-mismatch", "huge-offset"])
+def test_malformed_tensor_windows_are_refused(tmp_path, size, stride, offset):
+    pickled = cf.dict_op({"w": cf.tensor_op("0", 1, size, stride, offset)})
+    path = cf.write_torch_zip(tmp_path / "window.pth", pickled, {"0": bytes(4)})
+    with pytest.raises(CheckpointError, match=r"window.pth.*tensor 'w'"):
+        read_state_dict(path)
+
+
+def test_a_stride_of_a_length_1_dimension_does_not_matter(tmp_path):
+    pickled = cf.dict_op({"w": cf.tensor_op("0", 2, (2, 1), (1, 1 << 62))})
+    path = cf.write_torch_zip(tmp_path / "w.pth", pickled, {"0": np.array([3, 4], "<f4").tobytes()})
+    np.testing.assert_array_equal(read_state_dict(path)["w"], [[3], [4]])
+
+
 def test_a_budget_smaller_than_the_file_is_refused(tmp_path):
     path = cf.write_clean(tmp_path / "clean.pth")
     with pytest.raises(CheckpointError, match=r"clean.pth: its 2 tensor storages declare 88 bytes, more than the 80"):

@@ -1,8 +1,10 @@
 """Read PyTorch checkpoints (`.pth`, `.pth.tar`) and `.npz` weights with NumPy alone.
 
-torch is not needed and no code from the file ever runs: the pickles inside a checkpoint are
-read by `_RestrictedUnpickler`, whose allow-list holds only what a state dict is made of, and
-tensors come back as NumPy arrays built from the raw storage bytes.
+torch is not needed and no code from the file ever runs: each pickle inside a checkpoint is first
+scanned opcode by opcode (`_PickleScan`: allowed opcodes, declared lengths, object count, nesting;
+limits in `p3d_keras.untrusted`), then read from memory by `_RestrictedUnpickler`, whose
+allow-list (made afresh for each load) holds only what a state dict is made of, and tensors come
+back as NumPy arrays built from the raw storage bytes once their sizes are checked.
 
 Both of torch's serialization formats are read (see torch/serialization.py):
 

@@ -157,8 +157,8 @@ def read_original(path, max_bytes=MAX_BYTES):
 def _keras_values(targets, tensors, source):
     """`[(variable, value)]`: each tensor in Keras layout and its variable's dtype. Raises
     CheckpointError naming `source` and every tensor that is not real numbers."""
-    bad = [f"{name}: {tensors[name].dtype}" for name, _ in targets
-           if np.asarray(tensors[name]).dtype.kind not in "biuf"]
+    dtypes = {name: np.asarray(tensors[name]).dtype for name, _ in targets}
+    bad = [f"{name}: {dtype}" for name, dtype in dtypes.items() if dtype.kind not in "biuf"]
     if bad:
         raise CheckpointError(f"{source} holds tensors that are not real numbers. Expected float, integer or bool "
                               f"arrays. Received: {', '.join(bad[:12])}{' ...' if len(bad) > 12 else ''}")
@@ -240,7 +240,7 @@ def main(argv=None):
     if not args.dst.endswith(".weights.h5"):
         parser.error(f"DST must end in .weights.h5. Received: dst={args.dst!r}")
 
-    def convert(args):
+    def run(args):
         naming, tensors = read_original(args.src)
         model = P3DResNet(args.depth, classes=args.classes, modality=args.modality,
                           graph=args.graph or naming, classifier_activation=None)
@@ -248,7 +248,7 @@ def main(argv=None):
         return naming, model
 
     try:
-        naming, model = cli_common.run_program("p3d-convert-weights", convert, args)
+        naming, model = cli_common.run_program("p3d-convert-weights", run, args)
     except cli_common.ProgramError:
         return 2
     model.save_weights(args.dst)

@@ -14,7 +14,13 @@ few fields that carry weights are decoded here by hand. Field numbers follow BVL
 `read_caffemodel` returns `{layer name: [blob, ...]}` as float32 arrays in Caffe's own layout
 (O, I, k...; BatchNorm: mean, variance, moving-average factor; Scale: gamma, beta).
 `write_caffemodel` is its inverse, for tests and for maintainers who need a fixture.
+
+A file is decoded within the limits of `p3d_keras.untrusted`: its size at most `max_bytes`, at
+most `MAX_PROTOBUF_FIELDS` fields decoded in all (of the order of 20 000 for P3D-199; unpacked
+repeated floats, which Caffe never writes, cost one field each), and a blob's declared shape must
+match its values before it is reshaped.
 """
+import math
 import os
 
 import numpy as np
@@ -33,6 +39,7 @@ from p3d_keras.protowire import (  # noqa: F401 (iter_fields and the wire types 
     payload,
     signed64,
 )
+from p3d_keras.untrusted import MAX_BYTES, MAX_PROTOBUF_FIELDS, CheckpointError, describe, too_large
 
 # caffe.proto field numbers: the one place both the reader and the writer take them from.
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
@@ -52,7 +59,38 @@ _NET_FIELDS = {NET_NAME: LENGTH_DELIMITED, NET_LAYERS_V1: LENGTH_DELIMITED, 3: L
 # Decoding
 
 
-def _repeated_int64(values):
+class _TooManyFields(ProtobufDecodeError):
+    """More fields than `MAX_PROTOBUF_FIELDS`."""
+
+
+class _FieldBudget:
+    """Counts the fields decoded from one file against `MAX_PROTOBUF_FIELDS`, so that no file
+    (say, millions of tiny fields) keeps the decoder busy for long."""
+
+    def __init__(self, limit=MAX_PROTOBUF_FIELDS):
+        self.left = limit
+
+    def spend(self):
+        self.left -= 1
+        if self.left < 0:
+            raise _TooManyFields(f"more than {MAX_PROTOBUF_FIELDS} protobuf fields and packed integers "
+                                      f"(of the order of 20 000 for P3D-199)")
+
+    def fields(self, buf):
+        """`iter_fields(buf)`, each field counted."""
+        for field in iter_fields(buf):
+            self.spend()
+            yield field
+
+    def group(self, buf):
+        """`group_fields(buf)`, each field counted."""
+        fields = {}
+        for field, wire, value in self.fields(buf):
+            fields.setdefault(field, []).append((wire, value))
+        return fields
+
+
+def _repeated_int64(values, budget):
     """Decode the (packed or unpacked) occurrences of a repeated int64 field."""
     out = []
     for wire, value in values:
@@ -61,6 +99,7 @@ def _repeated_int64(values):
         elif wire == LENGTH_DELIMITED:
             pos = 0
             while pos < len(value):
+                budget.spend()
                 item, pos = decode_varint(value, pos)
                 out.append(signed64(item))
         else:
@@ -69,16 +108,16 @@ def _repeated_int64(values):
 
 
 def _repeated_real(values, dtype):
-    """Decode the (packed or unpacked) occurrences of a repeated float/double field."""
+    """Decode the (packed or unpacked) occurrences of a repeated float/double field into one
+    float32 array (each occurrence's bytes are gathered first, not one array per value)."""
     dtype = np.dtype(dtype)
     scalar_wire = FIXED32 if dtype.itemsize == 4 else FIXED64
-    parts = []
     for wire, value in values:
         if wire not in (LENGTH_DELIMITED, scalar_wire) or len(value) % dtype.itemsize:
             raise ProtobufDecodeError(
                 f"repeated {dtype.name} field with wire type {wire} and {len(value)} bytes")
-        parts.append(np.frombuffer(value, dtype))
-    return np.concatenate(parts) if parts else np.zeros((0,), dtype)
+    raw = values[0][1] if len(values) == 1 else b"".join(value for _, value in values)
+    return np.frombuffer(raw, dtype).astype(np.float32)
 
 
 def _string(values):
@@ -94,80 +133,95 @@ def _last_varint(values):
     return signed64(value)
 
 
-def decode_blob(buf):
-    """A `BlobProto` message -> float32 array in its declared shape."""
-    fields = group_fields(buf)
-    if BLOB_DOUBLE_DATA in fields:
-        data = _repeated_real(fields[BLOB_DOUBLE_DATA], "<f8").astype(np.float32)
-    else:
-        data = _repeated_real(fields.get(BLOB_DATA, []), "<f4").astype(np.float32)
+def decode_blob(buf, budget=None):
+    """A `BlobProto` message -> float32 array in its declared shape. `budget` (a `_FieldBudget`)
+    counts the fields decoded; ProtobufDecodeError when the shape and the values disagree."""
+    budget = _FieldBudget() if budget is None else budget
+    fields = budget.group(buf)
     legacy = [BLOB_NUM, BLOB_CHANNELS, BLOB_HEIGHT, BLOB_WIDTH]
+    real, itemsize = (BLOB_DOUBLE_DATA, 8) if BLOB_DOUBLE_DATA in fields else (BLOB_DATA, 4)
+    values = sum(len(value) for _, value in fields.get(real, [])) // itemsize
     if BLOB_SHAPE in fields:
-        shape_fields = group_fields(payload(*fields[BLOB_SHAPE][-1]))
-        shape = tuple(_repeated_int64(shape_fields.get(SHAPE_DIM, [])))
+        shape_fields = budget.group(payload(*fields[BLOB_SHAPE][-1]))
+        shape = tuple(_repeated_int64(shape_fields.get(SHAPE_DIM, []), budget))
     elif any(f in fields for f in legacy):
         # Caffe's Blob::FromProto: the legacy dims always make a 4-D blob (unset ones are 0).
         shape = tuple(_last_varint(fields[f]) if f in fields else 0 for f in legacy)
     else:
-        shape = (data.size,)
-    if any(d < 0 for d in shape) or int(np.prod(shape, dtype=np.int64)) != data.size:
-        raise ProtobufDecodeError(f"blob shape {shape} does not match its {data.size} values")
-    return data.reshape(shape)
+        shape = (values,)
+    if any(d < 0 for d in shape) or math.prod(shape) != values:
+        raise ProtobufDecodeError(f"blob shape {describe(shape)} does not match its {values} values")
+    return _repeated_real(fields.get(real, []), f"<f{itemsize}").reshape(shape)
 
 
-def _decode_layer(buf, name_field, blobs_field):
+def _decode_layer(buf, name_field, blobs_field, budget):
     """A LayerParameter or V1LayerParameter message -> `(name, [blobs])`."""
-    fields = group_fields(buf)
+    fields = budget.group(buf)
     name = _string(fields[name_field]) if name_field in fields else ""
-    return name, [decode_blob(payload(wire, value)) for wire, value in fields.get(blobs_field, [])]
+    return name, [decode_blob(payload(wire, value), budget) for wire, value in fields.get(blobs_field, [])]
 
 
 def _looks_like_net(buf):
     """True when the top level of `buf` is wire-valid, uses only NetParameter's fields with their
-    wire types, and holds at least one layer. Sub-messages are not decoded."""
+    wire types and holds at least one layer; raises `_TooManyFields` past `MAX_PROTOBUF_FIELDS`
+    fields. Sub-messages are not decoded."""
     has_layer = False
     try:
-        for field, wire, _ in iter_fields(buf):
+        for field, wire, _ in _FieldBudget().fields(buf):
             expected = _NET_FIELDS.get(field)
             if expected is None or wire not in (expected if isinstance(expected, tuple) else (expected,)):
                 return False
             has_layer |= field in (NET_LAYER, NET_LAYERS_V1)
+    except _TooManyFields:
+        raise
     except ProtobufDecodeError:
         return False
     return has_layer
 
 
-def is_caffemodel(path):
-    """Whether the file at `path` parses as a caffe NetParameter with layers (see `_looks_like_net`)."""
+def is_caffemodel(path, max_bytes=MAX_BYTES):
+    """Whether the file at `path`, of at most `max_bytes`, parses as a caffe NetParameter with
+    layers (see `_looks_like_net`)."""
+    if os.path.getsize(path) > max_bytes:
+        return False
     with open(path, "rb") as f:
-        return _looks_like_net(f.read())
+        try:
+            return _looks_like_net(f.read())
+        except _TooManyFields:
+            return False
 
 
-def read_caffemodel(path):
+def read_caffemodel(path, max_bytes=MAX_BYTES):
     """Read a `.caffemodel`: `{layer name: [float32 blob, ...]}`, layers without blobs omitted.
 
     Both the current `layer` (LayerParameter) and the legacy `layers` (V1LayerParameter) fields
     are read. Blobs keep their stored shape; blobs saved with the legacy num/channels/height/width
     fields are 4-D, as Caffe itself loads them (e.g. an old InnerProduct weight is (1, 1, out, in)).
-    Raises FileNotFoundError for a missing file and ValueError naming the file for anything that
-    is not a caffemodel with weights (garbage, a truncated file, duplicate layer names).
+    The file may take at most `max_bytes` (see `p3d_keras.untrusted`; the weights it holds are
+    never larger than the file), and its decoding at most `MAX_PROTOBUF_FIELDS` fields.
+    Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) naming the file
+    for anything that is not a caffemodel with weights within those limits (garbage, a truncated
+    file, duplicate layer names, a blob whose shape and values disagree).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"No caffemodel at {path!r}. Expected an existing .caffemodel file.")
+    size = os.path.getsize(path)
+    if size > max_bytes:
+        raise too_large(path, "it holds", size, max_bytes)
     with open(path, "rb") as f:
         buf = f.read()
-    if not _looks_like_net(buf):
-        raise ValueError(
-            f"{path} is not a Caffe NetParameter (.caffemodel): its bytes do not parse as protobuf with "
-            f"'layer' fields, or it is truncated. Received: {len(buf)} bytes starting {bytes(buf[:16])!r}")
-    layers = {}
+    layers, budget = {}, _FieldBudget()
     try:
-        for field, _, value in iter_fields(buf):
+        if not _looks_like_net(buf):
+            raise CheckpointError(
+                f"{path} is not a Caffe NetParameter (.caffemodel): its bytes do not parse as protobuf with "
+                f"'layer' fields, or it is truncated. Received: {len(buf)} bytes starting {bytes(buf[:16])!r}")
+        for field, _, value in budget.fields(buf):
             if field == NET_LAYER:
-                name, blobs = _decode_layer(value, LAYER_NAME, LAYER_BLOBS)
+                name, blobs = _decode_layer(value, LAYER_NAME, LAYER_BLOBS, budget)
             elif field == NET_LAYERS_V1:
-                name, blobs = _decode_layer(value, V1_LAYER_NAME, V1_LAYER_BLOBS)
+                name, blobs = _decode_layer(value, V1_LAYER_NAME, V1_LAYER_BLOBS, budget)
             else:
                 continue
             if not blobs:
@@ -176,10 +230,10 @@ def read_caffemodel(path):
                 raise ProtobufDecodeError(f"two layers with blobs are both named {name!r}")
             layers[name] = blobs
     except (ProtobufDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"Corrupt caffemodel {path}: {e}. Expected a valid caffe NetParameter.") from e
+        raise CheckpointError(f"Corrupt caffemodel {path}: {e}. Expected a valid caffe NetParameter.") from e
     if not layers:
-        raise ValueError(f"{path} is a NetParameter without any layer weights (blobs). "
-                         f"Expected a trained .caffemodel, not a deploy net.")
+        raise CheckpointError(f"{path} is a NetParameter without any layer weights (blobs). "
+                              f"Expected a trained .caffemodel, not a deploy net.")
     return layers
 
 

@@ -12,7 +12,9 @@ import os
 import numpy as np
 from keras import layers
 
+from p3d_keras import cli_common
 from p3d_keras.layers import P3DBottleneck
+from p3d_keras.untrusted import MAX_BYTES, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +126,9 @@ def original_tensors(model, naming="pytorch", caffe_fc="fc_kinetics"):
             for key, layer in _keras_layers(model).items() for name, variable in _variables(layer, names[key])}
 
 
-def caffe_to_flat(blobs_by_layer):
-    """`{caffe layer: [blobs]}` -> the flat `{name.weight: array, ...}` form (BN: 4 blobs)."""
+def caffe_to_flat(blobs_by_layer, source="caffemodel"):
+    """`{caffe layer: [blobs]}` -> the flat `{name.weight: array, ...}` form (BN: 4 blobs).
+    Raises CheckpointError naming `source` for a layer with another number of blobs."""
     flat = {}
     for name, blobs in blobs_by_layer.items():
         if len(blobs) == CAFFE_BN_BLOBS:
@@ -135,23 +138,38 @@ def caffe_to_flat(blobs_by_layer):
             if len(blobs) == 2:
                 flat[f"{name}.bias"] = blobs[1].reshape(-1)
         else:
-            raise ValueError(f"Caffe layer {name!r} has {len(blobs)} blobs. Expected 1 or 2 (conv, fc) or "
-                             f"{CAFFE_BN_BLOBS} (BN: scale, shift, mean, variance)")
+            raise CheckpointError(f"{source}: Caffe layer {name!r} has {len(blobs)} blobs. Expected 1 or 2 (conv, "
+                                  f"fc) or {CAFFE_BN_BLOBS} (BN: scale, shift, mean, variance)")
     return flat
 
 
-def read_original(path):
-    """Read an original checkpoint. Returns `(naming, tensors)`: naming is "pytorch" or "caffe"."""
+def read_original(path, max_bytes=MAX_BYTES):
+    """Read an original checkpoint. Returns `(naming, tensors)`: naming is "pytorch" or "caffe".
+    The file may declare at most `max_bytes` of tensors; everything the readers refuse raises
+    CheckpointError naming the file (see `p3d_keras.checkpoints.read_state_dict`)."""
     from p3d_keras import caffemodel, checkpoints  # noqa: PLC0415 (only needed to convert)
 
     if checkpoints.sniff_format(path) == "caffe":
-        return "caffe", caffe_to_flat(caffemodel.read_caffemodel(path))
-    return "pytorch", checkpoints.read_state_dict(path)
+        return "caffe", caffe_to_flat(caffemodel.read_caffemodel(path, max_bytes), source=os.fspath(path))
+    return "pytorch", checkpoints.read_state_dict(path, max_bytes)
+
+
+def _keras_values(targets, tensors, source):
+    """`[(variable, value)]`: each tensor in Keras layout and its variable's dtype. Raises
+    CheckpointError naming `source` and every tensor that is not real numbers."""
+    dtypes = {name: np.asarray(tensors[name]).dtype for name, _ in targets}
+    bad = [f"{name}: {dtype}" for name, dtype in dtypes.items() if dtype.kind not in "biuf"]
+    if bad:
+        raise CheckpointError(f"{source} holds tensors that are not real numbers. Expected float, integer or bool "
+                              f"arrays. Received: {', '.join(bad[:12])}{' ...' if len(bad) > 12 else ''}")
+    return [(variable, to_keras_layout(np.asarray(tensors[name])).astype(variable.dtype))
+            for name, variable in targets]
 
 
 def assign_original(model, tensors, naming, source="checkpoint"):
-    """Set `model`'s weights from flat original tensors; raises ValueError listing every
-    missing, unexpected or mis-shaped tensor before changing anything."""
+    """Set `model`'s weights from flat original tensors, all or nothing: raises ValueError listing
+    every missing, unexpected or mis-shaped tensor, or CheckpointError for a tensor that is not
+    real numbers, before changing anything."""
     fc_layers = sorted({k.rsplit(".", 1)[0] for k in tensors if k.startswith("fc")})
     names = checkpoint_names(model, naming, fc_layers[0] if len(fc_layers) == 1 else "fc_kinetics")
     fc_prefix = names.pop("fc")
@@ -172,8 +190,8 @@ def assign_original(model, tensors, naming, source="checkpoint"):
                              f"{tuple(variable.shape)}")
     if missing or unexpected or misshaped:
         raise ValueError(_mismatch_message(model, source, naming, missing, unexpected, misshaped))
-    for name, variable in targets:
-        variable.assign(to_keras_layout(tensors[name]).astype(variable.dtype))
+    for variable, value in _keras_values(targets, tensors, source):
+        variable.assign(value)
     log.info("loaded %d tensors from %s into %s", len(targets), source, model.name)
 
 
@@ -189,7 +207,10 @@ def _mismatch_message(model, source, naming, missing, unexpected, misshaped, sho
 
 
 def load_original_weights(model, path):
-    """Convert an original checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) into `model`."""
+    """Convert an original checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) into `model`,
+    all or nothing (see `assign_original`). The file is read within `MAX_BYTES` (the largest
+    architecture), not the model's size, so that a checkpoint of a larger network is reported
+    tensor by tensor."""
     naming, tensors = read_original(path)
     assign_original(model, tensors, naming, source=os.fspath(path))
 
@@ -213,17 +234,22 @@ def main(argv=None):
     """`p3d-convert-weights SRC DST.weights.h5 --depth 199 --modality rgb --graph pytorch --classes 400`."""
     from p3d_keras.applications import P3DResNet  # noqa: PLC0415
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if not args.dst.endswith(".weights.h5"):
-        raise SystemExit(f"p3d-convert-weights: DST must end in .weights.h5. Received: dst={args.dst!r}")
-    try:
+        parser.error(f"DST must end in .weights.h5. Received: dst={args.dst!r}")
+
+    def run(args):
         naming, tensors = read_original(args.src)
         model = P3DResNet(args.depth, classes=args.classes, modality=args.modality,
                           graph=args.graph or naming, classifier_activation=None)
         assign_original(model, tensors, naming, source=args.src)
-    except (OSError, ValueError) as e:
-        log.error("p3d-convert-weights: %s", e)
+        return naming, model
+
+    try:
+        naming, model = cli_common.run_program("p3d-convert-weights", run, args)
+    except cli_common.ProgramError:
         return 2
     model.save_weights(args.dst)
     log.info("wrote %s (depth %d, %s, graph %s, %d classes)", args.dst, args.depth, args.modality,

@@ -1,8 +1,12 @@
 """p3d_keras.caffemodel: round trips, and cross-checks against the protobuf package."""
+import time
+
 import numpy as np
 import pytest
 
-from p3d_keras.caffemodel import encode_net, read_caffemodel, write_caffemodel
+from p3d_keras.caffemodel import encode_net, is_caffemodel, read_caffemodel, write_caffemodel
+from p3d_keras.protowire import field_key, length_delimited, packed_varints
+from p3d_keras.untrusted import MAX_PROTOBUF_FIELDS, CheckpointError
 
 
 def p3d_like_layers(seed=0):
@@ -140,30 +144,81 @@ def test_reads_legacy_v1_layers_and_4d_shapes(tmp_path):
 def test_non_caffemodel_raises(tmp_path, content):
     path = tmp_path / "deploy.caffemodel"
     path.write_bytes(content)
-    with pytest.raises(ValueError, match=r"deploy\.caffemodel is not a Caffe NetParameter"):
+    with pytest.raises(CheckpointError, match=r"deploy\.caffemodel is not a Caffe NetParameter"):
         read_caffemodel(path)
 
 
 def test_truncated_caffemodel_raises(tmp_path):
     data = encode_net(p3d_like_layers())
     (tmp_path / "cut.caffemodel").write_bytes(data[: len(data) // 2])
-    with pytest.raises(ValueError, match="cut.caffemodel"):
+    with pytest.raises(CheckpointError, match="cut.caffemodel"):
         read_caffemodel(tmp_path / "cut.caffemodel")
 
 
 def test_net_without_weights_raises(tmp_path):
     write_caffemodel(tmp_path / "deploy.caffemodel", {"relu1": [], "pool1": []})
-    with pytest.raises(ValueError, match="without any layer weights"):
+    with pytest.raises(CheckpointError, match="without any layer weights"):
         read_caffemodel(tmp_path / "deploy.caffemodel")
 
 
 def test_duplicate_layer_names_raise(tmp_path):
     one = encode_net({"conv1": [np.ones(2, "f4")]})
     (tmp_path / "dup.caffemodel").write_bytes(one + one)  # concatenated messages merge their layers
-    with pytest.raises(ValueError, match="dup.caffemodel.*both named 'conv1'"):
+    with pytest.raises(CheckpointError, match="dup.caffemodel.*both named 'conv1'"):
         read_caffemodel(tmp_path / "dup.caffemodel")
 
 
 def test_missing_file_raises(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.caffemodel"):
         read_caffemodel(tmp_path / "nope.caffemodel")
+
+
+def unpacked_blob(values, shape):
+    """A BlobProto whose floats are each their own fixed32 field (valid protobuf; Caffe packs them)."""
+    data = b"".join(field_key(5, 5) + np.float32(v).tobytes() for v in values)
+    return length_delimited(7, packed_varints(1, shape)) + data
+
+
+def net_of(blob, extra=b""):
+    layer = length_delimited(1, b"conv1") + length_delimited(7, blob)
+    return length_delimited(1, b"P3D") + extra + length_delimited(100, layer)
+
+
+def test_unpacked_floats_are_read(tmp_path):
+    (tmp_path / "u.caffemodel").write_bytes(net_of(unpacked_blob(range(6), [2, 3])))
+    assert_layers_equal(read_caffemodel(tmp_path / "u.caffemodel"),
+                        {"conv1": [np.arange(6, dtype=np.float32).reshape(2, 3)]})
+
+
+@pytest.mark.parametrize("where", ["unpacked-values", "top-level", "packed-dims"])
+def test_field_count_is_bounded(tmp_path, where):
+    n = MAX_PROTOBUF_FIELDS + 1
+    if where == "unpacked-values":
+        data = net_of(unpacked_blob(np.zeros(n), [n]))
+    elif where == "top-level":  # force_backward (field 5) over and over
+        data = net_of(unpacked_blob([1.0], [1]), extra=(field_key(5, 0) + b"\x01") * n)
+    else:
+        dims = length_delimited(7, packed_varints(1, [1] * n))
+        data = net_of(dims + length_delimited(5, np.zeros(1, "f4").tobytes()))
+    (tmp_path / "many.caffemodel").write_bytes(data)
+    start = time.monotonic()
+    with pytest.raises(CheckpointError, match=rf"many.caffemodel.*more than {MAX_PROTOBUF_FIELDS} protobuf fields"):
+        read_caffemodel(tmp_path / "many.caffemodel")
+    assert time.monotonic() - start < 5
+
+
+def test_file_over_the_byte_budget_is_refused(tmp_path):
+    write_caffemodel(tmp_path / "net.caffemodel", p3d_like_layers())
+    size = (tmp_path / "net.caffemodel").stat().st_size
+    with pytest.raises(CheckpointError, match=rf"net.caffemodel: it holds {size} bytes, more than the 1000 bytes"):
+        read_caffemodel(tmp_path / "net.caffemodel", max_bytes=1000)
+    assert not is_caffemodel(tmp_path / "net.caffemodel", max_bytes=1000)
+    assert is_caffemodel(tmp_path / "net.caffemodel")
+
+
+@pytest.mark.parametrize("shape, values", [([1 << 32, 1 << 32], 0), ([-1, 2], 2), ([1 << 62, 4], 0)])
+def test_blob_shape_must_match_its_values_exactly(tmp_path, shape, values):
+    blob = length_delimited(7, packed_varints(1, shape)) + length_delimited(5, np.zeros(values, "f4").tobytes())
+    (tmp_path / "shape.caffemodel").write_bytes(net_of(blob))
+    with pytest.raises(CheckpointError, match=rf"shape.caffemodel.*does not match its {values} values"):
+        read_caffemodel(tmp_path / "shape.caffemodel")

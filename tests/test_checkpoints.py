@@ -1,29 +1,35 @@
-"""p3d_keras.checkpoints against real torch.save files, both serialization formats."""
+"""p3d_keras.checkpoints: torch.save files of both serialization formats (written by torch where it
+is installed, else the committed fixtures of tests/data), and hostile files of every kind."""
 import collections
-import importlib.util
+import io
+import json
 import os
 import pathlib
 import pickle
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
 import pytest
 
+import checkpoint_fixtures as cf
+from conftest import require_torch
+from p3d_keras import checkpoints
 from p3d_keras.caffemodel import write_caffemodel
-from p3d_keras.checkpoints import UnsafeCheckpointError, read_state_dict, sniff_format
+from p3d_keras.checkpoints import CheckpointError, UnsafeCheckpointError, read_state_dict, sniff_format
 
-torch = pytest.importorskip("torch")
-
-REFERENCE_DIR = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+DATA = pathlib.Path(__file__).resolve().parent / "data"
 FORMATS = pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
 
 
 def save(obj, path, legacy):
-    torch.save(obj, path, _use_new_zipfile_serialization=not legacy)
+    require_torch().save(obj, path, _use_new_zipfile_serialization=not legacy)
     return path
 
 
 def as_numpy(tensor):
+    torch = require_torch()
     tensor = tensor.detach()
     return (tensor.float() if tensor.dtype == torch.bfloat16 else tensor).numpy()
 
@@ -31,14 +37,15 @@ def as_numpy(tensor):
 def assert_same(loaded, expected):
     assert sorted(loaded) == sorted(expected)
     for key, tensor in expected.items():
-        want = as_numpy(tensor)
+        want = tensor if isinstance(tensor, np.ndarray) else as_numpy(tensor)
         assert loaded[key].dtype == want.dtype, key
         assert loaded[key].shape == want.shape, key
         np.testing.assert_array_equal(loaded[key], want, err_msg=key)
 
 
-def tricky_state_dict():
+def tricky_state_dict(torch):
     """Views with offsets and strides, shared storages, and several dtypes."""
+    torch.manual_seed(0)
     base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
     return collections.OrderedDict([
         ("conv.weight", torch.randn(2, 3, 1, 3, 3)),
@@ -57,9 +64,36 @@ def tricky_state_dict():
     ])
 
 
+def write_committed_fixtures(torch, folder=DATA):
+    """Write tests/data/tricky_{zip,legacy}.pth and their expected arrays (run by hand with torch:
+    `python tests/test_checkpoints.py`)."""
+    state = tricky_state_dict(torch)
+    for legacy in (False, True):
+        save({"state_dict": state, "epoch": 1}, folder / f"tricky_{'legacy' if legacy else 'zip'}.pth", legacy)
+    np.savez(folder / "tricky_expected.npz", **{k: as_numpy(v) for k, v in state.items()})
+
+
 @FORMATS
-def test_training_checkpoint_matches_torch_load(tmp_path, legacy):
-    state = tricky_state_dict()
+def test_committed_torch_files_read_without_torch(legacy):
+    path = DATA / f"tricky_{'legacy' if legacy else 'zip'}.pth"
+    assert sniff_format(path) == ("pytorch-legacy" if legacy else "pytorch-zip")
+    assert_same(read_state_dict(path), dict(np.load(DATA / "tricky_expected.npz")))
+
+
+@FORMATS
+def test_committed_torch_files_are_what_torch_loads(torch, legacy):
+    loaded = torch.load(DATA / f"tricky_{'legacy' if legacy else 'zip'}.pth", weights_only=True)["state_dict"]
+    assert_same({k: as_numpy(v) for k, v in loaded.items()}, dict(np.load(DATA / "tricky_expected.npz")))
+
+
+@FORMATS
+def test_torch_free_writer_round_trips(tmp_path, legacy):
+    assert_same(read_state_dict(cf.write_clean(tmp_path / "clean.pth", legacy)), cf.clean_state())
+
+
+@FORMATS
+def test_training_checkpoint_matches_torch_load(torch, tmp_path, legacy):
+    state = tricky_state_dict(torch)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.ones(3))], lr=0.1, momentum=0.9)
     optimizer.zero_grad()
     checkpoint = {"state_dict": collections.OrderedDict(("module." + k, v) for k, v in state.items()),
@@ -72,13 +106,13 @@ def test_training_checkpoint_matches_torch_load(tmp_path, legacy):
 
 
 @pytest.mark.parametrize("wrapper", [None, "model_state_dict", "model"])
-def test_bare_and_other_wrappers(tmp_path, wrapper):
+def test_bare_and_other_wrappers(torch, tmp_path, wrapper):
     state = {"fc.weight": torch.randn(4, 2), "fc.bias": torch.randn(4)}
     path = save(state if wrapper is None else {wrapper: state, "epoch": 1}, tmp_path / "w.pth", False)
     assert_same(read_state_dict(path), state)
 
 
-def test_module_prefix_kept_unless_on_every_key(tmp_path):
+def test_module_prefix_kept_unless_on_every_key(torch, tmp_path):
     state = {"module.a": torch.ones(1), "b": torch.zeros(1)}
     assert sorted(read_state_dict(save(state, tmp_path / "p.pth", False))) == ["b", "module.a"]
 
@@ -91,33 +125,21 @@ class TorchV02Tensor:
 
     def __reduce__(self):
         t = self.tensor
-        return torch._utils._rebuild_tensor, (t.storage(), t.storage_offset(),
-                                              tuple(t.size()), t.stride())
+        return require_torch()._utils._rebuild_tensor, (t.storage(), t.storage_offset(),
+                                                        tuple(t.size()), t.stride())
 
 
 @FORMATS
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
-def test_torch_02_tensor_pickles(tmp_path, legacy):
+def test_torch_02_tensor_pickles(torch, tmp_path, legacy):
     base = torch.arange(12, dtype=torch.float32).reshape(3, 4)
     path = save({"state_dict": {"w": TorchV02Tensor(base[1:].t())}}, tmp_path / "old.pth", legacy)
     np.testing.assert_array_equal(read_state_dict(path)["w"], base[1:].t().numpy())
 
 
-@pytest.fixture(scope="module")
-def reference_module():
-    script = REFERENCE_DIR / "make_reference_checkpoint.py"
-    if not script.is_file():
-        pytest.fail(f"The parity fixture is missing: expected {script} (the repository's sibling "
-                    f"shared/reference folder).")
-    spec = importlib.util.spec_from_file_location("make_reference_checkpoint", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @FORMATS
-def test_reference_p3d63_checkpoint_round_trips(tmp_path, reference_module, legacy):
-    state = reference_module.build_state_dict(0, depth=63)
+def test_reference_p3d63_checkpoint_round_trips(torch, tmp_path, reference, legacy):
+    state = reference.build_state_dict(0, depth=63)
     checkpoint = {"state_dict": {"module." + k: torch.from_numpy(v) for k, v in state.items()},
                   "epoch": 0, "arch": "P3D63"}
     loaded = read_state_dict(save(checkpoint, tmp_path / "p3d63.pth.tar", legacy))
@@ -152,7 +174,7 @@ class PlainObject:
 
 @FORMATS
 @pytest.mark.parametrize("payload, refused", [(RunsShell, "system"), (RunsEval, "builtins.eval")])
-def test_code_in_a_checkpoint_is_refused_not_run(tmp_path, legacy, payload, refused):
+def test_code_in_a_checkpoint_is_refused_not_run(torch, tmp_path, legacy, payload, refused):
     marker = tmp_path / "pwned"
     path = save({"state_dict": {"w": torch.ones(1)}, "extra": payload(marker)}, tmp_path / "evil.pth", legacy)
     with pytest.raises(UnsafeCheckpointError, match=refused) as info:
@@ -162,13 +184,13 @@ def test_code_in_a_checkpoint_is_refused_not_run(tmp_path, legacy, payload, refu
 
 
 @FORMATS
-def test_class_instance_is_refused(tmp_path, legacy):
+def test_class_instance_is_refused(torch, tmp_path, legacy):
     path = save({"state_dict": {"w": torch.ones(1)}, "args": PlainObject()}, tmp_path / "obj.pth", legacy)
     with pytest.raises(UnsafeCheckpointError, match="PlainObject"):
         read_state_dict(path)
 
 
-def test_whole_module_is_refused(tmp_path):
+def test_whole_module_is_refused(torch, tmp_path):
     path = save(torch.nn.Linear(2, 2), tmp_path / "module.pth", False)
     with pytest.raises(UnsafeCheckpointError, match="torch.nn"):
         read_state_dict(path)
@@ -187,19 +209,20 @@ class OutOfBounds:
     """A tensor whose declared size reaches past its storage."""
 
     def __reduce__(self):
+        torch = require_torch()
         storage = torch.ones(4).storage()
         return torch._utils._rebuild_tensor_v2, (storage, 0, (100,), (1,), False, collections.OrderedDict())
 
 
 @FORMATS
 @pytest.mark.filterwarnings("ignore:TypedStorage is deprecated")
-def test_tensor_outside_its_storage_raises(tmp_path, legacy):
+def test_tensor_outside_its_storage_raises(torch, tmp_path, legacy):
     path = save({"w": OutOfBounds()}, tmp_path / "oob.pth", legacy)
     with pytest.raises(ValueError, match="reaches element 99 of a 4-element storage"):
         read_state_dict(path)
 
 
-def test_checkpoint_without_tensors_raises(tmp_path):
+def test_checkpoint_without_tensors_raises(torch, tmp_path):
     path = save({"epoch": 3, "arch": "P3D63"}, tmp_path / "meta.pth", False)
     with pytest.raises(ValueError, match="no state dict of tensors.*'epoch'"):
         read_state_dict(path)
@@ -260,8 +283,9 @@ def test_missing_file(tmp_path):
 
 
 def test_truncated_zip_raises(tmp_path):
-    path = save({"state_dict": tricky_state_dict()}, tmp_path / "cut.pth", False)
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    path = tmp_path / "cut.pth"
+    path.write_bytes((DATA / "tricky_zip.pth").read_bytes())
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cuts the central directory
     with pytest.raises(ValueError, match="cut.pth.*truncated or corrupt"):
         sniff_format(path)
     with pytest.raises(ValueError, match="cut.pth.*truncated or corrupt"):
@@ -270,8 +294,166 @@ def test_truncated_zip_raises(tmp_path):
 
 @pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
 def test_truncated_legacy_raises(tmp_path, keep):
-    path = save({"state_dict": tricky_state_dict()}, tmp_path / "cut.pth", True)
-    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+    path = tmp_path / "cut.pth"
+    data = (DATA / "tricky_legacy.pth").read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
     assert sniff_format(path) == "pytorch-legacy"
     with pytest.raises(ValueError, match="cut.pth: truncated or corrupt pytorch-legacy"):
         read_state_dict(path)
+
+
+# --- hostile files: refused with one error naming the file, changing nothing, within limits -------
+
+# Run in a subprocess without TensorFlow: read each hostile file (CheckpointError expected, its
+# message and the seconds it took are reported), then, in the same process, the clean file.
+READER = r"""
+import json, resource, sys, time
+import numpy as np
+from p3d_keras import caffemodel, checkpoints
+from p3d_keras.untrusted import CheckpointError
+
+def read(path):
+    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else checkpoints.read_state_dict(path)
+
+spec = json.loads(sys.argv[1])
+if spec["limit"]:
+    with open("/proc/self/status") as f:
+        vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+    resource.setrlimit(resource.RLIMIT_AS, (vm + spec["limit"], vm + spec["limit"]))
+report = []
+for i, path in enumerate(spec["hostile"]):
+    start = time.monotonic()
+    try:
+        read(path)
+        outcome = ["accepted", ""]
+    except CheckpointError as e:
+        outcome = ["refused", str(e)]
+    except BaseException as e:
+        outcome = [type(e).__name__, str(e)[:300]]
+    report.append(outcome + [time.monotonic() - start])
+    if spec["clean"]:
+        np.savez(f"{spec['out']}_{i}.npz", **read(spec["clean"]))
+if spec["clean"] and not spec["hostile"]:
+    np.savez(f"{spec['out']}_fresh.npz", **read(spec["clean"]))
+print(json.dumps(report))
+"""
+MEMORY_LIMIT = 1 << 30  # address space allowed over what the reader's process has after its imports
+
+
+def read_in_subprocess(hostile, clean=None, out=None, limit=MEMORY_LIMIT, timeout=60):
+    spec = dict(hostile=[str(p) for p in hostile], clean=clean and str(clean), out=out and str(out), limit=limit)
+    done = subprocess.run([sys.executable, "-c", READER, json.dumps(spec)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def assert_refused(outcome, path, fragment, seconds=5):
+    status, message, elapsed = outcome
+    assert status == "refused", f"{path}: {status}: {message}"
+    assert str(path) in message and fragment in message, message
+    assert "MemoryError" not in message and elapsed < seconds, (message, elapsed)
+
+
+@pytest.mark.parametrize("case", cf.MEMORY_BOMBS)
+def test_memory_bombs_are_refused_under_a_memory_limit(tmp_path, case):
+    build, fragment = cf.HOSTILE[case]
+    path = build(str(tmp_path))
+    (outcome,) = read_in_subprocess([path])
+    assert_refused(outcome, path, fragment)
+
+
+@pytest.mark.parametrize("case", cf.TIME_BOMBS)
+def test_nesting_and_size_bombs_are_refused_in_bounded_time(tmp_path, case):
+    build, fragment = cf.HOSTILE[case]
+    path = build(str(tmp_path))
+    (outcome,) = read_in_subprocess([path], timeout=10)
+    assert_refused(outcome, path, fragment)
+
+
+@FORMATS
+def test_a_clean_file_after_each_hostile_one_loads_as_in_a_fresh_process(tmp_path, legacy):
+    clean = cf.write_clean(tmp_path / "clean.pth", legacy)
+    hostile = [build(str(tmp_path)) for build, _ in cf.HOSTILE.values()]
+    read_in_subprocess([], clean, tmp_path / "loaded")
+    fresh = dict(np.load(tmp_path / "loaded_fresh.npz"))
+    assert_same(fresh, cf.clean_state())
+    report = read_in_subprocess(hostile, clean, tmp_path / "loaded", timeout=120)
+    for i, (path, (_, fragment), outcome) in enumerate(zip(hostile, cf.HOSTILE.values(), report)):
+        assert_refused(outcome, path, fragment)
+        assert_same(dict(np.load(tmp_path / f"loaded_{i}.npz")), fresh)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("case", sorted(set(cf.HOSTILE) - set(cf.MEMORY_BOMBS) - set(cf.TIME_BOMBS)))
+def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case):
+    build, fragment = cf.HOSTILE[case]
+    path = build(str(tmp_path))
+    reader = checkpoints.caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
+    with pytest.raises(CheckpointError, match=fragment) as info:
+        reader(path)
+    assert path in str(info.value)
+    assert not (tmp_path / "pwned").exists()
+    for legacy in (False, True):
+        assert_same(read_state_dict(cf.write_clean(tmp_path / "clean.pth", legacy)), cf.clean_state())
+
+
+@pytest.mark.parametrize("target, state", [
+    (cf.op_global("torch", "FloatStorage"), cf.op_tuple(cf.op_str("int64"))),
+    (cf.op_global("torch._utils", "_rebuild_tensor_v2"),
+     cf.op_tuple(cf.op_global("torch._utils", "_rebuild_parameter"))),
+    (cf.op_global("torch", "float32"), cf.op_tuple(cf.op_str("float64"))),
+], ids=["storage-type", "rebuild", "dtype"])
+def test_stand_ins_refuse_changes_even_past_the_scan(tmp_path, target, state):
+    """The scan refuses BUILD on a global first; the stand-ins refuse it too, and each load has its own."""
+    unpickler = checkpoints._RestrictedUnpickler(io.BytesIO(b"\x80\x02" + target + state + b"b."))
+    with pytest.raises(checkpoints._Refused, match="modify the reader's stand-in"):
+        unpickler.load()
+    assert checkpoints._allowed_globals() == checkpoints._RestrictedUnpickler(io.BytesIO(b"")).allowed
+    assert unpickler.allowed is not checkpoints._RestrictedUnpickler(io.BytesIO(b"")).allowed
+    assert_same(read_state_dict(cf.write_clean(tmp_path / "clean.pth")), cf.clean_state())
+
+
+@pytest.mark.parametrize("size, stride, offset", [((0, 1 << 63), (1, 1), 0), ((2,), (-1,), 0), ((1 << 40,), (0,), 0),
+                                                  ((2, 2), (1,), 0), ((1,), (1,), 1 << 70)],
+                         ids=["empty-huge-dim", "negative-stride", "huge-dim", "rank-mismatch", "huge-offset"])
+def test_malformed_tensor_windows_are_refused(tmp_path, size, stride, offset):
+    pickled = cf.dict_op({"w": cf.tensor_op("0", 1, size, stride, offset)})
+    path = cf.write_torch_zip(tmp_path / "window.pth", pickled, {"0": bytes(4)})
+    with pytest.raises(CheckpointError, match=r"window.pth.*tensor 'w'"):
+        read_state_dict(path)
+
+
+def test_a_stride_of_a_length_1_dimension_does_not_matter(tmp_path):
+    pickled = cf.dict_op({"w": cf.tensor_op("0", 2, (2, 1), (1, 1 << 62))})
+    path = cf.write_torch_zip(tmp_path / "w.pth", pickled, {"0": np.array([3, 4], "<f4").tobytes()})
+    np.testing.assert_array_equal(read_state_dict(path)["w"], [[3], [4]])
+
+
+def test_a_budget_smaller_than_the_file_is_refused(tmp_path):
+    path = cf.write_clean(tmp_path / "clean.pth")
+    with pytest.raises(CheckpointError, match=r"clean.pth: its 2 tensor storages declare 88 bytes, more than the 80"):
+        read_state_dict(path, max_bytes=80)
+    np.savez(tmp_path / "w.npz", a=np.zeros(30, "f4"))
+    with pytest.raises(CheckpointError, match=r"w.npz: its 1 arrays declare 120 bytes, more than the 100"):
+        read_state_dict(tmp_path / "w.npz", max_bytes=100)
+
+
+@pytest.mark.parametrize("array, received", [(np.array(["a", "b"]), "<U1"), (np.zeros(2, "f4,i4"), "[('f0'")],
+                         ids=["strings", "structured"])
+def test_npz_of_non_numbers_is_refused(tmp_path, array, received):
+    np.savez(tmp_path / "s.npz", w=array)
+    with pytest.raises(CheckpointError, match=r"s.npz: member w.npy holds .* Expected an .npz of numeric arrays"):
+        read_state_dict(tmp_path / "s.npz")
+
+
+def test_npz_member_size_must_match_its_header(tmp_path):
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1000,)})
+    cf.write_zip(tmp_path / "short.npz", [("w.npy", header.getvalue() + bytes(8))])
+    with pytest.raises(CheckpointError, match=r"short.npz: corrupt .npz \(member w.npy declares \(1000,\)"):
+        read_state_dict(tmp_path / "short.npz")
+
+
+if __name__ == "__main__":
+    write_committed_fixtures(require_torch())

@@ -1,9 +1,12 @@
 """Converting original checkpoints: the CLI, and every way a checkpoint can fail to fit."""
+import keras
 import numpy as np
 import pytest
 
+import checkpoint_fixtures as cf
 from p3d_keras import convert
 from p3d_keras.applications import P3DResNet
+from p3d_keras.untrusted import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -22,13 +25,64 @@ def test_cli_writes_keras_weights_that_match_direct_loading(p3d63_npz, tmp_path,
     np.testing.assert_array_equal(direct, converted)
 
 
-def test_cli_reports_bad_input(tmp_path, caplog):
+def test_cli_reports_bad_input(tmp_path, caplog, capsys):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("not a checkpoint")
     assert convert.main([str(bogus), str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
     assert "notes.pth" in caplog.text
-    with pytest.raises(SystemExit, match="must end in .weights.h5"):
+    with pytest.raises(SystemExit) as info:
         convert.main([str(bogus), str(tmp_path / "x.h5")])
+    assert info.value.code == 2
+    assert "DST must end in .weights.h5. Received: dst=" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("case", list(cf.HOSTILE))
+def test_cli_refuses_each_hostile_file_with_exit_2_and_one_message(tmp_path, caplog, capsys, case):
+    build, fragment = cf.HOSTILE[case]
+    path = build(str(tmp_path))
+    assert convert.main([path, str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and path in errors[0] and fragment in errors[0], errors
+    assert "Traceback" not in caplog.text + capsys.readouterr().err
+    assert not (tmp_path / "x.weights.h5").exists() and not (tmp_path / "pwned").exists()
+
+
+def tiny_model(seed):
+    keras.utils.set_random_seed(seed)
+    return P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3, graph="pytorch")
+
+
+@pytest.mark.parametrize("bad, received", [
+    (np.array(["1", "x", "2"]), "fc.bias: <U1"),
+    (np.array([1.0, None, 2.0], dtype=object), "fc.bias: object"),
+    (np.array([1 + 2j, 0, 1]), "fc.bias: complex128"),
+], ids=["strings", "objects", "complex"])
+def test_a_bad_last_tensor_changes_no_weight(bad, received):
+    model = tiny_model(0)
+    state = convert.original_tensors(tiny_model(1), "pytorch")
+    assert list(state)[-1] == "fc.bias"  # the last tensor assigned
+    state["fc.bias"] = bad
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(CheckpointError, match=f"checkpoint holds tensors that are not real numbers.*{received}"):
+        convert.assign_original(model, state, "pytorch")
+    for b, w in zip(before, model.weights):
+        np.testing.assert_array_equal(b, w.numpy(), err_msg=w.path)
+
+
+def test_a_file_with_a_bad_last_tensor_changes_no_weight(tmp_path):
+    model = tiny_model(0)
+    state = convert.original_tensors(tiny_model(1), "pytorch")
+    state["fc.bias"] = state["fc.bias"].astype(np.complex64)
+    np.savez(tmp_path / "late.npz", **state)
+    before = [w.numpy().copy() for w in model.weights]
+    with pytest.raises(CheckpointError, match=r"late.npz holds tensors that are not real numbers.*fc.bias: complex64"):
+        convert.load_original_weights(model, tmp_path / "late.npz")
+    for b, w in zip(before, model.weights):
+        np.testing.assert_array_equal(b, w.numpy(), err_msg=w.path)
+    state["fc.bias"] = state["fc.bias"].real
+    np.savez(tmp_path / "good.npz", **state)
+    convert.load_original_weights(model, tmp_path / "good.npz")
+    assert not all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.weights))
 
 
 def test_include_top_false_ignores_the_classifier(p3d63_npz, reference):

@@ -40,6 +40,7 @@ from p3d_keras.untrusted import (  # noqa: F401 (both errors stay importable fro
     MAX_NESTING,
     MAX_PICKLE_BYTES,
     MAX_PICKLE_ITEMS,
+    MAX_ZIP_DIRECTORY_BYTES,
     CheckpointError,
     UnsafeCheckpointError,
     describe,
@@ -526,10 +527,49 @@ def _unknown_format(path, detail):
         f"an .npz of arrays, or a Caffe .caffemodel.")
 
 
+_ZIP_END = struct.Struct("<4s4H2LH")  # end of central directory: signature ... directory size, offset
+_ZIP64_LOCATOR = struct.Struct("<4sLQL")
+_ZIP64_END = struct.Struct("<4sQ2H2L4Q")
+
+
+def _zip_directory_bytes(path):
+    """The size a zip archive's end record declares for its central directory (zip64 included), read
+    from the file's last 64 KiB; None if no end record is found (zipfile then refuses the file)."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        tail_start = max(0, size - (_ZIP_END.size + 0xFFFF))
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        if at < 0 or len(tail) - at < _ZIP_END.size:
+            return None
+        directory = _ZIP_END.unpack_from(tail, at)[5]
+        locator = at - _ZIP64_LOCATOR.size
+        if locator >= 0 and tail[locator:locator + 4] == b"PK\x06\x07":
+            end64 = _ZIP64_LOCATOR.unpack_from(tail, locator)[2]
+            f.seek(end64)
+            record = f.read(_ZIP64_END.size)
+            if len(record) == _ZIP64_END.size and record[:4] == b"PK\x06\x06":
+                directory = max(directory, _ZIP64_END.unpack(record)[8])
+    return directory
+
+
+def _open_zip(path):
+    """`zipfile.ZipFile(path)`, after checking that its central directory (which zipfile reads and
+    turns into one object per entry) is at most `MAX_ZIP_DIRECTORY_BYTES`."""
+    directory = _zip_directory_bytes(path)
+    if directory is not None and directory > MAX_ZIP_DIRECTORY_BYTES:
+        raise CheckpointError(
+            f"Refusing to load {path}: its zip directory declares {directory} bytes of entries, more than the "
+            f"{MAX_ZIP_DIRECTORY_BYTES} allowed. Expected a P3D checkpoint (a few thousand entries at most). "
+            f"Received: {directory} bytes")
+    return zipfile.ZipFile(path)
+
+
 def _zip_kind(path):
     """'pytorch-zip' or 'npz' for a zip archive; CheckpointError for any other zip."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with _open_zip(path) as zf:
             names = zf.namelist()
     except (zipfile.BadZipFile, ValueError, EOFError) as e:
         raise CheckpointError(f"{path} starts like a zip archive but is truncated or corrupt ({e}). "
@@ -635,7 +675,7 @@ def _needed_storages(state, storages, path, max_bytes, byteorder="little"):
 
 def _load_zip(path, max_bytes):
     """The state dict of a torch zip checkpoint, its storages' data read."""
-    with zipfile.ZipFile(path) as zf:
+    with _open_zip(path) as zf:
         pkl = _zip_pickle_name(zf.namelist())
         archive = pkl[: -len("data.pkl")]
         byteorder = "little"
@@ -780,7 +820,7 @@ def _read_npz(path, max_bytes):
     """`{name: array}` from an .npz, each member's declared size checked against its record and
     all together against `max_bytes` before any array is read."""
     try:
-        with zipfile.ZipFile(path) as zf:
+        with _open_zip(path) as zf:
             infos = zf.infolist()
             names = [info.filename[: -len(".npy")] for info in infos]
             if len(set(names)) != len(names):

@@ -455,5 +455,23 @@ def test_npz_member_size_must_match_its_header(tmp_path):
         read_state_dict(tmp_path / "short.npz")
 
 
+@pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])
+def test_a_huge_zip_directory_is_refused_before_zipfile_reads_it(tmp_path, zip64):
+    # 200 000 real central-directory entries (11 MB), which zipfile would turn into 200 000 objects
+    local = b"PK\x03\x04" + bytes(22) + (4).to_bytes(2, "little") + bytes(2) + b"a.pt"
+    entry = b"PK\x01\x02" + bytes(24) + (4).to_bytes(2, "little") + bytes(14) + b"a.pt"
+    directory = entry * 200_000
+    end = b"PK\x05\x06" + bytes(6) + (0xFFFF).to_bytes(2, "little") + len(directory).to_bytes(4, "little") + bytes(6)
+    if zip64:  # a zip64 end record declaring the size, the classic record saying "see zip64"
+        end64 = b"PK\x06\x06" + (44).to_bytes(8, "little") + bytes(20) + (200_000).to_bytes(8, "little") * 2 \
+            + len(directory).to_bytes(8, "little") + bytes(8)
+        locator = b"PK\x06\x07" + bytes(4) + (len(local) + len(directory)).to_bytes(8, "little") \
+            + (1).to_bytes(4, "little")
+        end = end64 + locator + end[:12] + b"\xff" * 4 + end[16:]
+    (tmp_path / "many.pth").write_bytes(local + directory + end)
+    with pytest.raises(CheckpointError, match=r"many.pth: its zip directory declares \d+ bytes of entries, more than"):
+        read_state_dict(tmp_path / "many.pth")
+
+
 if __name__ == "__main__":
     write_committed_fixtures(require_torch())

@@ -17,7 +17,7 @@ MAX_PICKLE_BYTES = 64 << 20  # one pickle (a P3D-199 training checkpoint's is ab
 MAX_PICKLE_ITEMS = 1_000_000  # opcodes, objects and entries of one pickle (a P3D-199 training checkpoint: 200 000)
 MAX_NESTING = 32  # containers inside containers (a torch checkpoint nests about 8 deep)
 MAX_PROTOBUF_FIELDS = 1 << 18  # fields decoded from one .caffemodel (of the order of 20 000 for P3D-199)
-MAX_ZIP_DIRECTORY_BYTES = 4 << 20  # a zip's central directory (a P3D-199 training checkpoint's: ~200 KB)
+MAX_ZIP_DIRECTORY_BYTES = 4 << 20  # a zip's central directory (a P3D-199 training checkpoint's: a few hundred KB)
 
 
 def byte_budget(parameters):

@@ -85,7 +85,8 @@ def _build_parser():
     _add_input_args(beam)
     inspect = commands.add_parser("inspect", help="summarise shards and draw a contact sheet")
     inspect.add_argument("paths", nargs="+", help="shard files or folders of shards")
-    inspect.add_argument("--gzip", action="store_true", help="the shards are GZIP-compressed")
+    inspect.add_argument("--gzip", action="store_true",
+                         help="insist that the shards are GZIP-compressed (by default each is read as its bytes say)")
     inspect.add_argument("--contact-sheet", help="save a PNG grid of one record's frames here")
     inspect.add_argument("--record", type=int, default=0, help="record for the contact sheet")
     index = commands.add_parser("index", help="write the window index of uncompressed shards (for "
@@ -182,7 +183,7 @@ def _inspect(args):
     from . import inspect
 
     paths = _shard_paths(args.paths)
-    compression = "GZIP" if args.gzip else None
+    compression = "GZIP" if args.gzip else "auto"
     print(json.dumps(inspect.summarize(paths, compression), indent=1, ensure_ascii=False))
     if args.contact_sheet:
         media_id = inspect.contact_sheet(paths, args.contact_sheet, record=args.record,

@@ -86,8 +86,13 @@ class Summary:
         return len(self.failures)
 
 
-def shard_name(prefix, index, num_shards):
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+def shard_suffix(compression):
+    """`.tfrecord`, or `.tfrecord.gz` for GZIP shards (readers tell GZIP by the bytes, not the name)."""
+    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+
+
+def shard_name(prefix, index, num_shards, compression=None):
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{shard_suffix(compression)}"
 
 
 def default_num_shards(num_items, videos_per_shard=100):
@@ -260,7 +265,7 @@ class _Job:
         return self.work / f"shard-{k:05d}.json"
 
     def path(self, k):
-        return self.out / shard_name(self.prefix, k, self.num_shards)
+        return self.out / shard_name(self.prefix, k, self.num_shards, self.compression)
 
     def shard_done(self, k):
         return self.marker(k).exists() and self.path(k).exists()

@@ -2,6 +2,8 @@
 its errors, its build, and the readers' choice of decoder."""
 import io
 import logging
+import os
+import re
 
 import av
 import numpy as np
@@ -96,6 +98,43 @@ def test_resolve(native, monkeypatch, caplog):
     assert "decoding with TensorFlow's ops" in caplog.text and "no compiler" in caplog.text
     with pytest.raises(clip_decoder.NativeDecoderUnavailable, match="decoder='native': no compiler"):
         clip_decoder.resolve("native")
+
+
+@pytest.mark.parametrize("cache", ["xdg-is-a-file", "home-is-a-file", "home-unset", "read-only"])
+def test_an_unwritable_build_cache_falls_back_to_tensorflow(tmp_path, monkeypatch, caplog, cache):
+    """`auto` decodes with TensorFlow's ops and says why; `native` names the folder and the way out."""
+    monkeypatch.chdir(tmp_path)  # a `~/.cache` taken literally would land here
+    monkeypatch.setattr(clip_decoder, "_loaded", {})
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    if cache == "xdg-is-a-file":
+        monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+        named = str(blocker / "p3d_keras")
+    elif cache == "home-is-a-file":
+        monkeypatch.setenv("HOME", str(blocker))
+        named = str(blocker / ".cache" / "p3d_keras")
+    elif cache == "home-unset":
+        monkeypatch.delenv("HOME")
+        monkeypatch.setattr(clip_decoder.os.path, "expanduser", lambda path: path)  # and no passwd entry
+        named = "~/.cache"
+    else:
+        home = tmp_path / "home"
+        (home / ".cache").mkdir(parents=True)
+        (home / ".cache").chmod(0o500)
+        monkeypatch.setenv("HOME", str(home))
+        if os.geteuid() == 0:  # root writes anywhere: make the write fail as it would for a user
+            monkeypatch.setattr(clip_decoder.tempfile, "TemporaryFile",
+                                lambda **_: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+        named = str(home / ".cache" / "p3d_keras")
+    with caplog.at_level(logging.WARNING, logger="p3d_keras.tfrecords_tools.clip_decoder"):
+        assert clip_decoder.resolve("auto") is None
+    assert "decoding with TensorFlow's ops" in caplog.text and named in caplog.text
+    assert "set $XDG_CACHE_HOME to a writable folder" in caplog.text
+    with pytest.raises(clip_decoder.NativeDecoderUnavailable,
+                       match=rf"decoder='native': .*{re.escape(named)}.*set \$XDG_CACHE_HOME to a writable folder"):
+        clip_decoder.resolve("native")
+    assert not (tmp_path / "~").exists()
 
 
 @pytest.mark.parametrize("options", [

@@ -6,9 +6,12 @@ A plain TFRecord file starts with its first record's header: the length (8 bytes
 and the masked CRC32C of those 8 bytes (`framing`). A GZIP file starts with gzip's magic `1f 8b`
 and its method byte `08` (deflate). The two can overlap: a plain shard whose first record is
 559,903 + k * 2**24 bytes long starts with `1f 8b 08` too. So the header is tested first: 12
-bytes whose last 4 are the masked CRC32C of the first 8 are a plain shard (a gzip header matches
-that only by a 1 in 2**32 chance), else the gzip magic and method mean GZIP, else the shard is
-plain (empty, or with a broken first header, which the readers report as a corrupt record).
+bytes whose last 4 are the masked CRC32C of the first 8 are a plain shard, else the gzip magic
+and method mean GZIP, else the shard is plain (empty, or with a broken first header, which the
+readers report as a corrupt record naming the shard). A gzip header never passes for a record
+header when it has no time and no name, as the converter's and TensorFlow's have (whatever its
+XFL and OS bytes); any other gzip header passes by a 1 in 2**32 chance. The bytes therefore
+decide alone; the manifest's `compression` is not consulted (beam's output and globs have none).
 
 Neither TensorFlow nor google-crc32c: the CRC32C of 8 bytes is computed here, bit by bit.
 """

@@ -104,8 +104,9 @@ def test_a_plain_shard_that_starts_like_gzip_is_read_as_plain(tmp_path):
 
 
 def misnamed_folder(root):
-    """A converter-like folder of a GZIP shard named `.tfrecord` (an older run's `--gzip` output)
-    and an uncompressed shard named `.tfrecord.gz`, no manifest; returns (folder, gzip, plain)."""
+    """A converter-like folder of a GZIP shard named `.tfrecord` (an older run's `--gzip` output),
+    an uncompressed shard named `.tfrecord.gz`, an interrupted write's `.tmp` file and no
+    manifest; returns (folder, gzip, plain)."""
     folder = root / "shards"
     folder.mkdir()
     gz = write_shards(root, VIDEOS[:2], compression="GZIP", prefix="a")[0]
@@ -114,6 +115,7 @@ def misnamed_folder(root):
     shutil.move(gz, gz_named_plain)
     shutil.move(plain, plain_named_gz)
     (folder / "labels.txt").write_text("jump\nrun\nsit\n")
+    (folder / "c-00000-of-00001.tfrecord.gz.tmp").write_bytes(b"\x1f\x8b\x08 an interrupted write")
     return folder, str(gz_named_plain), str(plain_named_gz)
 
 
@@ -142,9 +144,11 @@ def test_misnamed_shards_are_read_by_their_bytes_everywhere(tmp_path, capsys):
 
 def test_a_compression_that_contradicts_the_bytes_is_an_error_naming_the_shard(tmp_path):
     folder, gz, plain = misnamed_folder(tmp_path)
-    with pytest.raises(ValueError, match=r"Expected a GZIP shard.*Received: a uncompressed shard=.*b-00001-of-00002\.tfrecord\.gz"):
+    with pytest.raises(ValueError, match=r"Expected a GZIP-compressed shard.*Received: an uncompressed "
+                                         r"shard=.*b-00001-of-00002\.tfrecord\.gz"):
         reader.training_dataset([gz, plain], batch_size=1, compression="GZIP", **SMALL)
-    with pytest.raises(ValueError, match=r"Expected a uncompressed shard.*Received: a GZIP shard=.*a-00000-of-00002\.tfrecord"):
+    with pytest.raises(ValueError, match=r"Expected an uncompressed shard.*Received: a GZIP-compressed "
+                                         r"shard=.*a-00000-of-00002\.tfrecord"):
         reader.evaluation_dataset([gz, plain], batch_size=1, compression=None, **SMALL)
     assert cli.main(["inspect", "--gzip", str(folder)]) == 2  # one message, exit 2
 

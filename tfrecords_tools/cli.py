@@ -12,6 +12,8 @@ import pathlib
 import sys
 import time
 
+from p3d_keras.cli_common import shard_files
+
 from . import sources
 from . import video
 from . import writer
@@ -171,12 +173,10 @@ def _beam(args, pipeline_args):
 
 
 def _shard_paths(paths):
-    found = []
-    for path in map(pathlib.Path, paths):
-        found.extend(sorted(path.glob("*.tfrecord*")) if path.is_dir() else [path])
-    if not found:
-        raise ValueError(f"Expected shard files or folders holding *.tfrecord. Received: {paths}")
-    return found
+    """The shards of each of `paths` (a shard, a glob, or a folder of `*.tfrecord` and
+    `*.tfrecord.gz` shards: `cli_common.shard_files`, so an interrupted write's `.tmp` file is
+    not one); raises a `ValueError` naming a path that holds none."""
+    return [pathlib.Path(shard) for path in paths for shard in shard_files(str(path))]
 
 
 def _inspect(args):

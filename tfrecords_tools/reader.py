@@ -119,9 +119,9 @@ def shard_compression(path, compression="auto"):
         raise ValueError(f"Expected compression to be one of {COMPRESSIONS}. Received: compression={compression!r}")
     found = compression_lib.shard_compression(path, tf.io.gfile.GFile)
     if compression != "auto" and (compression or "") != found:
-        raise ValueError(f"Expected a {compression or 'uncompressed'} shard (compression={compression!r}). "
-                         f"Received: a {found or 'uncompressed'} shard={path}; leave compression='auto' to read "
-                         "each shard as its bytes say")
+        kinds = {"GZIP": "a GZIP-compressed", "": "an uncompressed"}
+        raise ValueError(f"Expected {kinds[compression or '']} shard (compression={compression!r}). Received: "
+                         f"{kinds[found]} shard={path}; leave compression='auto' to read each shard as its bytes say")
     return found
 
 

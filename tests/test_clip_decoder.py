@@ -109,7 +109,8 @@ def damaged(data):
     for name, value in [("0", 0), ("+1", height + 1), ("x2", 2 * height), ("/2", height // 2), ("max", 65535)]:
         yield f"SOF height {name}", put(sof + 5, value)
     wide = 20000  # TensorFlow refuses frames of 2**29 samples or more
-    for name, value in [("2**29 or more", -(-(1 << 29) // (channels * wide))), ("less", (1 << 29) // (channels * wide))]:
+    for name, value in [("2**29 or more", -(-(1 << 29) // (channels * wide))),
+                        ("less", (1 << 29) // (channels * wide))]:
         yield f"SOF {value}x{wide}x{channels}: {name}", put(sof + 5, (value << 16) + wide, 4)
     for name, value in [("0", 0), ("+16", width + 16), ("x2", 2 * width), ("max", 65535)]:
         yield f"SOF width {name}", put(sof + 7, value)

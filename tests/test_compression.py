@@ -3,6 +3,7 @@
 import csv
 import gzip
 import json
+import os
 import shutil
 import struct
 
@@ -13,7 +14,8 @@ import tensorflow as tf
 
 import tfrecords_fixtures as fx
 from p3d_keras import cli_common, training
-from p3d_keras.tfrecords_tools import cli, compression, framing, index, inspect, reader, schema, writer
+from p3d_keras.tfrecords_tools import cli, compression, framing, index, inspect, reader, schema, sources, video
+from p3d_keras.tfrecords_tools import writer
 from shard_fixtures import frame, video_example, write_shards
 
 VIDEOS = [(6, 0), (4, 1), (9, 2), (5, 1)]
@@ -134,7 +136,8 @@ def test_misnamed_shards_are_read_by_their_bytes_everywhere(tmp_path, capsys):
     assert cli.main(["inspect", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 4
     # The window index refuses the GZIP shard by its bytes and indexes the plain one whatever its name.
-    with pytest.raises(ValueError, match=r"uncompressed shard.*Received: a GZIP-compressed shard=.*a-00000-of-00002\.tfrecord$"):
+    with pytest.raises(ValueError, match=r"uncompressed shard.*Received: a GZIP-compressed "
+                                         r"shard=.*a-00000-of-00002\.tfrecord$"):
         index.write_index(gz)
     assert list(index.write_index(plain).num_frames) == [9, 5]
     assert reader.resolve_reads([plain], compression="auto", skip_corrupt=False, cycle_length=None) == "windows"
@@ -186,6 +189,28 @@ def test_readme_kinetics_gzip_example_trains(tmp_path):
                           "--batch-size", "2", "--seed", "1", "--verbose", "0", "--decoder", "tf",
                           "--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]) == 0
     assert (run / "last.keras").exists()
+
+
+def test_a_run_resumed_from_one_with_the_old_gzip_names_keeps_them(tmp_path):
+    """An output folder of an earlier `--gzip` run, whose shards were named `.tfrecord`: a rerun
+    keeps those shards and names, and the folder holds each shard once."""
+    videos = [str(fx.make_video(tmp_path / "in" / f"v{i}", num_frames=3 + i)) for i in range(3)]
+    items = [sources.VideoItem(path, "a", f"a/{i}") for i, path in enumerate(videos)]
+    out = tmp_path / "out"
+    options = dict(decode=video.DecodeOptions(size=(32, 48)), num_shards=2, compression="GZIP", workers=0)
+    writer.convert(items, {"a": 0}, out, **options)
+    for marker in sorted((out / writer.WORK_DIR).glob("shard-*.json")):  # as the earlier run left them
+        fields = json.loads(marker.read_text())
+        old = fields["file"].removesuffix(".gz")
+        (out / fields["file"]).rename(out / old)
+        marker.write_text(json.dumps({**fields, "file": old}))
+    summary = writer.convert(items, {"a": 0}, out, **options)
+    assert summary.resumed_shards == 2
+    assert [s["file"] for s in summary.manifest["shards"]] == ["data-00000-of-00002.tfrecord",
+                                                              "data-00001-of-00002.tfrecord"]
+    shards = cli_common.shard_files(str(out))
+    assert [os.path.basename(p) for p in shards] == ["data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
+    assert inspect.summarize(shards)["frames"]["total"] == 3 + 4 + 5
 
 
 def test_gzip_shard_names():

@@ -265,6 +265,14 @@ class _Job:
         return self.work / f"shard-{k:05d}.json"
 
     def path(self, k):
+        """Shard k's file: `shard_name`, or the name its marker records, so that a run resumed from
+        one that named GZIP shards `.tfrecord` (before `.tfrecord.gz`) keeps those names and
+        leaves no shard twice in the folder."""
+        marker = self.marker(k)
+        if marker.exists():
+            name = json.loads(marker.read_text(encoding="utf-8"))["file"]
+            if pathlib.Path(name).name == name:  # a bare name, as written
+                return self.out / name
         return self.out / shard_name(self.prefix, k, self.num_shards, self.compression)
 
     def shard_done(self, k):

@@ -142,17 +142,15 @@ def collection_labels(path):
 
 def collection_size(path):
     """Number of records (videos) in the shards of `path`: from the converter's manifest when
-    present, else by counting records."""
+    present, else by counting records (each shard read as its bytes say, GZIP or not)."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     manifest = os.path.join(folder, MANIFEST)
     if os.path.isdir(path) and os.path.exists(manifest):
         with open(manifest, encoding="utf-8") as f:
             return int(json.load(f)["totals"]["records"])
-    import tensorflow as tf  # noqa: PLC0415
+    from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415 (imports TensorFlow)
 
-    files = shard_files(path)
-    compression = "GZIP" if files[0].endswith(".gz") else None
-    return int(tf.data.TFRecordDataset(files, compression_type=compression).reduce(0, lambda n, _: n + 1))
+    return int(reader.read_records(shard_files(path)).reduce(0, lambda n, _: n + 1))
 
 
 class ProgramError(Exception):

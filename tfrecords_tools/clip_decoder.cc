@@ -10,12 +10,17 @@
 // libjpeg decodes a cropped row from the MCU boundary left of the crop, so the dx pixels before
 // the crop land on the end of the row above; those bytes are saved before and put back after.
 //
-// Decoding matches TensorFlow's defaults: RGB output (grayscale frames replicated), fancy
-// upsampling, the fast integer IDCT (TensorFlow's JDCT_DEFAULT), corrupt-data warnings ignored,
-// truncated or empty data an error. CMYK frames are refused (TensorFlow converts them).
+// Decoding matches TensorFlow's defaults: RGB output (grayscale frames replicated, CMYK frames
+// converted as TensorFlow does), fancy upsampling, the fast integer IDCT (TensorFlow's
+// JDCT_DEFAULT). So do its errors: data that does not start with FF D8 FF, a frame header of 2**29
+// samples or more, libjpeg's errors (e.g. a bad frame or scan header or Huffman table), and
+// truncated or empty data raise; libjpeg's warnings (corrupt data, a premature end of the entropy
+// data, which libjpeg fills with zeros) do not, as in TensorFlow (its try_recover_truncated_jpeg
+// is off). tests/test_clip_decoder.py checks that on damaged frames: raise for raise, equal clips.
 #include <algorithm>
 #include <csetjmp>
 #include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -43,6 +48,9 @@ struct ErrorManager {
   jmp_buf jump;
   char message[JMSG_LENGTH_MAX];
 };
+
+// libjpeg's warnings (corrupt data it decodes through) are not printed; errors are returned.
+void OutputMessage(j_common_ptr) {}
 
 void ErrorExit(j_common_ptr cinfo) {
   ErrorManager* manager = reinterpret_cast<ErrorManager*>(cinfo->err);
@@ -87,6 +95,18 @@ void ReverseRow(uint8_t* row, int width, bool flip, bool reverse_channels) {
   }
 }
 
+// TensorFlow's conversion of `width` CMYK pixels (inverted when an Adobe marker says so) to RGB.
+void CmykToRgb(const uint8_t* cmyk, int width, bool adobe, uint8_t* rgb) {
+  for (int i = 0; i < width; ++i, cmyk += 4, rgb += 3) {
+    const int c = cmyk[0], m = cmyk[1], y = cmyk[2], k = cmyk[3];
+    if (adobe) {
+      rgb[0] = k * c / 255, rgb[1] = k * m / 255, rgb[2] = k * y / 255;
+    } else {
+      rgb[0] = (255 - k) * (255 - c) / 255, rgb[1] = (255 - k) * (255 - m) / 255, rgb[2] = (255 - k) * (255 - y) / 255;
+    }
+  }
+}
+
 // Decodes `window` of one JPEG into `out` (window.height rows of 3 * window.width bytes); rows
 // are written in place when at least `room` bytes before `out` belong to the caller. Returns ""
 // or what went wrong.
@@ -97,6 +117,7 @@ std::string DecodeWindow(const tstring& data, const Window& window, uint8_t* out
   jpeg_source_mgr source;
   cinfo.err = jpeg_std_error(&manager.pub);
   manager.pub.error_exit = ErrorExit;
+  manager.pub.output_message = OutputMessage;
   if (setjmp(manager.jump)) {
     jpeg_destroy_decompress(&cinfo);
     return manager.message;
@@ -110,15 +131,25 @@ std::string DecodeWindow(const tstring& data, const Window& window, uint8_t* out
   source.next_input_byte = reinterpret_cast<const JOCTET*>(data.data());
   source.bytes_in_buffer = data.size();
   cinfo.src = &source;
-  if (data.empty()) ERREXIT(&cinfo, JERR_INPUT_EMPTY);
-  jpeg_read_header(&cinfo, TRUE);
-  if (cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK) {
+  // TensorFlow's checks before and after the header (tensorflow/core/kernels/image/decode_image_op.cc,
+  // tensorflow/core/lib/jpeg/jpeg_mem.cc): its signature, and at most 2**29 - 1 samples.
+  if (data.size() < 3 || std::memcmp(data.data(), "\xff\xd8\xff", 3) != 0) {
     jpeg_destroy_decompress(&cinfo);
-    return "a CMYK JPEG (decode it with decoder='tf')";
+    return "not a JPEG (it does not start with FF D8 FF)";
   }
-  cinfo.out_color_space = JCS_RGB;
+  jpeg_read_header(&cinfo, TRUE);
+  const bool cmyk = cinfo.jpeg_color_space == JCS_CMYK || cinfo.jpeg_color_space == JCS_YCCK;
+  cinfo.out_color_space = cmyk ? JCS_CMYK : JCS_RGB;
   cinfo.do_fancy_upsampling = TRUE;
   cinfo.dct_method = JDCT_IFAST;
+  jpeg_calc_output_dimensions(&cinfo);
+  const int64_t samples = static_cast<int64_t>(cinfo.output_height) * cinfo.output_width * cinfo.num_components;
+  if (samples >= (int64_t{1} << 29)) {
+    jpeg_destroy_decompress(&cinfo);
+    return "the frame header's size " + std::to_string(cinfo.output_height) + "x" +
+           std::to_string(cinfo.output_width) + "x" + std::to_string(cinfo.num_components) +
+           " is too large (TensorFlow's decoder refuses 2**29 samples or more)";
+  }
   jpeg_start_decompress(&cinfo);
   const int image_height = cinfo.output_height, image_width = cinfo.output_width;
   if (window.y < 0 || window.x < 0 || window.y + window.height > image_height ||
@@ -130,14 +161,16 @@ std::string DecodeWindow(const tstring& data, const Window& window, uint8_t* out
   }
   JDIMENSION x = window.x, decoded_width = window.width;
   jpeg_crop_scanline(&cinfo, &x, &decoded_width);
-  const size_t lead = 3 * static_cast<size_t>(window.x - static_cast<int>(x));  // bytes before the crop
-  const bool in_place = decoded_width == window.width + lead / 3;  // libjpeg only widens to the left
+  const size_t lead_pixels = window.x - static_cast<int>(x);
+  const size_t lead = 3 * lead_pixels;  // bytes before the crop
+  // libjpeg only widens to the left; CMYK rows are converted from the scratch row
+  const bool in_place = !cmyk && decoded_width == window.width + lead_pixels;
   if (window.y > 0 && jpeg_skip_scanlines(&cinfo, window.y) != static_cast<JDIMENSION>(window.y)) {
     jpeg_destroy_decompress(&cinfo);
     return "premature end of JPEG data";
   }
   const size_t row_bytes = 3 * static_cast<size_t>(window.width);
-  scratch->resize(3 * static_cast<size_t>(decoded_width));
+  scratch->resize((cmyk ? 4 : 3) * static_cast<size_t>(decoded_width));
   uint8_t saved[3 * 64];
   for (int r = 0; r < window.height; ++r) {
     uint8_t* row = out + r * row_bytes;
@@ -150,12 +183,21 @@ std::string DecodeWindow(const tstring& data, const Window& window, uint8_t* out
     }
     if (direct) {
       std::memcpy(row - lead, saved, lead);
+    } else if (cmyk) {
+      CmykToRgb(scratch->data() + 4 * lead_pixels, window.width, cinfo.saw_Adobe_marker, row);
     } else {
       std::memcpy(row, scratch->data() + lead, row_bytes);
     }
     ReverseRow(row, window.width, window.flip, window.reverse_channels);
   }
-  jpeg_abort_decompress(&cinfo);
+  if (window.y + window.height == image_height) {
+    // As TensorFlow's decoder: a window down to the last row finishes decompressing, which reads
+    // the markers after the scan up to EOI (a missing EOI is an error); it skips the rows below
+    // any other window unread.
+    jpeg_finish_decompress(&cinfo);
+  } else {
+    jpeg_abort_decompress(&cinfo);
+  }
   jpeg_destroy_decompress(&cinfo);
   return "";
 }

@@ -13,10 +13,11 @@ op is loaded, `verify`), 8-19 % less CPU per training clip at 160x160 crops (`be
 The native op is compiled on first use (~10 s) against the running TensorFlow (`tf.sysconfig`)
 and the system's libjpeg-turbo, with `$CXX` (default `c++`), into `$XDG_CACHE_HOME/p3d_keras/`
 (default `~/.cache/p3d_keras/`), once per TensorFlow version, compiler and source. It needs a
-C++17 compiler and libjpeg-turbo's headers (Debian/Ubuntu: `libjpeg-turbo8-dev` or
-`libjpeg62-turbo-dev`; conda: `libjpeg-turbo`). `resolve(decoder)` picks: `tf`, `native` (an
-error saying why when the op cannot be built, loaded or verified), or `auto`: native when it
-can, else TensorFlow's ops with a warning that says why.
+C++17 compiler, libjpeg-turbo's headers (Debian/Ubuntu: `libjpeg-turbo8-dev` or
+`libjpeg62-turbo-dev`; conda: `libjpeg-turbo`) and a writable cache folder (not so with a
+read-only home, or `HOME` unset or a file: set `$XDG_CACHE_HOME`). `resolve(decoder)` picks:
+`tf`, `native` (an error saying why when the op cannot be built, loaded or verified), or `auto`:
+native when it can, else TensorFlow's ops with a warning that says why; `auto` never raises.
 """
 import hashlib
 import logging
@@ -24,6 +25,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import threading
 
 import numpy as np
@@ -34,6 +36,7 @@ logger = logging.getLogger(__name__)
 DECODERS = ("auto", "tf", "native")
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "clip_decoder.cc")
 BUILD_TIMEOUT_S = 300
+CACHE_HINT = "set $XDG_CACHE_HOME to a writable folder (the op is built in $XDG_CACHE_HOME/p3d_keras)"
 
 _lock = threading.Lock()
 _loaded = {}  # "op" or "error": the outcome of this process's one attempt
@@ -44,8 +47,25 @@ class NativeDecoderUnavailable(RuntimeError):
 
 
 def ops_dir():
-    """Where compiled ops are kept: `$XDG_CACHE_HOME/p3d_keras` (default `~/.cache/p3d_keras`)."""
-    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "p3d_keras")
+    """Where compiled ops are kept: `$XDG_CACHE_HOME/p3d_keras` (default `~/.cache/p3d_keras`).
+    Raises `NativeDecoderUnavailable` when neither `$XDG_CACHE_HOME` nor a home directory is set."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+    if cache.startswith("~"):
+        raise NativeDecoderUnavailable(f"there is no home directory for its build cache ({cache}: $HOME is unset); "
+                                       f"{CACHE_HINT}")
+    return os.path.join(cache, "p3d_keras")
+
+
+def _writable(directory):
+    """Create `directory` if needed and check that files can be written in it; raises
+    `NativeDecoderUnavailable` naming it and saying how to point the cache elsewhere."""
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise NativeDecoderUnavailable(f"its build cache {directory} cannot be written ({error.strerror or error}); "
+                                       f"{CACHE_HINT}") from error
 
 
 def build_command(source, output, cxx=None):
@@ -59,7 +79,8 @@ def build(directory=None, cxx=None):
     """Path of the compiled op library, compiling it into `directory` (default `ops_dir()`) if it
     is not there yet. The file name holds a hash of the source, the compiler and TensorFlow's
     version and flags; a library is written under a temporary name and renamed, so concurrent
-    builds never load a partial file."""
+    builds never load a partial file. Raises `NativeDecoderUnavailable` when the compiler fails
+    or cannot run, or the directory cannot be written (naming it)."""
     directory = directory or ops_dir()
     command = build_command(SOURCE, "OUTPUT", cxx)
     with open(SOURCE, "rb") as f:
@@ -67,7 +88,7 @@ def build(directory=None, cxx=None):
     library = os.path.join(directory, f"clip_decoder-{key}.so")
     if os.path.exists(library):
         return library
-    os.makedirs(directory, exist_ok=True)
+    _writable(directory)
     partial = f"{library}.{os.getpid()}.{threading.get_ident()}.part"
     command[command.index("OUTPUT")] = partial
     logger.info("Compiling the native clip decoder: %s", shlex.join(command))
@@ -128,6 +149,8 @@ def native_op():
                 _loaded["error"] = error
             except tf.errors.OpError as error:
                 _loaded["error"] = NativeDecoderUnavailable(f"loading the compiled op failed: {error}")
+            except OSError as error:  # e.g. its source missing from the installed package
+                _loaded["error"] = NativeDecoderUnavailable(f"building it failed: {error}")
         if "error" in _loaded:
             raise _loaded["error"]
         return _loaded["op"]

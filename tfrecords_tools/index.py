@@ -12,8 +12,8 @@ every uncompressed shard they write; `p3d-tfrecords index` (or `write_index`) bu
 other shard. Building reads the shard once, checks every record's framing and CRC32C (a corrupt
 record is an error naming the shard and the byte), and locates the frames with
 `schema.locate_frames`, reading only the records' field headers: memory does not grow with a
-record's length. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow
-nor NumPy (the converter's processes import neither).
+record's length. GZIP shards (told by their bytes, `compression`) cannot be read by byte range
+and are refused. Neither TensorFlow nor NumPy (the converter's processes import neither).
 """
 import array
 import dataclasses
@@ -23,12 +23,12 @@ import sys
 
 from p3d_keras.fileutil import atomic_file
 
+from . import compression
 from . import framing
 from . import schema
 
 INDEX_SUFFIX = ".tfindex"
 SHARD_SUFFIX = ".tfrecord"
-GZIP_MAGIC = b"\x1f\x8b"
 # The file: MAGIC, then HEADER (version, shard bytes, records, frames), then the arrays of
 # `ShardIndex` in field order, little-endian, each as `array.array` of its typecode.
 MAGIC = b"P3DTFIDX"
@@ -71,7 +71,7 @@ def build_index(shard):
     see the module docstring)."""
     arrays = {name: array.array(code) for name, code in _TYPECODES.items()}
     with open(shard, "rb") as f:
-        if f.read(2) == GZIP_MAGIC:
+        if compression.detect(f.read(framing.HEADER_BYTES)) == compression.GZIP:
             raise ValueError("Expected an uncompressed shard (a window index locates frames by byte). "
                              f"Received: a GZIP-compressed shard={os.fspath(shard)}")
         f.seek(0)

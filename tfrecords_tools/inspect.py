@@ -5,21 +5,20 @@ import io
 from . import schema
 
 
-def _dataset(paths, compression=None):
-    import tensorflow as tf
+def iter_records(paths, compression="auto"):
+    """Yield each record of the shards `paths` (a path or a list), in order, parsed by
+    `schema.parse_example`, as numpy values. Read by `reader.read_records`: each shard as its
+    bytes say (`compression="auto"`, or `None` / `GZIP` to insist), a corrupt or truncated record
+    an error naming its shard."""
+    from .reader import read_records  # noqa: PLC0415 (imports TensorFlow; the converter's CLI does not)
 
     paths = [str(p) for p in ([paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__")
                               else paths)]
-    return tf.data.TFRecordDataset(paths, compression_type=compression or "")
-
-
-def iter_records(paths, compression=None):
-    """Yield each record parsed by `schema.parse_example`, as numpy values."""
-    for serialized in _dataset(paths, compression):
+    for _, serialized in read_records(paths, compression=compression, cycle_length=1):
         yield {k: v.numpy() for k, v in schema.parse_example(serialized).items()}
 
 
-def summarize(paths, compression=None):
+def summarize(paths, compression="auto"):
     """`{"records", "labels": {string: count}, "frames": {min, max, mean, total},
     "sizes": {"HxW": count}, "jpeg_bytes": {mean per frame}}` over all records of `paths`."""
     labels, sizes = collections.Counter(), collections.Counter()
@@ -40,7 +39,7 @@ def summarize(paths, compression=None):
     }
 
 
-def contact_sheet(paths, output_png, *, record=0, max_frames=16, columns=4, compression=None):
+def contact_sheet(paths, output_png, *, record=0, max_frames=16, columns=4, compression="auto"):
     """Save a grid of up to `max_frames` evenly spaced frames of record number `record` to
     `output_png`; returns that record's media id."""
     from PIL import Image

@@ -61,6 +61,7 @@ import tensorflow as tf
 from p3d_keras import normalization as norm_lib
 from p3d_keras.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
 from p3d_keras.tfrecords_tools import clip_decoder
+from p3d_keras.tfrecords_tools import compression as compression_lib
 from p3d_keras.tfrecords_tools import framing
 from p3d_keras.tfrecords_tools import index as index_lib
 from p3d_keras.tfrecords_tools import sampling
@@ -71,8 +72,7 @@ logger = logging.getLogger(__name__)
 AUTOTUNE = tf.data.AUTOTUNE
 CROPS = ("center", "three")
 OUTPUT_DTYPES = ("float32", "uint8")
-COMPRESSIONS = ("auto", None, "", "GZIP")
-COMPRESSED_SUFFIXES = (".gz", ".gzip")  # compression="auto" reads these as GZIP
+COMPRESSIONS = ("auto", None, "", "GZIP")  # auto: from each shard's bytes (`compression`)
 READS = ("auto", "records", "windows")
 # Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
 # of each shard being read are held at once (x cycle_length shards).
@@ -111,13 +111,18 @@ def list_shards(file_pattern):
 
 
 def shard_compression(path, compression="auto"):
-    """The `TFRecordDataset` compression type of a shard: `auto` means GZIP for names ending in
-    `.gz` or `.gzip`, none otherwise."""
+    """The `TFRecordDataset` compression type of the shard `path` (`GZIP` or `""`), read from its
+    first bytes whatever its name (`compression.shard_compression`). `compression` (`COMPRESSIONS`)
+    is `auto`, or what the caller expects: a shard that is otherwise raises a `ValueError` naming
+    it."""
     if compression not in COMPRESSIONS:
         raise ValueError(f"Expected compression to be one of {COMPRESSIONS}. Received: compression={compression!r}")
-    if compression == "auto":
-        return "GZIP" if path.endswith(COMPRESSED_SUFFIXES) else ""
-    return compression or ""
+    found = compression_lib.shard_compression(path, tf.io.gfile.GFile)
+    if compression != "auto" and (compression or "") != found:
+        kinds = {"GZIP": "a GZIP-compressed", "": "an uncompressed"}
+        raise ValueError(f"Expected {kinds[compression or '']} shard (compression={compression!r}). Received: "
+                         f"{kinds[found]} shard={path}; leave compression='auto' to read each shard as its bytes say")
+    return found
 
 
 def expected_record_bytes(path, compression):
@@ -184,13 +189,17 @@ def read_records(paths, *, compression="auto", shuffle=False, seed=None, determi
 # --- windows by byte range (reads="windows") ---------------------------------------------------
 
 def _read_range(path, begin, length):
-    """`length` bytes of the file `path` from byte `begin` (runs in a `tf.numpy_function`)."""
-    path = os.fsdecode(path)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        data = os.pread(fd, int(length), int(begin))
-    finally:
-        os.close(fd)
+    """`length` bytes of the file `path` from byte `begin` (runs in a `tf.numpy_function`, from
+    several threads at once): `os.pread` on a handle of this call's own, or where there is no
+    `pread` (Windows) a seek and a read on it. Raises a `ValueError` naming the shard when fewer
+    bytes are there."""
+    path, begin, length = os.fsdecode(path), int(begin), int(length)
+    with open(path, "rb", buffering=0) as f:
+        if hasattr(os, "pread"):
+            data = os.pread(f.fileno(), length, begin)
+        else:
+            f.seek(begin)
+            data = f.read(length)
     if len(data) != length:
         raise ValueError(f"Expected {length} bytes at byte {begin} of shard={path}. Received: {len(data)}; the "
                          "shard changed since it was indexed: rebuild its index with `p3d-tfrecords index`")
@@ -204,7 +213,7 @@ def windows_obstacle(paths, *, compression, skip_corrupt, cycle_length):
     not when read; there is no interleave)."""
     if skip_corrupt or cycle_length is not None or compression not in ("auto", None, ""):
         return f"skip_corrupt={skip_corrupt!r}, cycle_length={cycle_length!r}, compression={compression!r}"
-    unreadable = [p for p in paths if not index_lib.is_local(p) or p.endswith(COMPRESSED_SUFFIXES)]
+    unreadable = [p for p in paths if not index_lib.is_local(p) or shard_compression(p) == compression_lib.GZIP]
     return f"shard={unreadable[0]}, not a local, uncompressed file" if unreadable else None
 
 
@@ -423,7 +432,8 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             is in memory, so no buffer is needed).
         deterministic: with an integer `seed`, the same batches run after run (fixed shard order,
             order-preserving parallelism, stateless random ops seeded per element and epoch).
-        compression: `auto` (GZIP for `.gz` names), `None`, or `GZIP`.
+        compression: `auto` (default: each shard as its bytes say, GZIP or not, whatever its
+            name), or `None` / `GZIP` to insist (a shard that is otherwise is an error).
         skip_corrupt: False raises an error naming the shard at a corrupt or truncated record;
             True skips the rest of that shard and counts it in `dataset.corrupt_records.count`.
         num_parallel_calls: parallel decode calls; None means AUTOTUNE.

@@ -114,8 +114,13 @@ class Summary:
         return len(self.failures)
 
 
-def shard_name(prefix, index, num_shards):
-    return f"{prefix}-{index:05d}-of-{num_shards:05d}.tfrecord"
+def shard_suffix(compression):
+    """`.tfrecord`, or `.tfrecord.gz` for GZIP shards (readers tell GZIP by the bytes, not the name)."""
+    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+
+
+def shard_name(prefix, index, num_shards, compression=None):
+    return f"{prefix}-{index:05d}-of-{num_shards:05d}{shard_suffix(compression)}"
 
 
 def default_num_shards(num_items, videos_per_shard=100):
@@ -377,7 +382,15 @@ class _Job:
         return self.work / f"shard-{k:05d}.json"
 
     def path(self, k):
-        return self.out / shard_name(self.prefix, k, self.num_shards)
+        """Shard k's file: `shard_name`, or the name its marker records, so that a run resumed from
+        one that named GZIP shards `.tfrecord` (before `.tfrecord.gz`) keeps those names and
+        leaves no shard twice in the folder."""
+        marker = self.marker(k)
+        if marker.exists():
+            name = json.loads(marker.read_text(encoding="utf-8"))["file"]
+            if pathlib.Path(name).name == name:  # a bare name, as written
+                return self.out / name
+        return self.out / shard_name(self.prefix, k, self.num_shards, self.compression)
 
     def shard_done(self, k):
         return self.marker(k).exists() and self.path(k).exists()

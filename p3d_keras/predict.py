@@ -1,7 +1,6 @@
 """Classify a video file with a P3D ResNet (Keras model, preset) or an exported SavedModel, and
 the `p3d-predict` program, which prints the top classes."""
 import argparse
-import os
 import re
 
 import numpy as np
@@ -19,35 +18,10 @@ def read_video(path, max_frames=None):
     try:
         frames = [np.asarray(video.upright_image(frame)) for _, frame in video.iter_frames(path, options)]
     except video.VideoError as error:
-        raise ValueError(f"Expected a readable video file. Received: {path!r}: {error}") from error
+        raise ValueError(f"Expected a video file that PyAV can decode. Received: {path!r}: {error}") from error
     if not frames:
         raise ValueError(f"Expected a video with at least one frame. Received: {path!r} with none")
     return np.stack(frames)
-
-
-# FFmpeg demuxers that turn files which are not videos into frames: `tty` renders a .txt/.nfo/.asc
-# file as ANSI art.
-NOT_VIDEO_DEMUXERS = {"tty": "a text file (FFmpeg would render it as ANSI art)"}
-
-
-def load_video(path, max_frames=None):
-    """`read_video(path, max_frames)`, with every way `path` can fail to be a decodable video (missing,
-    a folder, empty, corrupt, text, no video stream, no frames) raised as ValueError naming it."""
-    import av  # noqa: PLC0415 (the optional [video] extra)
-
-    from p3d_keras.tfrecords_tools.video import VideoError  # noqa: PLC0415 (needs the [video] extra)
-
-    if not os.path.isfile(path):
-        found = "a folder" if os.path.isdir(path) else "nothing there"
-        raise ValueError(f"Expected a video file. Received: {path!r}, which is {found}")
-    try:
-        with av.open(path) as container:
-            demuxer = container.format.name
-        if demuxer in NOT_VIDEO_DEMUXERS:
-            raise VideoError(f"not a video: {NOT_VIDEO_DEMUXERS[demuxer]}")
-        return read_video(path, max_frames)
-    except (VideoError, av.error.FFmpegError, OSError, ValueError) as e:
-        raise ValueError(f"Expected a video file that PyAV can decode. Received: {path!r}: {e}") from e
 
 
 def predict_video(frames, model, *, normalization="caffe", num_clips=5):
@@ -111,7 +85,7 @@ def run(args):
     """The top classes of `args.video`, as `p3d-predict` prints them."""
     from p3d_keras.export import labels_and_normalization  # noqa: PLC0415
 
-    frames = load_video(args.video, args.max_frames)
+    frames = read_video(args.video, args.max_frames)
     if args.saved_model:
         try:
             probabilities, _ = predict_saved_model(frames, args.saved_model)

@@ -312,8 +312,8 @@ def bad_video(kind, folder):
     ("text_as_mp4", "Expected a video file that PyAV can decode"),
     ("audio_only", "not a video: no video stream"),
     ("truncated", "Expected a video file that PyAV can decode"),
-    ("missing", "Expected a video file. Received: {path!r}, which is nothing there"),
-    ("folder", "Expected a video file. Received: {path!r}, which is a folder"),
+    ("missing", "Expected a video file that PyAV can decode. Received: {path!r}: unreadable: No such file"),
+    ("folder", "Expected a video file that PyAV can decode. Received: {path!r}: not a regular file"),
     ("short", "Expected at least 16 frames for the SavedModel"),
 ])
 def test_predict_reports_a_bad_video_and_exits_2(kind, expected, tiny_classifier, tmp_path, caplog, capsys):

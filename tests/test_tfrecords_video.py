@@ -68,6 +68,15 @@ def test_bad_files_raise_video_error_with_reason(tmp_path):
     assert reasons["truncated_webm"].startswith("truncated")
 
 
+@pytest.mark.parametrize("name", ["notes.txt", "notes.mp4"])
+def test_a_text_file_is_not_a_video(tmp_path, name):
+    # FFmpeg's `tty` demuxer would decode it as ANSI-art frames
+    path = tmp_path / name
+    path.write_text("not a video\n" * 50)
+    with pytest.raises(video.VideoError, match="not a video|unreadable"):
+        video.encode_clip(path)
+
+
 def test_min_frames(tmp_path):
     path = fx.make_video(tmp_path / "short", "h264", num_frames=3)
     with pytest.raises(video.VideoError, match="too short: 3 frames"):

@@ -15,6 +15,9 @@ import struct
 
 PAPER_SIZE = (182, 242)  # (height, width) the P3D paper resizes frames to
 INTERPOLATION = "BILINEAR"
+# FFmpeg demuxers that turn files which are not videos into frames: `tty` renders a .txt/.nfo/.asc
+# file as ANSI art.
+NOT_VIDEO_DEMUXERS = {"tty": "a text file (FFmpeg would render it as ANSI art)"}
 
 
 class VideoError(Exception):
@@ -118,6 +121,8 @@ class _FrameIterator:
         except (av.error.FFmpegError, UnicodeDecodeError) as error:
             raise VideoError(f"unreadable: {error}") from error
         with container:
+            if container.format.name in NOT_VIDEO_DEMUXERS:
+                raise VideoError(f"not a video: {NOT_VIDEO_DEMUXERS[container.format.name]}")
             if not container.streams.video:
                 raise VideoError("not a video: no video stream")
             stream = container.streams.video[0]

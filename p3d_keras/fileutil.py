@@ -1,8 +1,17 @@
-"""Small file helpers shared by the weights cache, the TFRecord writer and the window index."""
+"""Small file helpers shared by the weights cache, the TFRecord writer and the window index:\nsha256, atomic files, and advisory locks that work on POSIX and Windows."""
 import contextlib
 import hashlib
 import os
 import pathlib
+
+try:
+    import fcntl
+except ImportError:  # Windows: byte-range locks (msvcrt), exclusive only
+    fcntl = None
+    import msvcrt
+
+SHARED_LOCKS = fcntl is not None  # whether try_lock(fd, shared=True) is available
+_WINDOWS_LOCK_OFFSET = 1 << 40  # the byte Windows locks: past any content, which stays readable
 
 
 def sha256_of(path, chunk=1 << 20):
@@ -35,3 +44,37 @@ def write_atomic(path, *chunks):
     with atomic_file(path) as f:
         for chunk in chunks:
             f.write(chunk)
+
+
+def try_lock(fd, shared=False):
+    """Take an advisory lock on the open file `fd` without waiting; True if taken, False if another
+    process holds a conflicting one. The lock goes with `fd` (closing it releases it) and with the
+    process, however it dies. POSIX: `flock`, shared or exclusive. Windows: an exclusive lock of one
+    byte far past the file's content; `shared=True` raises ValueError there (see `SHARED_LOCKS`)."""
+    if fcntl is not None:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+    if shared:
+        raise ValueError("Expected shared=False: this platform has no shared file locks. Received: shared=True")
+    os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+    try:
+        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+    except OSError:
+        return False
+    return True
+
+
+def rewrite(fd, data):
+    """Replace the whole content of the open file `fd` with `data` (portable: no `pwrite`)."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, data)
+
+
+def read_head(fd, size):
+    """The first `size` bytes (at most) of the open file `fd` (portable: no `pread`)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, size)

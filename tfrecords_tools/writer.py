@@ -24,12 +24,13 @@ What it never does (so nothing is lost, whatever happens):
   is not a bad video: it stops the run with an `OutputError`, no video is marked failed for it,
   and the rerun resumes to the shards an uninterrupted run writes; only errors of an input
   video (`video.VideoError`, or anything else its decoding raises) go to failures.jsonl;
-- two runs never write into one output folder: a run holds an exclusive `flock` on
+- two runs never write into one output folder: a run holds an exclusive lock (`fileutil.try_lock`) on
   `.work/lock` (which names it) from start to end, and the kernel releases it when the run
   dies, so a killed run's lock is never stale;
 - a worker never outlives its run: it dies with the main process (Linux: PR_SET_PDEATHSIG) and
-  holds a shared `flock` on `.work/workers.lock` while it lives, which a new run waits for
-  before it touches `.work/`.
+  holds a shared lock on `.work/workers.lock` while it lives, which a new run waits for
+  before it touches `.work/` (PR_SET_PDEATHSIG is Linux's, shared locks are POSIX's: on Windows
+  there is neither, and a rerun right after a kill should wait for the old workers to exit).
 """
 import collections
 import concurrent.futures
@@ -37,7 +38,6 @@ import contextlib
 import ctypes
 import dataclasses
 import datetime
-import fcntl
 import gzip
 import hashlib
 import io
@@ -53,7 +53,7 @@ import sys
 import tempfile
 import time
 
-from p3d_keras.fileutil import atomic_file, sha256_of, write_atomic
+from p3d_keras.fileutil import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
 
 from . import framing
 from . import index as index_lib
@@ -191,17 +191,14 @@ def _locked(work):
     holds it. The kernel releases the lock when its holder dies, however it dies."""
     fd = os.open(work / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, _HOLDER_BYTES, 0).decode("utf-8", "replace").strip()
+        if not try_lock(fd):
+            holder = read_head(fd, _HOLDER_BYTES).decode("utf-8", "replace").strip()
             raise OutputError(
                 f"Expected no other conversion running on {work.parent}. Received: it is locked by "
                 f"{holder or 'a run that is starting'} ({work / LOCK}); wait for that run to end or stop it"
             ) from None
         started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode(), 0)
+        rewrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
         _wait_for_old_workers(work)
         yield
     finally:
@@ -210,22 +207,22 @@ def _locked(work):
 
 def _wait_for_old_workers(work):
     """Return once no worker process holds `work/WORKERS_LOCK` (those of a killed run die with
-    it, at once on Linux); raise `OutputError` if some still do after `WORKERS_EXIT_S`."""
+    it, at once on Linux); raise `OutputError` if some still do after `WORKERS_EXIT_S`. Without
+    shared locks (Windows) workers hold no lock, and there is nothing to wait for."""
+    if not SHARED_LOCKS:
+        return
     fd = os.open(work / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         deadline = time.monotonic() + WORKERS_EXIT_S
         while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            if try_lock(fd):
                 return
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise OutputError(
-                        f"Expected the worker processes of an earlier run on {work.parent} to have exited. "
-                        f"Received: some still hold {work / WORKERS_LOCK} after {WORKERS_EXIT_S}s; stop "
-                        f"them (e.g. `fuser {work / WORKERS_LOCK}`) and rerun"
-                    ) from None
-                time.sleep(0.05)
+            if time.monotonic() > deadline:
+                raise OutputError(
+                    f"Expected the worker processes of an earlier run on {work.parent} to have exited. "
+                    f"Received: some still hold {work / WORKERS_LOCK} after {WORKERS_EXIT_S}s; stop "
+                    f"them (e.g. `fuser {work / WORKERS_LOCK}`) and rerun")
+            time.sleep(0.05)
     finally:
         os.close(fd)  # this run's workers take it shared
 
@@ -235,15 +232,18 @@ _worker_lock_fd = None  # a worker's open, shared-locked WORKERS_LOCK: closed wh
 
 def _init_worker(parent_pid, work):
     """Pool initializer: die with the main process `parent_pid` (Linux: PR_SET_PDEATHSIG; exit
-    now if it is already gone), and hold a shared flock on `work/WORKERS_LOCK` for life."""
+    now if it is already gone), and hold a shared lock on `work/WORKERS_LOCK` for life (where
+    there are shared locks: not on Windows)."""
     global _worker_lock_fd
     if sys.platform.startswith("linux"):
         pr_set_pdeathsig = 1
         ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
     if os.getppid() != parent_pid:
         os._exit(1)
-    _worker_lock_fd = os.open(pathlib.Path(work) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(_worker_lock_fd, fcntl.LOCK_SH)
+    if SHARED_LOCKS:
+        _worker_lock_fd = os.open(pathlib.Path(work) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        while not try_lock(_worker_lock_fd, shared=True):  # a starting run's check holds it for an instant
+            time.sleep(0.01)
 
 
 def _validate(items, num_shards, compression, workers):

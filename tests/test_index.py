@@ -112,9 +112,12 @@ def test_auto_reads_windows_only_when_every_shard_is_indexed(tmp_path, caplog):
     auto, log = read()
     assert "reading only the windows of 2 indexed shards" in log
     assert_same(auto, read(reads="windows")[0])
-    corrupt_ok, log = read(skip_corrupt=True)  # an option only records can honour
-    assert "reading whole records: skip_corrupt" in log
-    assert_same(corrupt_ok, read(reads="records")[0])
+    cycled, log = read(cycle_length=2)  # an option only records can honour
+    assert "reading whole records: cycle_length=2" in log
+    assert_same(cycled, read(reads="records")[0])
+    counted, log = read(skip_corrupt=True)  # both reads honour skip_corrupt
+    assert "reading only the windows of 2 indexed shards" in log
+    assert_same(counted, auto)
     with open(paths[1], "ab") as f:
         f.write(b"\x00")  # a stale index is an error, not a reason to read records
     with pytest.raises(ValueError, match=r"train-00001-of-00002\.tfrecord to be the \d+ bytes"):
@@ -154,10 +157,18 @@ def test_a_shard_truncated_after_indexing_names_the_shard_when_read(tmp_path):
 def test_zero_frame_record_names_the_shard(tmp_path):
     path = str(tmp_path / "empty-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
+        w.write(video_example(3, 1, "fine"))
         w.write(video_example(0, 0, "nothing"))
     index.write_index(path)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"0 frames in a record of shard=.*empty-00000"):
-        epoch(reader.training_dataset(path, batch_size=1, reads="windows", **SMALL))
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"0 frames in record 1 of shard=.*empty-00000"):
+        epoch(reader.training_dataset(path, batch_size=1, reads="windows", shuffle_buffer=0, **SMALL))
+    counted = reader.training_dataset(path, batch_size=1, reads="windows", skip_corrupt=True, **SMALL)
+    assert [b[1].tolist() for b in epoch(counted)] == [[1]] and counted.corrupt_records.count == 1
+    with tf.io.TFRecordWriter(path) as w:
+        w.write(video_example(0, 0, "nothing"))
+    index.write_index(path)
+    with pytest.raises(ValueError, match=r"at least one frame in the shards. Received: none .*empty-00000"):
+        reader.training_dataset(path, batch_size=1, reads="windows", **SMALL)
 
 
 def test_index_refuses_corrupt_records_naming_shard_and_byte(tmp_path):
@@ -196,7 +207,7 @@ def test_index_refuses_records_it_cannot_locate_naming_shard_and_byte(tmp_path, 
 
 
 def test_windows_refuse_options_they_cannot_honour(shards):
-    for bad in (dict(skip_corrupt=True), dict(cycle_length=2), dict(compression="GZIP"), dict(reads="bytes")):
+    for bad in (dict(cycle_length=2), dict(compression="GZIP"), dict(reads="bytes")):
         with pytest.raises(ValueError, match="reads"):
             reader.training_dataset(shards, batch_size=2, **{"reads": "windows", **SMALL, **bad})
 

@@ -91,7 +91,7 @@ def test_zero_frame_record_names_the_shard(tmp_path):
     path = str(tmp_path / "empty-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
         w.write(video_example(0, 0, "nothing"))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="0 frames in media_id=nothing of shard=.*empty-00000"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="0 frames in record 0 of shard=.*empty-00000"):
         epoch(reader.training_dataset(path, batch_size=1, **SMALL))
 
 

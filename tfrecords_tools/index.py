@@ -4,19 +4,22 @@ than the whole record of its video, which is ~12x more at UCF101's average of 18
 
 Each uncompressed shard `NAME.tfrecord` gets an index file `NAME.tfindex` beside it (other names:
 `.tfindex` is appended; the format is below): per record its label index and frame count, per
-frame its byte offset in the shard and its length, and the shard's size, so a shard that changed
-since it was indexed is refused. 12 bytes per frame (~22 MB for UCF101's 9,537 training videos).
+frame its byte offset in the shard, its length and the CRC32C of its bytes, and the shard's size,
+so a shard that changed size since it was indexed is refused, and a window whose bytes changed
+since (a flipped bit) is caught when read (`reader.index_windows`). 16 bytes per frame (~29 MB for
+UCF101's 9,537 training videos).
 
 `p3d-tfrecords convert`, and `p3d-tfrecords beam` writing to a local folder, write the index of
 every uncompressed shard they write; `p3d-tfrecords index` (or `write_index`) builds it for any
 other shard. Building reads the shard once, checks every record's framing and CRC32C (a corrupt
 record is an error naming the shard and the byte), and locates the frames with
-`schema.locate_frames`, reading only the records' field headers: memory does not grow with a
-record's length. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow
+`schema.locate_frames`, reading only the records' field headers, then reads each frame once more
+for its CRC32C, in chunks: memory does not grow with a record's length. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow
 nor NumPy (the converter's processes import neither).
 """
 import array
 import dataclasses
+import operator
 import os
 import struct
 import sys
@@ -32,22 +35,25 @@ GZIP_MAGIC = b"\x1f\x8b"
 # The file: MAGIC, then HEADER (version, shard bytes, records, frames), then the arrays of
 # `ShardIndex` in field order, little-endian, each as `array.array` of its typecode.
 MAGIC = b"P3DTFIDX"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each frame's CRC32C
 HEADER = struct.Struct("<IQQQ")
-_TYPECODES = {"labels": "i", "num_frames": "i", "frame_offsets": "q", "frame_lengths": "i"}
+_TYPECODES = {"labels": "i", "num_frames": "i", "frame_offsets": "q", "frame_lengths": "i", "frame_crcs": "I"}
+_PER_RECORD = ("labels", "num_frames")
+_CRC_CHUNK = 1 << 20
 
 
 @dataclasses.dataclass(frozen=True)
 class ShardIndex:
     """Record `r` has label `labels[r]` and `num_frames[r]` frames; its frames are the next
-    `num_frames[r]` entries of `frame_offsets` (bytes from the start of the shard) and
-    `frame_lengths`, records in shard order. The arrays are `array.array`s (int32, int32, int64,
-    int32)."""
+    `num_frames[r]` entries of `frame_offsets` (bytes from the start of the shard),
+    `frame_lengths` and `frame_crcs` (the CRC32C of the frame's bytes, unmasked), records in
+    shard order. The arrays are `array.array`s (int32, int32, int64, int32, uint32)."""
     shard_bytes: int
     labels: array.array
     num_frames: array.array
     frame_offsets: array.array
     frame_lengths: array.array
+    frame_crcs: array.array
 
 
 def index_path(shard):
@@ -85,9 +91,22 @@ def build_index(shard):
             arrays["num_frames"].append(len(frames))
             arrays["frame_offsets"].extend(offset for offset, _ in frames)
             arrays["frame_lengths"].extend(size for _, size in frames)
+            arrays["frame_crcs"].extend(_file_crc32c(f, offset, size) for offset, size in frames)
         f.seek(0, os.SEEK_END)
         shard_bytes = f.tell()
     return ShardIndex(shard_bytes=shard_bytes, **arrays)
+
+
+def _file_crc32c(f, offset, length):
+    """The CRC32C of `length` bytes of the binary file `f` from byte `offset`, read in chunks."""
+    crc32c, value = framing.crc32c(), 0
+    f.seek(offset)
+    while length:
+        chunk = f.read(min(length, _CRC_CHUNK))
+        if not chunk:
+            raise ValueError(f"Expected {length} more bytes at byte {f.tell()} of shard={f.name}. Received: none")
+        value, length = crc32c.extend(value, chunk), length - len(chunk)
+    return value
 
 
 def write_index(shard):
@@ -105,7 +124,12 @@ def write_index(shard):
 
 
 def load_index(shard):
-    """The `ShardIndex` of `shard`, checked against the shard's current size."""
+    """The `ShardIndex` of `shard`, checked against the shard's current size.
+
+    Raises `FileNotFoundError` without an index file, and a `ValueError` naming the index file
+    (and the way to rebuild it) for one that is not an index, of another format version,
+    truncated or with bytes after its end, or whose records and frames do not add up or lie
+    outside the shard."""
     path = index_path(shard)
     if not os.path.exists(path):
         raise FileNotFoundError(f"Expected the window index {path} of shard={os.fspath(shard)}. Received: no such "
@@ -122,16 +146,35 @@ def load_index(shard):
     arrays, position = {}, len(MAGIC) + HEADER.size
     for name, code in _TYPECODES.items():
         values = array.array(code)
-        count = records if name in ("labels", "num_frames") else frames
+        count = records if name in _PER_RECORD else frames
         values.frombytes(data[position:position + count * values.itemsize])
         if len(values) != count:
-            raise ValueError(f"Expected a complete window index. Received: a truncated {path}; rebuild it with "
-                             "`p3d-tfrecords index`")
+            raise ValueError(f"Expected a complete window index of {records} records and {frames} frames. "
+                             f"Received: a truncated {path} ({len(data)} bytes); rebuild it with `p3d-tfrecords index`")
         if sys.byteorder == "big":
             values.byteswap()
         arrays[name], position = values, position + count * values.itemsize
+    if position != len(data):
+        raise ValueError(f"Expected a window index of {position} bytes. Received: {path} of {len(data)} bytes; "
+                         "rebuild it with `p3d-tfrecords index`")
+    _check_consistent(arrays, shard_bytes, path)
     size = os.path.getsize(shard)
     if size != shard_bytes:
         raise ValueError(f"Expected shard={os.fspath(shard)} to be the {shard_bytes} bytes its window index "
                          f"{path} describes. Received: {size} bytes; rebuild the index with `p3d-tfrecords index`")
     return ShardIndex(shard_bytes=shard_bytes, **arrays)
+
+
+def _check_consistent(arrays, shard_bytes, path):
+    """Raise a `ValueError` naming the index file `path` unless its records' frame counts add up to
+    its frames and every frame lies inside the shard's `shard_bytes` bytes."""
+    problem = None
+    if min(arrays["num_frames"], default=0) < 0 or sum(arrays["num_frames"]) != len(arrays["frame_offsets"]):
+        problem = f"frame counts adding up to {sum(arrays['num_frames'])} for {len(arrays['frame_offsets'])} frames"
+    elif arrays["frame_offsets"] and (
+            min(arrays["frame_offsets"]) < 0 or min(arrays["frame_lengths"]) < 0
+            or max(map(operator.add, arrays["frame_offsets"], arrays["frame_lengths"])) > shard_bytes):
+        problem = f"frames outside the shard's {shard_bytes} bytes"
+    if problem:
+        raise ValueError(f"Expected a consistent window index. Received: {path} with {problem}; rebuild it with "
+                         "`p3d-tfrecords index`")

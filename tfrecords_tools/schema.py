@@ -2,11 +2,11 @@
 MediaSequence keys, so TF Model Garden's video reader can read our shards too.
 
 The keys, the writer's encoding (`make_example`, and its streaming parts `encode_context`,
-`encode_frame`, `record_parts`) and the reader's `parse_example` all live here, so they cannot
+`encode_frame`, `record_parts`) and the reader's `parse_record` / `parse_example` all live here, so they cannot
 drift apart. The encoding is written with `p3d_keras.protowire`, without TensorFlow (converter
 workers never import it): it gives the bytes of
-`tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only `parse_example`
-needs TensorFlow, and imports it when called.
+`tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only the parsers need
+TensorFlow, and import it when called.
 """
 from p3d_keras import protowire as pw
 
@@ -20,6 +20,8 @@ HEIGHT = "image/height"                   # int64
 WIDTH = "image/width"                     # int64
 FRAME_RATE = "image/frame_rate"           # float
 FORMAT = "image/format"                   # bytes, e.g. b"JPEG"
+# The context features a record must have one value of (`parse_record`); the others have defaults.
+REQUIRED = (LABEL_INDEX, LABEL_STRING, MEDIA_ID, HEIGHT, WIDTH, FRAME_RATE)
 # Feature lists (one value per frame).
 ENCODED = "image/encoded"                 # bytes: one JPEG per frame
 TIMESTAMP = "image/timestamp"             # int64, microseconds from the clip start
@@ -186,27 +188,55 @@ def _file_bytes_values(f, start, end):
     return spans
 
 
-def parse_example(serialized):
-    """Parse one serialised SequenceExample into a flat dict keyed by the constants above
-    (`ENCODED` is a 1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor). Graph-safe."""
+def parse_record(serialized, name=None):
+    """Parse one serialised SequenceExample without failing on a well-formed record of another
+    schema: `(example, missing)`, `example` a flat dict keyed by the constants above (`ENCODED` a
+    1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor, both empty when absent) and
+    `missing` the first of `REQUIRED` the record lacks (or has more than one value of), `""` if
+    none; a missing feature's value is its type's zero. Bytes that are not a protocol buffer raise
+    an `InvalidArgumentError` naming `name` (a string tensor, e.g. "record 3 of shard=..."), as
+    does a feature of another type. Graph-safe."""
     import tensorflow as tf  # here, not at the top: the converter's workers never import TF
 
-    context_spec = {
-        LABEL_INDEX: tf.io.FixedLenFeature([], tf.int64),
-        LABEL_STRING: tf.io.FixedLenFeature([], tf.string),
-        MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
+    required = {LABEL_INDEX: tf.int64, LABEL_STRING: tf.string, MEDIA_ID: tf.string, HEIGHT: tf.int64,
+                WIDTH: tf.int64, FRAME_RATE: tf.float32}
+    context_spec = {key: tf.io.VarLenFeature(dtype) for key, dtype in required.items()}
+    context_spec.update({
         CLIP_START: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         CLIP_END: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-        WIDTH: tf.io.FixedLenFeature([], tf.int64),
-        FRAME_RATE: tf.io.FixedLenFeature([], tf.float32),
         FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
-    }
+    })
     sequence_spec = {
-        ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
-        TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64),
+        ENCODED: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+        TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
     }
     context, sequences = tf.io.parse_single_sequence_example(
-        serialized, context_features=context_spec, sequence_features=sequence_spec
-    )
-    return {**context, **sequences}
+        serialized, context_features=context_spec, sequence_features=sequence_spec, example_name=name)
+    missing = tf.constant("")
+    for key, dtype in reversed(required.items()):
+        values = context[key].values
+        missing = tf.where(tf.equal(tf.size(values), 1), missing, key)
+        context[key] = tf.concat([values, tf.zeros([1], dtype)], axis=0)[0]
+    return {**context, **sequences}, missing
+
+
+def parse_example(serialized, name=None):
+    """Parse one serialised SequenceExample into a flat dict keyed by the constants above
+    (`ENCODED` is a 1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor). A record without
+    one value of each of `REQUIRED` (e.g. another tool's `tf.train.Example`) or that is not a
+    protocol buffer raises an `InvalidArgumentError` naming `name` (a string tensor). Graph-safe."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    example, missing = parse_record(serialized, name)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(missing, ""), [missing_message(missing, name)])]):
+        return {key: tf.identity(value) for key, value in example.items()}
+
+
+def missing_message(missing, name=None):
+    """The error message of a record lacking the feature `missing` (`parse_record`), naming `name`."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    return tf.strings.join([
+        f"Expected a SequenceExample with one value of each of the context features {list(REQUIRED)} "
+        "(p3d_keras.tfrecords_tools.schema). Received: a record without one ", missing,
+        " (another tool's tf.train.Example?) in ", "a record" if name is None else name])

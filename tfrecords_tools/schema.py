@@ -237,6 +237,6 @@ def missing_message(missing, name=None):
     import tensorflow as tf  # here, not at the top: the converter's workers never import TF
 
     return tf.strings.join([
-        f"Expected a SequenceExample with one value of each of the context features {list(REQUIRED)} "
+        f"Expected a SequenceExample with one value of each of the context features {', '.join(REQUIRED)} "
         "(p3d_keras.tfrecords_tools.schema). Received: a record without one ", missing,
-        " (another tool's tf.train.Example?) in ", "a record" if name is None else name])
+        " (e.g. a tf.train.Example from another tool) in ", "a record" if name is None else name])

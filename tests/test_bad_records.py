@@ -127,3 +127,19 @@ def test_a_byte_flipped_after_indexing_is_caught_by_window_reads(tmp_path, where
     dataset = training(path, "windows", skip_corrupt=True)
     assert [batch[1].tolist() for batch in epoch(dataset)] == [[0], [2]]
     assert dataset.corrupt_records.count == 1
+
+
+def test_bytes_that_are_not_a_protocol_buffer_are_counted_and_skipped(tmp_path):
+    garbage = b"\x0a\xff\xff\xff\xff\x0fnot a protocol buffer"
+    path = write_records(tmp_path / SHARD, [garbage, video_example(10, 0, "v0"), garbage, garbage,
+                                            video_example(6, 2, "v2"), garbage])  # first, inside, last
+    for make in (lambda **kw: training(path, "records", **kw), lambda **kw: evaluation(path, **kw)):
+        dataset = make(skip_corrupt=True)
+        assert sorted(label for batch in epoch(dataset) for label in batch[1]) == [0, 2]
+        assert dataset.corrupt_records.count == 4
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:-10])  # and a truncated last record: one more
+    dataset = training(path, "records", skip_corrupt=True)
+    assert sorted(label for batch in epoch(dataset) for label in batch[1]) == [0, 2]
+    assert dataset.corrupt_records.count == 4

@@ -158,10 +158,15 @@ def _read_shard(path, compression, expected, counter):
     in batches of that many (the last one partial), and an end marker (an empty batch) run
     through a `scan` that adds up their framed lengths (mod 2**32 for GZIP) and, at the end
     marker, checks the total (an assertion naming the shard, or a count with
-    `skip_corrupt=True`); `unbatch` then drops the empty marker. A shard stops at its first
+    `skip_corrupt=True`); `unbatch` then drops the empty marker (kept, as one element, for `_skip_unparsable`
+    with a `counter`). A shard stops at its first
     corrupt record, so the records before it are handed out and the end marker then fails the
     check, whichever batch the corrupt record fell in. (Per-record `map`, `filter` and `scan`
-    calls cost ~0.05-0.1 core-ms per 250 KB record each: `bench/README.md`.)"""
+    calls cost ~0.05-0.1 core-ms per 250 KB record each: `bench/README.md`.)
+
+    With a `counter` (`skip_corrupt=True`) the records whose bytes are not a protocol buffer are
+    also skipped and counted, here, before they reach the reader's parse (which would raise):
+    `_skip_unparsable`."""
     records = (tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
                .batch(RECORDS_PER_CHECK))
     marked = records.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
@@ -176,10 +181,39 @@ def _read_shard(path, compression, expected, counter):
             total + tf.reduce_sum(tf.cast(tf.strings.length(chunk) + framing.FRAMING_BYTES, tf.int64)), modulus)
         ok = tf.logical_or(tf.size(chunk) > 0, tf.equal(total, expected))
         size = tf.size(chunk, out_type=tf.int64)
+        numbers = count + tf.range(size)
         with tf.control_dependencies([enforce(ok, message, counter)]):
-            return (total, count + size), (tf.fill(tf.shape(chunk), path), count + tf.range(size), tf.identity(chunk))
+            if counter is None:
+                return (total, count + size), (tf.fill(tf.shape(chunk), path), numbers, tf.identity(chunk))
+            end = tf.fill([tf.cast(tf.equal(size, 0), tf.int32)], True)  # [True] at the end marker, else []
+            return (total, count + size), (
+                tf.fill([tf.size(numbers) + tf.size(end)], path), tf.concat([numbers, tf.fill(tf.shape(end), count)], 0),
+                tf.concat([chunk, tf.fill(tf.shape(end), "")], 0), tf.concat([tf.zeros(tf.shape(chunk), tf.bool), end], 0))
 
-    return marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), account).unbatch()
+    numbered = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), account).unbatch()
+    return numbered if counter is None else _skip_unparsable(numbered, counter)
+
+
+def _skip_unparsable(numbered, counter):
+    """`(path, number, serialized)` of a shard's records `(path, number, serialized, end)`
+    (`_read_shard`'s, in shard order, then an end marker numbered with the shard's record count)
+    without those whose bytes the parser rejects, each counted in `counter`: the records are
+    parsed (`schema.parse_record`; the reader parses them again), the errors ignored, and a
+    `scan` counts the gaps the dropped records leave in the numbers, up to the end marker."""
+    def parsed(path, number, serialized, end):  # `missing` is handed on: a control dependency alone is pruned
+        missing = tf.cond(end, lambda: tf.constant(""),
+                          lambda: schema.parse_record(serialized, record_name(path, number))[1])
+        return path, number, serialized, end, missing
+
+    def count_gaps(expected, record):
+        path, number, serialized, end, missing = record
+        with tf.control_dependencies([counter.variable.assign_add(number - expected)]):
+            return number + 1, (path, tf.identity(number), serialized, end, missing)
+
+    return (numbered.map(parsed).ignore_errors()
+            .scan(tf.constant(0, tf.int64), count_gaps)
+            .filter(lambda path, number, serialized, end, missing: tf.logical_not(end))
+            .map(lambda path, number, serialized, end, missing: (path, number, serialized)))
 
 
 def read_records(paths, *, compression="auto", shuffle=False, seed=None, deterministic=True,

@@ -2,6 +2,10 @@
 skips them), with either read: another tool's `tf.train.Example`, bytes that are not a protocol
 buffer, frames that are not JPEGs or not of one size, and (`reads="windows"`) a frame whose bytes
 changed after the shard was indexed."""
+import logging
+import os
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -143,3 +147,20 @@ def test_bytes_that_are_not_a_protocol_buffer_are_counted_and_skipped(tmp_path):
     dataset = training(path, "records", skip_corrupt=True)
     assert sorted(label for batch in epoch(dataset) for label in batch[1]) == [0, 2]
     assert dataset.corrupt_records.count == 4
+
+
+@pytest.mark.parametrize("damage, error", [
+    ("truncated", r"Expected intact TFRecord records. Received: truncated record at \d+.*after record 1 of "
+                  r"shard=\S*bad-00000-of-00001\.tfrecord$"),
+    ("foreign record", r"Expected a SequenceExample .* in record 1 of shard=\S*bad-00000-of-00001\.tfrecord$"),
+])
+def test_cli_inspect_names_a_damaged_shard_and_exits_2(tmp_path, capsys, caplog, damage, error):
+    from p3d_keras.tfrecords_tools import cli
+
+    path = bad_shard(tmp_path, foreign_example() if damage == "foreign record" else video_example(4, 1, "v1"))
+    if damage == "truncated":
+        os.truncate(path, os.path.getsize(path) - 100)  # inside its last record
+    with caplog.at_level(logging.ERROR, logger="p3d_keras.tfrecords_tools"):
+        assert cli.main(["inspect", path]) == 2
+    assert re.search(error, caplog.text, re.MULTILINE)
+    assert "Traceback" not in capsys.readouterr().err

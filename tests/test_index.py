@@ -223,3 +223,84 @@ def test_cli_index_skips_and_reports_a_bad_shard(tmp_path, caplog):
     assert index.load_index(good).num_frames.tolist() == [n for n, _ in VIDEOS[::2]]
     os.remove(bad)
     assert cli.main(["index", str(tmp_path)]) == 0  # the index files in the folder are not shards
+
+
+def _rewrite(path, edit):
+    """Apply `edit(bytearray)` to the file `path` in place."""
+    data = bytearray(open(path, "rb").read())
+    edit(data)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_a_truncated_or_damaged_index_names_the_index_file(tmp_path):
+    path = write_shards(tmp_path, VIDEOS)[0]
+    built = index.write_index(path)
+    name = index.index_path(path)
+    whole = open(name, "rb").read()
+    header = len(index.MAGIC) + index.HEADER.size
+    records, frames = len(built.num_frames), len(built.frame_offsets)
+    for cut in sorted({0, 3, header - 1, header, header + 1, header + 4 * records + 2, len(whole) - 5,
+                       len(whole) - 1}):
+        with open(name, "wb") as f:
+            f.write(whole[:cut])
+        with pytest.raises(ValueError, match=r"Received: .*train-00000-of-00001\.tfindex.*p3d-tfrecords index"):
+            index.load_index(path)
+        with pytest.raises(ValueError, match=r"train-00000-of-00001\.tfindex"):
+            reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    with open(name, "wb") as f:
+        f.write(whole + b"\x00")
+    with pytest.raises(ValueError, match=rf"{len(whole)} bytes. Received: .*\.tfindex of {len(whole) + 1} bytes"):
+        index.load_index(path)
+
+    num_frames = header  # the first record's frame count: one more than the frames there are
+    with open(name, "wb") as f:
+        f.write(whole)
+    _rewrite(name, lambda data: data.__setitem__(slice(num_frames + 4 * records, num_frames + 4 * records + 4),
+                                                 (VIDEOS[0][0] + 1).to_bytes(4, "little")))
+    with pytest.raises(ValueError, match=rf"\.tfindex with frame counts adding up to {frames + 1} for {frames} frames"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    offsets = header + 8 * records  # the last frame's offset: past the shard's end
+    with open(name, "wb") as f:
+        f.write(whole)
+    _rewrite(name, lambda data: data.__setitem__(slice(offsets + 8 * (frames - 1), offsets + 8 * frames),
+                                                 os.path.getsize(path).to_bytes(8, "little")))
+    with pytest.raises(ValueError, match=r"\.tfindex with frames outside the shard's \d+ bytes"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    with open(name, "wb") as f:
+        f.write(whole)
+    _rewrite(name, lambda data: data.__setitem__(slice(len(index.MAGIC), len(index.MAGIC) + 4),
+                                                 (1).to_bytes(4, "little")))  # an index of format 1: no CRC32Cs
+    with pytest.raises(ValueError, match=r"format version 2. Received: version 1 in .*\.tfindex; rebuild it"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+
+
+def test_an_index_header_claiming_huge_counts_is_refused_without_reading_them(tmp_path):
+    """A header claiming 2**40 frames is refused by the file's size, before anything is read, in a
+    process limited to ~1 GB of address space above its start (no TensorFlow in it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = write_shards(tmp_path, VIDEOS)[0]
+    index.write_index(path)
+    name = index.index_path(path)
+    _rewrite(name, lambda data: data.__setitem__(
+        slice(len(index.MAGIC), len(index.MAGIC) + index.HEADER.size),
+        index.HEADER.pack(index.FORMAT_VERSION, os.path.getsize(path), 2 ** 40, 2 ** 40)))
+    with open(name, "ab") as f:
+        f.write(b"\x00" * (1 << 20))
+    script = textwrap.dedent(f"""
+        import resource, sys
+        from p3d_keras.tfrecords_tools import index
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), used + (1 << 30)))
+        try:
+            index.load_index({path!r})
+        except ValueError as error:
+            sys.exit(0 if "Received: " in str(error) and ".tfindex" in str(error) else 3)
+        sys.exit(4)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

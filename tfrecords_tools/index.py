@@ -135,28 +135,27 @@ def load_index(shard):
         raise FileNotFoundError(f"Expected the window index {path} of shard={os.fspath(shard)}. Received: no such "
                                 f"file; build it with `p3d-tfrecords index {os.fspath(shard)}`")
     with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + HEADER.size:
-        raise ValueError(f"Expected a window index file. Received: {path}, which is not one; rebuild it with "
-                         "`p3d-tfrecords index`")
-    version, shard_bytes, records, frames = HEADER.unpack_from(data, len(MAGIC))
-    if version != FORMAT_VERSION:
-        raise ValueError(f"Expected a window index of format version {FORMAT_VERSION}. Received: version "
-                         f"{version} in {path}; rebuild it with `p3d-tfrecords index`")
-    arrays, position = {}, len(MAGIC) + HEADER.size
-    for name, code in _TYPECODES.items():
-        values = array.array(code)
-        count = records if name in _PER_RECORD else frames
-        values.frombytes(data[position:position + count * values.itemsize])
-        if len(values) != count:
-            raise ValueError(f"Expected a complete window index of {records} records and {frames} frames. "
-                             f"Received: a truncated {path} ({len(data)} bytes); rebuild it with `p3d-tfrecords index`")
-        if sys.byteorder == "big":
-            values.byteswap()
-        arrays[name], position = values, position + count * values.itemsize
-    if position != len(data):
-        raise ValueError(f"Expected a window index of {position} bytes. Received: {path} of {len(data)} bytes; "
-                         "rebuild it with `p3d-tfrecords index`")
+        head = f.read(len(MAGIC) + HEADER.size)
+        if not head.startswith(MAGIC) or len(head) < len(MAGIC) + HEADER.size:
+            raise ValueError(f"Expected a window index file. Received: {path}, which is not one; rebuild it with "
+                             "`p3d-tfrecords index`")
+        version, shard_bytes, records, frames = HEADER.unpack_from(head, len(MAGIC))
+        if version != FORMAT_VERSION:
+            raise ValueError(f"Expected a window index of format version {FORMAT_VERSION}. Received: version "
+                             f"{version} in {path}; rebuild it with `p3d-tfrecords index`")
+        counts = {name: records if name in _PER_RECORD else frames for name in _TYPECODES}
+        sizes = {name: counts[name] * array.array(code).itemsize for name, code in _TYPECODES.items()}
+        expected, size = len(head) + sum(sizes.values()), os.fstat(f.fileno()).st_size
+        if size != expected:  # checked before reading: a header's counts never make it read more than the file
+            raise ValueError(f"Expected a complete window index of {records} records and {frames} frames: "
+                             f"{expected} bytes. Received: {path} of {size} bytes (truncated or damaged); rebuild "
+                             "it with `p3d-tfrecords index`")
+        arrays = {}
+        for name, code in _TYPECODES.items():
+            arrays[name] = array.array(code)
+            arrays[name].frombytes(f.read(sizes[name]))
+            if sys.byteorder == "big":
+                arrays[name].byteswap()
     _check_consistent(arrays, shard_bytes, path)
     size = os.path.getsize(shard)
     if size != shard_bytes:

@@ -52,6 +52,7 @@ decoder the uint8 pipeline measured the same with both allocators. The table's h
 allocator ran.
 """
 import argparse
+import importlib.util
 import math
 import os
 import pathlib
@@ -67,6 +68,7 @@ from p3d_keras.tfrecords_tools import reader
 from p3d_keras.tfrecords_tools import schema
 
 HEIGHT, WIDTH = 182, 242
+ROWS = ("uint8 records", "uint8 windows", "uint8 windows baseline", "uint8 windows tf", "float32 windows")
 
 
 def smooth_noise_frames(num_frames, rng):
@@ -118,6 +120,15 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
             .prefetch(tf.data.AUTOTUNE))
 
 
+def load_module(path):
+    """The Python module in the file `path` (`--baseline-reader`: another version of `reader.py`,
+    importing the rest of the package as it is now)."""
+    spec = importlib.util.spec_from_file_location("baseline_reader", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def element_times(dataset):
     """Seconds from the iterator's creation to each element of `dataset`."""
     start = time.perf_counter()
@@ -141,19 +152,21 @@ def measure(args, paths):
     """Per row (the limit, then the pipelines): the best of the rounds' (end-to-end, steady) clips/s and the
     median first-element ms and CPU ms per clip; one epoch per row in each round, rows alternately. The steady rate is
     NaN unless `--steady-skip` covers the shuffle buffer and leaves clips between the two ends."""
-    def pipeline(**output):
-        return reader.training_dataset(
+    def pipeline(module=reader, **output):
+        return module.training_dataset(
             paths, batch_size=args.batch_size, clip_length=args.clip_length, crop_size=args.crop_size,
             multiscale=args.multiscale, shuffle_buffer=args.shuffle_buffer, drop_remainder=False, **output)
 
-    datasets = {
-        "limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1),
-        "uint8 records": (pipeline(output_dtype="uint8", reads="records", decoder="native"), args.batch_size),
-        "uint8 windows": (pipeline(output_dtype="uint8", reads="windows", decoder="native"), args.batch_size),
-        "uint8 windows tf": (pipeline(output_dtype="uint8", reads="windows", decoder="tf"), args.batch_size),
-        "float32 windows": (pipeline(normalization=args.normalization, reads="windows", decoder="native"),
-                            args.batch_size),
+    rows = {
+        "uint8 records": lambda: pipeline(output_dtype="uint8", reads="records", decoder="native"),
+        "uint8 windows": lambda: pipeline(output_dtype="uint8", reads="windows", decoder="native"),
+        "uint8 windows baseline": lambda: pipeline(load_module(args.baseline_reader), output_dtype="uint8",
+                                                   reads="windows", decoder="native"),
+        "uint8 windows tf": lambda: pipeline(output_dtype="uint8", reads="windows", decoder="tf"),
+        "float32 windows": lambda: pipeline(normalization=args.normalization, reads="windows", decoder="native"),
     }
+    datasets = {"limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1)}
+    datasets.update({name: (rows[name](), args.batch_size) for name in args.rows})
     skip = args.steady_skip if args.shuffle_buffer <= args.steady_skip < args.videos / 2 else None
     for dataset, _ in datasets.values():
         element_times(dataset.take(2))  # warm up: traces functions, fills the page cache
@@ -176,6 +189,7 @@ def table(args, measured, jpeg_bytes, cores):
         "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames in memory, same parallelism, no batching)",
         "uint8 records": f"training pipeline, uint8 out, `reads='records'` ({args.normalization} on the device)",
         "uint8 windows": f"training pipeline, uint8 out, `reads='windows'` ({args.normalization} on the device)",
+        "uint8 windows baseline": f"the same with the reader of {args.baseline_reader}",
         "uint8 windows tf": "the same with `decoder='tf'` (TensorFlow's JPEG ops)",
         "float32 windows": f"training pipeline, float32 out, `reads='windows'` ({args.normalization} on the CPU)",
     }
@@ -190,6 +204,7 @@ def table(args, measured, jpeg_bytes, cores):
         "| CPU ms per clip | vs limit |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = {name: text for name, text in rows.items() if name in measured}
     lines += [f"| {rows[name]} | {end:,.1f} | {end / cores:,.1f} | {end / limit_end:.0%} | "
               + ("n/a | n/a" if math.isnan(steady) else f"{steady:,.1f} | {steady / limit_steady:.0%}")
               + f" | {first:,.0f} | {cpu:.2f} | {limit_cpu / cpu:.0%} |"
@@ -225,7 +240,14 @@ def main(argv=None):
     parser.add_argument("--multiscale", action="store_true")
     parser.add_argument("--normalization", default="caffe", help="the float32 pipeline's preset")
     parser.add_argument("--gpu-clips-per-s", type=int, nargs="+", default=[200, 500])
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=[r for r in ROWS if r != "uint8 windows baseline"],
+                        help="the pipelines to time besides the limit (default: all but the baseline)")
+    parser.add_argument("--baseline-reader", help="a reader.py to time as the row 'uint8 windows baseline', in the "
+                                                  "same rounds: e.g. `git show REF:tfrecords_tools/reader.py > FILE`")
     args = parser.parse_args(argv)
+    if ("uint8 windows baseline" in args.rows) != bool(args.baseline_reader):
+        parser.error("Expected --baseline-reader with the row 'uint8 windows baseline' and not without. "
+                     f"Received: --rows {' '.join(args.rows)}, --baseline-reader={args.baseline_reader!r}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         paths, jpeg_bytes = write_shards(pathlib.Path(tmp), videos=args.videos, frames=args.frames,

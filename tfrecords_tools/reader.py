@@ -32,7 +32,15 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard. With `reads="windows"` records
 are checked when their shard is indexed; a shard whose size differs from its index's is refused,
-and a read that comes up short raises an error naming the shard.
+a read that comes up short raises an error naming the shard, and each frame read is checked
+against its CRC32C in the index.
+
+Records the reader cannot use (either read): bytes that are not a protocol buffer, another
+tool's `tf.train.Example` (`schema.parse_record`), no frames, a frame of the window that is not
+a JPEG or frames of different sizes (`check_frames`), a frame failing its CRC32C. Each raises an
+`InvalidArgumentError` naming the record and its shard ("record 3 of shard=...", `record_name`),
+checked before anything decodes it, or with `skip_corrupt=True` is counted and skipped
+(`enforced`, `drop_invalid`; records that are not protocol buffers by `_skip_unparsable`).
 
 Speed (`bench/pipeline_throughput.py`, `bench/README.md`), uint8 output on 2 cores, 186-frame
 videos, native decoder: `reads="windows"` 91-94 % of the JPEG-decode limit end to end, 92 % in
@@ -586,8 +594,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         deterministic: with an integer `seed`, the same batches run after run (fixed shard order,
             order-preserving parallelism, stateless random ops seeded per element and epoch).
         compression: `auto` (GZIP for `.gz` names), `None`, or `GZIP`.
-        skip_corrupt: False raises an error naming the shard at a corrupt or truncated record;
-            True skips the rest of that shard and counts it in `dataset.corrupt_records.count`.
+        skip_corrupt: False raises an error naming the shard at a corrupt or truncated record,
+            and naming the record and its shard at a record the reader cannot use (see the
+            module docstring); True skips the rest of that shard, or that record, and counts it
+            in `dataset.corrupt_records.count` (a `CorruptRecordCounter`; None without).
         num_parallel_calls: parallel decode calls; None means AUTOTUNE.
         cycle_length: shards read at once (`reads="records"`); None means min(16, shards).
         reads: `records` streams every shard whole: each video's whole record is read (and its
@@ -595,7 +605,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             (from its first to its last frame) at the offsets in the shards' window indexes
             (`p3d_keras.tfrecords_tools.index`, written by `p3d-tfrecords convert` or
             `p3d-tfrecords index`): local uncompressed shards only, their records checked when
-            indexed (not when read), and no `skip_corrupt`. The clips are the same for the same
+            indexed and each frame read checked against its CRC32C in the index. The clips are the same for the same
             videos and seeds (their order, when shuffled, is not). At UCF101's 186 frames per video
             it reads ~12x fewer bytes. `auto` (default) reads windows when every shard has an
             index and no option needs records (`resolve_reads`), and logs which it reads; adding
@@ -688,8 +698,9 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
     Each video gives `num_clips` windows spaced uniformly over it (the paper uses 20) x one
     centred crop (`crops="center"`) or three crops along the longer side (`crops="three"`),
     window-major. Frames shared by overlapping windows are decoded once. Score the outputs with
-    `metrics.clip_and_video_hits` or `metrics.evaluate_clips`. Other arguments as in
-    `training_dataset`.
+    `metrics.clip_and_video_hits` or `metrics.evaluate_clips`. With `skip_corrupt=True` the
+    skipped shards and records are counted in `dataset.corrupt_records.count`, as in
+    `training_dataset`. Other arguments as in `training_dataset` (it reads whole records).
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
                           crop_size=crop_size, modality=modality, normalization=normalization,

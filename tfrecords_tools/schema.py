@@ -198,8 +198,7 @@ def parse_record(serialized, name=None):
     does a feature of another type. Graph-safe."""
     import tensorflow as tf  # here, not at the top: the converter's workers never import TF
 
-    required = {LABEL_INDEX: tf.int64, LABEL_STRING: tf.string, MEDIA_ID: tf.string, HEIGHT: tf.int64,
-                WIDTH: tf.int64, FRAME_RATE: tf.float32}
+    required = dict(zip(REQUIRED, (tf.int64, tf.string, tf.string, tf.int64, tf.int64, tf.float32)))
     context_spec = {key: tf.io.VarLenFeature(dtype) for key, dtype in required.items()}
     context_spec.update({
         CLIP_START: tf.io.FixedLenFeature([], tf.int64, default_value=0),

@@ -54,6 +54,16 @@ BAD_RECORDS = {  # records the window index already refuses to index, so read wh
                                          r"0 frames in record 1 of shard=.*bad-00000"),
 }
 
+INDEX_ERRORS = {  # what `index.write_index` says of each
+    "PNG frame": r"Expected every frame to be a JPEG. Received: frame 2, which does not start with",
+    "random bytes as a frame": r"to be a JPEG. Received: frame 2,",
+    "empty frame": r"to be a JPEG. Received: frame 2,",
+    "a smaller frame": r"of one size. Received: frame 0 of 32x48 and frame 2 of 24x40",
+    "a larger frame": r"of one size. Received: frame 0 of 32x48 and frame 2 of 40x56",
+    "tf.train.Example": r"context feature 'clip/label/index'. Received: none",
+    "a SequenceExample without frames": r"at least one frame. Received: 0 frames",
+}
+
 
 def bad_shard(tmp_path, bad_record, indexed=False):
     """A shard of record 0 (10 frames, label 0), `bad_record`, record 2 (6 frames, label 2)."""
@@ -86,14 +96,21 @@ def test_whole_record_reads_name_the_record_and_count_it(tmp_path, case):
         assert dataset.corrupt_records.count == 2  # once per epoch
 
 
-@pytest.mark.parametrize("case", sorted(BAD_FRAMES))
-def test_window_reads_name_the_record_and_count_it(tmp_path, case):
-    record, error = BAD_FRAMES[case]
-    path = bad_shard(tmp_path, record, indexed=True)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=error):
-        epoch(training(path, "windows"))
-    dataset = training(path, "windows", skip_corrupt=True)
-    assert [batch[1].tolist() for batch in epoch(dataset)] == [[0], [2]]
+@pytest.mark.parametrize("case", sorted(BAD_RECORDS))
+def test_indexing_refuses_the_shard_naming_the_record(tmp_path, caplog, case):
+    """So `reads="windows"` never reads such a record; `reads="auto"` reads the shard's whole
+    records, where `skip_corrupt` counts and skips it."""
+    from p3d_keras.tfrecords_tools import cli
+
+    path = bad_shard(tmp_path, BAD_RECORDS[case][0])
+    second = len(video_example(10, 0, "v0")) + 16  # the byte the bad record starts at
+    with pytest.raises(ValueError, match=rf"{INDEX_ERRORS[case]}.* \(record at byte {second} of shard=.*bad-00000"):
+        index.write_index(path)
+    with caplog.at_level(logging.INFO, logger="p3d_keras.tfrecords_tools"):
+        assert cli.main(["index", path]) == 1
+    assert f"record at byte {second} of shard={path}" in caplog.text
+    dataset = reader.training_dataset(path, batch_size=1, skip_corrupt=True, **SMALL)  # reads="auto"
+    assert sorted(batch[1].tolist() for batch in epoch(dataset)) == [[0], [2]]
     assert dataset.corrupt_records.count == 1
 
 

@@ -84,6 +84,7 @@ def build_index(shard):
         for start, length in framing.read_frames(f, shard):
             try:
                 label, frames = schema.locate_frames(f, start, start + length)
+                crcs = _check_frames(f, frames)
             except ValueError as error:
                 raise ValueError(f"{error} (record at byte {start - framing.HEADER_BYTES} of "
                                  f"shard={os.fspath(shard)})") from error
@@ -91,20 +92,43 @@ def build_index(shard):
             arrays["num_frames"].append(len(frames))
             arrays["frame_offsets"].extend(offset for offset, _ in frames)
             arrays["frame_lengths"].extend(size for _, size in frames)
-            arrays["frame_crcs"].extend(_file_crc32c(f, offset, size) for offset, size in frames)
+            arrays["frame_crcs"].extend(crcs)
         f.seek(0, os.SEEK_END)
         shard_bytes = f.tell()
     return ShardIndex(shard_bytes=shard_bytes, **arrays)
 
 
-def _file_crc32c(f, offset, length):
-    """The CRC32C of `length` bytes of the binary file `f` from byte `offset`, read in chunks."""
-    crc32c, value = framing.crc32c(), 0
-    f.seek(offset)
+def _check_frames(f, frames):
+    """The CRC32C of each frame `(offset, length)` of a record in the binary file `f`, reading each
+    once, in chunks; raises a `ValueError` unless the record has frames and they are JPEGs of one
+    size (`schema.jpeg_size` of a frame's first chunk), so a window read need check only that its
+    bytes are still the ones indexed (their CRC32C). The reader's `check_frames` makes the same
+    checks on whole records, in TensorFlow."""
+    if not frames:
+        raise ValueError("Expected every record to have at least one frame. Received: 0 frames")
+    crcs, first_size = [], None
+    for number, (offset, length) in enumerate(frames):
+        f.seek(offset)
+        head = f.read(min(length, _CRC_CHUNK))
+        size = schema.jpeg_size(head)
+        if size is None:
+            raise ValueError(f"Expected every frame to be a JPEG. Received: frame {number}, which does not start "
+                             "with a JPEG's bytes FF D8 FF and a frame header")
+        first_size = first_size or size
+        if size != first_size:
+            raise ValueError("Expected the frames of a record to be of one size. Received: frame 0 of "
+                             f"{first_size[0]}x{first_size[1]} and frame {number} of {size[0]}x{size[1]}")
+        crcs.append(_file_crc32c(f, length - len(head), framing.crc32c().value(head)))
+    return crcs
+
+
+def _file_crc32c(f, length, value):
+    """`value` (a CRC32C) extended by the next `length` bytes of the binary file `f`, read in chunks."""
+    crc32c = framing.crc32c()
     while length:
         chunk = f.read(min(length, _CRC_CHUNK))
         if not chunk:
-            raise ValueError(f"Expected {length} more bytes at byte {f.tell()} of shard={f.name}. Received: none")
+            raise ValueError(f"Expected {length} more bytes at byte {f.tell()}. Received: none")
         value, length = crc32c.extend(value, chunk), length - len(chunk)
     return value
 
@@ -165,10 +189,12 @@ def load_index(shard):
 
 
 def _check_consistent(arrays, shard_bytes, path):
-    """Raise a `ValueError` naming the index file `path` unless its records' frame counts add up to
-    its frames and every frame lies inside the shard's `shard_bytes` bytes."""
+    """Raise a `ValueError` naming the index file `path` unless each of its records has frames,
+    their counts add up to its frames and every frame lies inside the shard's `shard_bytes` bytes."""
     problem = None
-    if min(arrays["num_frames"], default=0) < 0 or sum(arrays["num_frames"]) != len(arrays["frame_offsets"]):
+    if min(arrays["num_frames"], default=1) < 1:
+        problem = "a record without frames"
+    elif sum(arrays["num_frames"]) != len(arrays["frame_offsets"]):
         problem = f"frame counts adding up to {sum(arrays['num_frames'])} for {len(arrays['frame_offsets'])} frames"
     elif arrays["frame_offsets"] and (
             min(arrays["frame_offsets"]) < 0 or min(arrays["frame_lengths"]) < 0

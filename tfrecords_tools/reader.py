@@ -315,15 +315,16 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
 
     Each window's frames are read with one `pread` of the bytes from its first to its last frame
     (its frames only, for consecutive frames; the span between them for larger strides; the
-    whole video when a short video loops), in a `tf.numpy_function`, and each frame read is
-    checked against its CRC32C in the index (`_read_window`) and then by `check_frames`. A failed
-    check raises an `InvalidArgumentError` naming the record and its shard or, with a `counter`,
-    is counted and gives `ok=False` (`drop_invalid` drops it)."""
+    whole video when a short video loops), in a `tf.numpy_function` that checks each frame read
+    against its CRC32C in the index (`_read_window`): indexing checked that the record's frames
+    are JPEGs of one size (`index`), so these are. A failed check raises an error naming the
+    record and its shard or, with a `counter`, is counted and gives `ok=False` (`drop_invalid`
+    drops it)."""
     indexes = [index_lib.load_index(path) for path in paths]
     counts = np.concatenate([ix.num_frames for ix in indexes]).astype(np.int32)
-    if not counts.sum():
-        raise ValueError(f"Expected at least one frame in the shards. Received: none in {len(counts)} records of "
-                         f"{len(paths)} shards (e.g. shard={paths[0]})")
+    if not len(counts):
+        raise ValueError(f"Expected at least one record in the shards. Received: none in {len(paths)} shards "
+                         f"(e.g. shard={paths[0]})")
     videos = tf.data.Dataset.from_tensor_slices((
         np.concatenate([np.full(len(ix.num_frames), k, np.int32) for k, ix in enumerate(indexes)]),
         np.concatenate([np.arange(len(ix.num_frames)) for ix in indexes]).astype(np.int64),
@@ -335,23 +336,22 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
     lengths = tf.constant(np.concatenate([ix.frame_lengths for ix in indexes]), tf.int64)
     crcs = tf.constant(np.concatenate([ix.frame_crcs for ix in indexes]).astype(np.int64), tf.int64)
     shard_paths = tf.constant(paths)
-    last_frame = int(counts.sum()) - 1
 
     def read_window(video, element_seed):
         shard, number, label, first, count = video
-        where = record_name(shard_paths[shard], number)
-        indices, seed_crop = pick(tf.maximum(count, 1), element_seed)  # a 0-frame record reads a stand-in, then fails
-        frames = tf.minimum(first + tf.cast(indices, tf.int64), last_frame)
+        indices, seed_crop = pick(count, element_seed)
+        frames = first + tf.cast(indices, tf.int64)
         starts, sizes = tf.gather(offsets, frames), tf.gather(lengths, frames)
         begin, end = tf.reduce_min(starts), tf.reduce_max(starts + sizes)
-        data, crc_ok = tf.numpy_function(
+        data, ok = tf.numpy_function(
             _read_window, [shard_paths[shard], begin, end - begin, starts - begin, sizes, tf.gather(crcs, frames),
                            number, counter is not None], [tf.string, tf.bool], stateful=False)
-        encoded = tf.ensure_shape(tf.strings.substr(tf.ensure_shape(data, []), starts - begin, sizes), [clip_length])
-        frames_ok, frames_message = check_frames(encoded, indices, where)
-        ok = tf.logical_and(count > 0, tf.logical_and(tf.ensure_shape(crc_ok, []), frames_ok))
-        message = tf.where(count > 0, frames_message, _no_frames_message(where))
-        return enforced((encoded, label, seed_crop), ok, message, counter)
+        encoded = tf.strings.substr(tf.ensure_shape(data, []), starts - begin, sizes)
+        window = (tf.ensure_shape(encoded, [clip_length]), label, seed_crop, tf.ensure_shape(ok, []))
+        if counter is None:
+            return window  # `_read_window` raised unless ok
+        with tf.control_dependencies([counter.variable.assign_add(tf.cast(tf.logical_not(window[-1]), tf.int64))]):
+            return tuple(tf.identity(t) for t in window)
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     return tf.data.Dataset.zip(videos, seeds).map(read_window, num_parallel_calls=parallel,
@@ -359,9 +359,6 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
 
 
 # --- one video -------------------------------------------------------------------------------
-
-JPEG_SIGNATURE = b"\xff\xd8\xff"  # a JPEG's start-of-image marker and the next marker's first byte
-
 
 @functools.cache
 def _stand_in_jpeg():
@@ -376,11 +373,11 @@ def _no_frames_message(where):
 
 def check_frames(encoded, numbers, where):
     """`(ok, message)`: whether the frames `encoded` (`[N]` strings), frames `numbers` (`[N]`) of
-    the record named `where` (`record_name`), are JPEGs (they start with `JPEG_SIGNATURE`) of one
+    the record named `where` (`record_name`), are JPEGs (they start with `schema.JPEG_SIGNATURE`) of one
     height and width, and an error message naming the first frame that is not. Fails on no
     input: only the frames that start like a JPEG have their header read (`extract_jpeg_shape`).
     A frame whose header is damaged past its first bytes is left to the decoder."""
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(JPEG_SIGNATURE)), JPEG_SIGNATURE)
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(schema.JPEG_SIGNATURE)), schema.JPEG_SIGNATURE)
     readable = tf.where(is_jpeg, encoded, _stand_in_jpeg())
     if encoded.shape[0] is not None:
         shapes = tf.stack([tf.io.extract_jpeg_shape(jpeg)[:2] for jpeg in tf.unstack(readable, encoded.shape[0])])

@@ -8,6 +8,8 @@ workers never import it): it gives the bytes of
 `tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only the parsers need
 TensorFlow, and import it when called.
 """
+import struct
+
 from p3d_keras import protowire as pw
 
 # Context (one value per video).
@@ -25,6 +27,10 @@ REQUIRED = (LABEL_INDEX, LABEL_STRING, MEDIA_ID, HEIGHT, WIDTH, FRAME_RATE)
 # Feature lists (one value per frame).
 ENCODED = "image/encoded"                 # bytes: one JPEG per frame
 TIMESTAMP = "image/timestamp"             # int64, microseconds from the clip start
+
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # a JPEG's start-of-image marker and the next marker's first byte
+_JPEG_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15 (less DHT, JPG, DAC)
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length: TEM, RST0-7
 
 # Field numbers of tensorflow/core/example/{example,feature}.proto.
 _CONTEXT, _FEATURE_LISTS = 1, 2           # SequenceExample
@@ -111,6 +117,29 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
     frames = b"".join(encode_frame(frame) for frame in encoded_frames)
     head, tail = record_parts(context, len(frames), timestamps_us)
     return head + frames + tail
+
+
+def jpeg_size(head):
+    """`(height, width)` from the start-of-frame marker of the JPEG whose first bytes are `head`,
+    or None when `head` does not start with `JPEG_SIGNATURE` or its markers up to the first scan
+    hold no start-of-frame (the values `tf.io.extract_jpeg_shape` reads, without TensorFlow)."""
+    if not head.startswith(JPEG_SIGNATURE):
+        return None
+    position = 2
+    while position + 4 <= len(head) and head[position] == 0xFF:
+        marker = head[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker in _JPEG_STANDALONE:
+            position += 2
+        elif marker in _JPEG_START_OF_FRAME:
+            # length (2 bytes), sample precision (1), height (2), width (2)
+            return struct.unpack_from(">HH", head, position + 5) if position + 9 <= len(head) else None
+        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            return None
+        else:
+            position += 2 + struct.unpack_from(">H", head, position + 2)[0]
+    return None
 
 
 def locate_frames(f, start, end):

@@ -14,7 +14,10 @@ every uncompressed shard they write; `p3d-tfrecords index` (or `write_index`) bu
 other shard. Building reads the shard once, checks every record's framing and CRC32C (a corrupt
 record is an error naming the shard and the byte), and locates the frames with
 `schema.locate_frames`, reading only the records' field headers, then reads each frame once more
-for its CRC32C, in chunks: memory does not grow with a record's length. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow
+for its CRC32C, in chunks: memory does not grow with a record's length. A record without frames,
+with a frame that is not a JPEG or with frames of different sizes (`schema.jpeg_size`) is an
+error naming the shard and the byte too, so a window read need only check that its bytes are
+the ones indexed. GZIP shards cannot be read by byte range and are refused. Neither TensorFlow
 nor NumPy (the converter's processes import neither).
 """
 import array

@@ -35,12 +35,13 @@ are checked when their shard is indexed; a shard whose size differs from its ind
 a read that comes up short raises an error naming the shard, and each frame read is checked
 against its CRC32C in the index.
 
-Records the reader cannot use (either read): bytes that are not a protocol buffer, another
-tool's `tf.train.Example` (`schema.parse_record`), no frames, a frame of the window that is not
-a JPEG or frames of different sizes (`check_frames`), a frame failing its CRC32C. Each raises an
-`InvalidArgumentError` naming the record and its shard ("record 3 of shard=...", `record_name`),
-checked before anything decodes it, or with `skip_corrupt=True` is counted and skipped
-(`enforced`, `drop_invalid`; records that are not protocol buffers by `_skip_unparsable`).
+Records the reader cannot use. `reads="records"`: bytes that are not a protocol buffer, another
+tool's `tf.train.Example` (`schema.parse_record`), no frames, a frame to decode that is not a
+JPEG or frames of different sizes (`check_frames`). `reads="windows"`: a frame whose bytes fail
+their CRC32C (indexing refused the others: `index`). Each raises an `InvalidArgumentError`
+naming the record and its shard ("record 3 of shard=...", `record_name`), before anything
+decodes it, or with `skip_corrupt=True` is counted and skipped (`enforced`, `drop_invalid`;
+records that are not protocol buffers by `_skip_unparsable`).
 
 Speed (`bench/pipeline_throughput.py`, `bench/README.md`), uint8 output on 2 cores, 186-frame
 videos, native decoder: `reads="windows"` 91-94 % of the JPEG-decode limit end to end, 92 % in
@@ -275,8 +276,7 @@ def windows_obstacle(paths, *, compression, skip_corrupt, cycle_length):
     local, uncompressed shards (indexes are read, and windows read by byte range, with plain file
     I/O) and `google-crc32c` (each frame read is checked against its CRC32C in the index), and it
     cannot honour `cycle_length` (there is no interleave). `skip_corrupt` is honoured: a window
-    whose bytes fail their CRC32C, or whose frames are not JPEGs of one size, is counted and
-    skipped."""
+    whose bytes fail their CRC32C is counted and skipped."""
     del skip_corrupt  # honoured by both reads
     if cycle_length is not None or compression not in ("auto", None, ""):
         return f"cycle_length={cycle_length!r}, compression={compression!r}"

@@ -68,7 +68,8 @@ from p3d_keras.tfrecords_tools import reader
 from p3d_keras.tfrecords_tools import schema
 
 HEIGHT, WIDTH = 182, 242
-ROWS = ("uint8 records", "uint8 windows", "uint8 windows baseline", "uint8 windows tf", "float32 windows")
+ROWS = ("uint8 records", "uint8 windows", "uint8 windows tf", "float32 windows")
+BASELINE = " baseline"  # the suffix of a row's name timed with --baseline-reader
 
 
 def smooth_noise_frames(num_frames, rng):
@@ -122,7 +123,7 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
 
 def load_module(path):
     """The Python module in the file `path` (`--baseline-reader`: another version of `reader.py`,
-    importing the rest of the package as it is now)."""
+    importing the rest of the package as it is now). Raises `FileNotFoundError` without one."""
     spec = importlib.util.spec_from_file_location("baseline_reader", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -158,15 +159,17 @@ def measure(args, paths):
             multiscale=args.multiscale, shuffle_buffer=args.shuffle_buffer, drop_remainder=False, **output)
 
     rows = {
-        "uint8 records": lambda: pipeline(output_dtype="uint8", reads="records", decoder="native"),
-        "uint8 windows": lambda: pipeline(output_dtype="uint8", reads="windows", decoder="native"),
-        "uint8 windows baseline": lambda: pipeline(load_module(args.baseline_reader), output_dtype="uint8",
-                                                   reads="windows", decoder="native"),
-        "uint8 windows tf": lambda: pipeline(output_dtype="uint8", reads="windows", decoder="tf"),
-        "float32 windows": lambda: pipeline(normalization=args.normalization, reads="windows", decoder="native"),
+        "uint8 records": dict(output_dtype="uint8", reads="records", decoder="native"),
+        "uint8 windows": dict(output_dtype="uint8", reads="windows", decoder="native"),
+        "uint8 windows tf": dict(output_dtype="uint8", reads="windows", decoder="tf"),
+        "float32 windows": dict(normalization=args.normalization, reads="windows", decoder="native"),
     }
+    baseline = load_module(args.baseline_reader) if args.baseline_reader else None
     datasets = {"limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1)}
-    datasets.update({name: (rows[name](), args.batch_size) for name in args.rows})
+    for name in args.rows:
+        datasets[name] = (pipeline(**rows[name]), args.batch_size)
+        if baseline is not None:
+            datasets[f"{name}{BASELINE}"] = (pipeline(baseline, **rows[name]), args.batch_size)
     skip = args.steady_skip if args.shuffle_buffer <= args.steady_skip < args.videos / 2 else None
     for dataset, _ in datasets.values():
         element_times(dataset.take(2))  # warm up: traces functions, fills the page cache
@@ -189,7 +192,6 @@ def table(args, measured, jpeg_bytes, cores):
         "limit": "JPEG-decode limit (`tf.io.decode_jpeg`, whole frames in memory, same parallelism, no batching)",
         "uint8 records": f"training pipeline, uint8 out, `reads='records'` ({args.normalization} on the device)",
         "uint8 windows": f"training pipeline, uint8 out, `reads='windows'` ({args.normalization} on the device)",
-        "uint8 windows baseline": f"the same with the reader of {args.baseline_reader}",
         "uint8 windows tf": "the same with `decoder='tf'` (TensorFlow's JPEG ops)",
         "float32 windows": f"training pipeline, float32 out, `reads='windows'` ({args.normalization} on the CPU)",
     }
@@ -204,7 +206,8 @@ def table(args, measured, jpeg_bytes, cores):
         "| CPU ms per clip | vs limit |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    rows = {name: text for name, text in rows.items() if name in measured}
+    rows = {name: rows.get(name) or f"{rows[name.removesuffix(BASELINE)]}, the reader of {args.baseline_reader}"
+            for name in measured}
     lines += [f"| {rows[name]} | {end:,.1f} | {end / cores:,.1f} | {end / limit_end:.0%} | "
               + ("n/a | n/a" if math.isnan(steady) else f"{steady:,.1f} | {steady / limit_steady:.0%}")
               + f" | {first:,.0f} | {cpu:.2f} | {limit_cpu / cpu:.0%} |"
@@ -240,14 +243,12 @@ def main(argv=None):
     parser.add_argument("--multiscale", action="store_true")
     parser.add_argument("--normalization", default="caffe", help="the float32 pipeline's preset")
     parser.add_argument("--gpu-clips-per-s", type=int, nargs="+", default=[200, 500])
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=[r for r in ROWS if r != "uint8 windows baseline"],
-                        help="the pipelines to time besides the limit (default: all but the baseline)")
-    parser.add_argument("--baseline-reader", help="a reader.py to time as the row 'uint8 windows baseline', in the "
-                                                  "same rounds: e.g. `git show REF:tfrecords_tools/reader.py > FILE`")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="the pipelines to time besides the limit (default: all)")
+    parser.add_argument("--baseline-reader", help="another reader.py (the rest of the package as it is now) to time "
+                                                  "each row with too, in the same rounds, as '<row> baseline': e.g. "
+                                                  "`git show REF:tfrecords_tools/reader.py > FILE`")
     args = parser.parse_args(argv)
-    if ("uint8 windows baseline" in args.rows) != bool(args.baseline_reader):
-        parser.error("Expected --baseline-reader with the row 'uint8 windows baseline' and not without. "
-                     f"Received: --rows {' '.join(args.rows)}, --baseline-reader={args.baseline_reader!r}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:
         paths, jpeg_bytes = write_shards(pathlib.Path(tmp), videos=args.videos, frames=args.frames,

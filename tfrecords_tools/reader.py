@@ -271,6 +271,11 @@ def _read_window(path, begin, length, starts, sizes, crcs, record, skip_corrupt)
     return data, np.bool_(True)
 
 
+def _read_window_or_raise(*args):
+    """`_read_window`'s data, raising on a CRC32C mismatch."""
+    return _read_window(*args, False)[0]
+
+
 def windows_obstacle(paths, *, compression, skip_corrupt, cycle_length):
     """Why `reads="windows"` cannot read the shards `paths` with these options, or None: it needs
     local, uncompressed shards (indexes are read, and windows read by byte range, with plain file
@@ -343,15 +348,15 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
         frames = first + tf.cast(indices, tf.int64)
         starts, sizes = tf.gather(offsets, frames), tf.gather(lengths, frames)
         begin, end = tf.reduce_min(starts), tf.reduce_max(starts + sizes)
-        data, ok = tf.numpy_function(
-            _read_window, [shard_paths[shard], begin, end - begin, starts - begin, sizes, tf.gather(crcs, frames),
-                           number, counter is not None], [tf.string, tf.bool], stateful=False)
+        inputs = [shard_paths[shard], begin, end - begin, starts - begin, sizes, tf.gather(crcs, frames), number]
+        if counter is None:  # `_read_window` raises unless ok
+            data, ok = tf.numpy_function(_read_window_or_raise, inputs, tf.string, stateful=False), tf.constant(True)
+        else:
+            data, ok = tf.numpy_function(_read_window, [*inputs, True], [tf.string, tf.bool], stateful=False)
+            with tf.control_dependencies([counter.variable.assign_add(tf.cast(tf.logical_not(ok), tf.int64))]):
+                data, ok = tf.identity(data), tf.ensure_shape(ok, [])
         encoded = tf.strings.substr(tf.ensure_shape(data, []), starts - begin, sizes)
-        window = (tf.ensure_shape(encoded, [clip_length]), label, seed_crop, tf.ensure_shape(ok, []))
-        if counter is None:
-            return window  # `_read_window` raised unless ok
-        with tf.control_dependencies([counter.variable.assign_add(tf.cast(tf.logical_not(window[-1]), tf.int64))]):
-            return tuple(tf.identity(t) for t in window)
+        return tf.ensure_shape(encoded, [clip_length]), label, seed_crop, ok
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     return tf.data.Dataset.zip(videos, seeds).map(read_window, num_parallel_calls=parallel,

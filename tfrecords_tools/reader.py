@@ -167,10 +167,10 @@ def _read_shard(path, compression, expected, counter):
     in batches of that many (the last one partial), and an end marker (an empty batch) run
     through a `scan` that adds up their framed lengths (mod 2**32 for GZIP) and, at the end
     marker, checks the total (an assertion naming the shard, or a count with
-    `skip_corrupt=True`); `unbatch` then drops the empty marker (kept, as one element, for `_skip_unparsable`
-    with a `counter`). A shard stops at its first
-    corrupt record, so the records before it are handed out and the end marker then fails the
-    check, whichever batch the corrupt record fell in. (Per-record `map`, `filter` and `scan`
+    `skip_corrupt=True`); `unbatch` then drops the empty marker (kept, as one element, for
+    `_skip_unparsable` with a `counter`). A shard stops at its first corrupt record, so the
+    records before it are handed out and the end marker then fails the check, whichever batch
+    the corrupt record fell in. (Per-record `map`, `filter` and `scan`
     calls cost ~0.05-0.1 core-ms per 250 KB record each: `bench/README.md`.)
 
     With a `counter` (`skip_corrupt=True`) the records whose bytes are not a protocol buffer are
@@ -196,8 +196,10 @@ def _read_shard(path, compression, expected, counter):
                 return (total, count + size), (tf.fill(tf.shape(chunk), path), numbers, tf.identity(chunk))
             end = tf.fill([tf.cast(tf.equal(size, 0), tf.int32)], True)  # [True] at the end marker, else []
             return (total, count + size), (
-                tf.fill([tf.size(numbers) + tf.size(end)], path), tf.concat([numbers, tf.fill(tf.shape(end), count)], 0),
-                tf.concat([chunk, tf.fill(tf.shape(end), "")], 0), tf.concat([tf.zeros(tf.shape(chunk), tf.bool), end], 0))
+                tf.fill([tf.size(numbers) + tf.size(end)], path),
+                tf.concat([numbers, tf.fill(tf.shape(end), count)], 0),
+                tf.concat([chunk, tf.fill(tf.shape(end), "")], 0),
+                tf.concat([tf.zeros(tf.shape(chunk), tf.bool), end], 0))
 
     numbered = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), account).unbatch()
     return numbered if counter is None else _skip_unparsable(numbered, counter)
@@ -378,10 +380,11 @@ def _no_frames_message(where):
 
 def check_frames(encoded, numbers, where):
     """`(ok, message)`: whether the frames `encoded` (`[N]` strings), frames `numbers` (`[N]`) of
-    the record named `where` (`record_name`), are JPEGs (they start with `schema.JPEG_SIGNATURE`) of one
-    height and width, and an error message naming the first frame that is not. Fails on no
-    input: only the frames that start like a JPEG have their header read (`extract_jpeg_shape`).
-    A frame whose header is damaged past its first bytes is left to the decoder."""
+    the record named `where` (`record_name`), are JPEGs (they start with `schema.JPEG_SIGNATURE`)
+    of one height and width, and an error message naming the first frame that is not. Only the
+    frames that start like a JPEG have their header read (`extract_jpeg_shape`), so other bytes
+    fail no op; a frame whose header is damaged past its first bytes fails there, with
+    TensorFlow's message (the decoders' business)."""
     is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(schema.JPEG_SIGNATURE)), schema.JPEG_SIGNATURE)
     readable = tf.where(is_jpeg, encoded, _stand_in_jpeg())
     if encoded.shape[0] is not None:
@@ -725,9 +728,9 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
         unique, position = tf.unique(tf.reshape(indices, [-1]))
         encoded = tf.gather(example[schema.ENCODED], unique)
         frames_ok, frames_message = check_frames(encoded, unique, where)
-        return enforced((encoded, tf.reshape(position, tf.shape(indices)), tf.cast(example[schema.LABEL_INDEX], tf.int32),
-                         example[schema.MEDIA_ID]), tf.logical_and(ok, frames_ok), tf.where(ok, frames_message, message),
-                        counter)
+        outputs = (encoded, tf.reshape(position, tf.shape(indices)), tf.cast(example[schema.LABEL_INDEX], tf.int32),
+                   example[schema.MEDIA_ID])
+        return enforced(outputs, tf.logical_and(ok, frames_ok), tf.where(ok, frames_message, message), counter)
 
     def video_clips(encoded, position, label, media_id, ok):  # noqa: ARG001 (ok: checked by drop_invalid)
         height, width = tf.unstack(tf.io.extract_jpeg_shape(encoded[0])[:2])

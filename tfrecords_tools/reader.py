@@ -148,11 +148,19 @@ def expected_record_bytes(path, compression):
 
 def enforce(ok, message, counter):
     """The op that enforces the scalar bool `ok`: an assertion raising an `InvalidArgumentError`
-    with `message` when `counter` is None, else the count of a failure in the
+    with `message` (a string tensor, or a function of no arguments that builds it, called only
+    when `ok` is false) when `counter` is None, else the count of a failure in the
     `CorruptRecordCounter` (the caller then drops the element)."""
-    if counter is None:
+    if counter is not None:
+        return counter.variable.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+    if not callable(message):
         return tf.debugging.Assert(ok, [message])
-    return counter.variable.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+
+    def fail():
+        with tf.control_dependencies([tf.debugging.Assert(False, [message()])]):
+            return tf.constant(False)
+
+    return tf.cond(ok, lambda: tf.constant(True), fail)
 
 
 def record_name(path, number):
@@ -381,7 +389,8 @@ def _no_frames_message(where):
 def check_frames(encoded, numbers, where):
     """`(ok, message)`: whether the frames `encoded` (`[N]` strings), frames `numbers` (`[N]`) of
     the record named `where` (`record_name`), are JPEGs (they start with `schema.JPEG_SIGNATURE`)
-    of one height and width, and an error message naming the first frame that is not. Only the
+    of one height and width, and a function building the error message naming the first frame
+    that is not (`enforce` calls it only then). Only the
     frames that start like a JPEG have their header read (`extract_jpeg_shape`), so other bytes
     fail no op; a frame whose header is damaged past its first bytes fails there, with
     TensorFlow's message (the decoders' business)."""
@@ -404,16 +413,18 @@ def check_frames(encoded, numbers, where):
         height_width = tf.strings.as_string(tf.concat([shapes, [[0, 0]]], axis=0)[position])
         return tf.strings.join([height_width[0], "x", height_width[1]])
 
-    _, not_jpeg = first_false(is_jpeg)
-    other, other_frame = first_false(same)
-    first_frame = tf.strings.as_string(tf.cast(numbers, tf.int64)[:1])
-    message = tf.where(
-        tf.reduce_all(is_jpeg),
-        tf.strings.join(["Expected the frames of a record to be of one size. Received: frame ",
-                         tf.strings.reduce_join(first_frame), " of ", size(0), " and frame ", other_frame, " of ",
-                         size(other), " in ", where]),
-        tf.strings.join(["Expected every frame to be a JPEG. Received: frame ", not_jpeg, " of ", where,
-                         ", which does not start with a JPEG's bytes FF D8 FF"]))
+    def message():
+        _, not_jpeg = first_false(is_jpeg)
+        other, other_frame = first_false(same)
+        first_frame = tf.strings.as_string(tf.cast(numbers, tf.int64)[:1])
+        return tf.where(
+            tf.reduce_all(is_jpeg),
+            tf.strings.join(["Expected the frames of a record to be of one size. Received: frame ",
+                             tf.strings.reduce_join(first_frame), " of ", size(0), " and frame ", other_frame,
+                             " of ", size(other), " in ", where]),
+            tf.strings.join(["Expected every frame to be a JPEG. Received: frame ", not_jpeg, " of ", where,
+                             ", which does not start with a JPEG's bytes FF D8 FF"]))
+
     return ok, message
 
 
@@ -432,8 +443,8 @@ def drop_invalid(dataset, counter):
 
 def parse_checked(where, serialized):
     """`(example, ok, message)`: the parsed record `where` (`schema.parse_record`) with
-    `num_frames`, whether it is a video of the schema with frames, and an error message naming
-    it if not. A record that is not gives values that fail no op: at least one frame (a stand-in
+    `num_frames`, whether it is a video of the schema with frames, and a function building the
+    error message naming it if not (for `enforce`). A record that is not gives values that fail no op: at least one frame (a stand-in
     JPEG) and zeros."""
     example, missing = schema.parse_record(serialized, where)
     num_frames = tf.shape(example[schema.ENCODED])[0]
@@ -442,8 +453,8 @@ def parse_checked(where, serialized):
                                       lambda: tf.constant([_stand_in_jpeg()]))
     example["num_frames"] = tf.maximum(num_frames, 1)
     ok = tf.logical_and(tf.equal(missing, ""), has_frames)
-    message = tf.where(tf.equal(missing, ""), _no_frames_message(where), schema.missing_message(missing, where))
-    return example, ok, message
+    return example, ok, lambda: tf.where(tf.equal(missing, ""), _no_frames_message(where),
+                                         schema.missing_message(missing, where))
 
 
 def parse_video(path, serialized):
@@ -663,7 +674,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             encoded = tf.ensure_shape(tf.gather(example[schema.ENCODED], indices), [clip_length])
             frames_ok, frames_message = check_frames(encoded, indices, where)
             return enforced((encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop),
-                            tf.logical_and(ok, frames_ok), tf.where(ok, frames_message, message), counter)
+                            tf.logical_and(ok, frames_ok), lambda: tf.where(ok, frames_message(), message()), counter)
 
         windows = drop_invalid(tf.data.Dataset.zip(records, seeds).map(
             pick_window, num_parallel_calls=parallel, deterministic=deterministic), counter)
@@ -730,7 +741,8 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
         frames_ok, frames_message = check_frames(encoded, unique, where)
         outputs = (encoded, tf.reshape(position, tf.shape(indices)), tf.cast(example[schema.LABEL_INDEX], tf.int32),
                    example[schema.MEDIA_ID])
-        return enforced(outputs, tf.logical_and(ok, frames_ok), tf.where(ok, frames_message, message), counter)
+        return enforced(outputs, tf.logical_and(ok, frames_ok), lambda: tf.where(ok, frames_message(), message()),
+                        counter)
 
     def video_clips(encoded, position, label, media_id, ok):  # noqa: ARG001 (ok: checked by drop_invalid)
         height, width = tf.unstack(tf.io.extract_jpeg_shape(encoded[0])[:2])

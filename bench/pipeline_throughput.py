@@ -41,6 +41,8 @@ The end-to-end figure depends on the epoch's length (the start is a fixed cost);
 is 1 GB).
 
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3
+    git show REF:tfrecords_tools/reader.py > /tmp/baseline_reader.py  # a change to the reader against REF's
+    TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rows "uint8 windows" --baseline-reader /tmp/baseline_reader.py
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3 --frames 20 --videos 4096 --unique-videos 256 --steady-skip 768
 
 Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips x 16 x 160 x 160

@@ -41,6 +41,8 @@ The end-to-end figure depends on the epoch's length (the start is a fixed cost);
 is 1 GB).
 
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3
+    git show REF:tfrecords_tools/reader.py > /tmp/baseline_reader.py  # a change to the reader against REF's
+    TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rows "uint8 windows" --baseline-reader /tmp/baseline_reader.py
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3 --frames 20 --videos 4096 --unique-videos 256 --steady-skip 768
 
 Allocator: with TensorFlow's default CPU allocator every float32 batch (16 clips x 16 x 160 x 160
@@ -52,6 +54,7 @@ decoder the uint8 pipeline measured the same with both allocators. The table's h
 allocator ran.
 """
 import argparse
+import importlib.util
 import math
 import os
 import pathlib
@@ -67,6 +70,8 @@ from p3d_keras.tfrecords_tools import reader
 from p3d_keras.tfrecords_tools import schema
 
 HEIGHT, WIDTH = 182, 242
+ROWS = ("uint8 records", "uint8 windows", "uint8 windows tf", "float32 windows")
+BASELINE = " baseline"  # the suffix of a row's name timed with --baseline-reader
 
 
 def smooth_noise_frames(num_frames, rng):
@@ -118,6 +123,15 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
             .prefetch(tf.data.AUTOTUNE))
 
 
+def load_module(path):
+    """The Python module in the file `path` (`--baseline-reader`: another version of `reader.py`,
+    importing the rest of the package as it is now). Raises `FileNotFoundError` without one."""
+    spec = importlib.util.spec_from_file_location("baseline_reader", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def element_times(dataset):
     """Seconds from the iterator's creation to each element of `dataset`."""
     start = time.perf_counter()
@@ -141,19 +155,23 @@ def measure(args, paths):
     """Per row (the limit, then the pipelines): the best of the rounds' (end-to-end, steady) clips/s and the
     median first-element ms and CPU ms per clip; one epoch per row in each round, rows alternately. The steady rate is
     NaN unless `--steady-skip` covers the shuffle buffer and leaves clips between the two ends."""
-    def pipeline(**output):
-        return reader.training_dataset(
+    def pipeline(module=reader, **output):
+        return module.training_dataset(
             paths, batch_size=args.batch_size, clip_length=args.clip_length, crop_size=args.crop_size,
             multiscale=args.multiscale, shuffle_buffer=args.shuffle_buffer, drop_remainder=False, **output)
 
-    datasets = {
-        "limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1),
-        "uint8 records": (pipeline(output_dtype="uint8", reads="records", decoder="native"), args.batch_size),
-        "uint8 windows": (pipeline(output_dtype="uint8", reads="windows", decoder="native"), args.batch_size),
-        "uint8 windows tf": (pipeline(output_dtype="uint8", reads="windows", decoder="tf"), args.batch_size),
-        "float32 windows": (pipeline(normalization=args.normalization, reads="windows", decoder="native"),
-                            args.batch_size),
+    rows = {
+        "uint8 records": dict(output_dtype="uint8", reads="records", decoder="native"),
+        "uint8 windows": dict(output_dtype="uint8", reads="windows", decoder="native"),
+        "uint8 windows tf": dict(output_dtype="uint8", reads="windows", decoder="tf"),
+        "float32 windows": dict(normalization=args.normalization, reads="windows", decoder="native"),
     }
+    baseline = load_module(args.baseline_reader) if args.baseline_reader else None
+    datasets = {"limit": (decode_limit_dataset(paths, num_clips=args.videos, clip_length=args.clip_length), 1)}
+    for name in args.rows:
+        datasets[name] = (pipeline(**rows[name]), args.batch_size)
+        if baseline is not None:
+            datasets[f"{name}{BASELINE}"] = (pipeline(baseline, **rows[name]), args.batch_size)
     skip = args.steady_skip if args.shuffle_buffer <= args.steady_skip < args.videos / 2 else None
     for dataset, _ in datasets.values():
         element_times(dataset.take(2))  # warm up: traces functions, fills the page cache
@@ -190,6 +208,8 @@ def table(args, measured, jpeg_bytes, cores):
         "| CPU ms per clip | vs limit |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = {name: rows.get(name) or f"{rows[name.removesuffix(BASELINE)]}, the reader of {args.baseline_reader}"
+            for name in measured}
     lines += [f"| {rows[name]} | {end:,.1f} | {end / cores:,.1f} | {end / limit_end:.0%} | "
               + ("n/a | n/a" if math.isnan(steady) else f"{steady:,.1f} | {steady / limit_steady:.0%}")
               + f" | {first:,.0f} | {cpu:.2f} | {limit_cpu / cpu:.0%} |"
@@ -225,6 +245,11 @@ def main(argv=None):
     parser.add_argument("--multiscale", action="store_true")
     parser.add_argument("--normalization", default="caffe", help="the float32 pipeline's preset")
     parser.add_argument("--gpu-clips-per-s", type=int, nargs="+", default=[200, 500])
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS),
+                        help="the pipelines to time besides the limit (default: all)")
+    parser.add_argument("--baseline-reader", help="another reader.py (the rest of the package as it is now) to time "
+                                                  "each row with too, in the same rounds, as '<row> baseline': e.g. "
+                                                  "`git show REF:tfrecords_tools/reader.py > FILE`")
     args = parser.parse_args(argv)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     with tempfile.TemporaryDirectory() as tmp:

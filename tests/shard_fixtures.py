@@ -21,11 +21,7 @@ def frame(index, height, width):
 
 def video_example(num_frames, label, media_id, height=32, width=48):
     """A serialised SequenceExample of `num_frames` synthetic JPEG frames."""
-    encoded = [tf.io.encode_jpeg(frame(i, height, width), quality=95).numpy() for i in range(num_frames)]
-    return schema.make_example(
-        encoded_frames=encoded, timestamps_us=[40_000 * i for i in range(num_frames)], height=height,
-        width=width, frame_rate=25.0, label_index=label, label_string=f"class{label}", media_id=media_id,
-    )
+    return record_of_frames(jpeg_frames(num_frames, height, width), label, media_id, height, width)
 
 
 def write_shards(directory, videos, *, num_shards=1, compression=None, prefix="train", height=32, width=48):
@@ -45,3 +41,24 @@ def frame_indices(clips):
     """The synthetic frame index of each frame of `[..., T, H, W, C]` clips read with
     `normalization="unit"` and no flip (from the mean red value)."""
     return np.rint(clips[..., 0].mean(axis=(-2, -1)) * 255 / FRAME_STEP).astype(int)
+
+
+def jpeg_frames(num_frames, height=32, width=48):
+    """The JPEGs of `num_frames` synthetic frames (`frame`)."""
+    return [tf.io.encode_jpeg(frame(i, height, width), quality=95).numpy() for i in range(num_frames)]
+
+
+def record_of_frames(encoded, label, media_id, height=32, width=48):
+    """A serialised SequenceExample holding the given encoded frames as they are."""
+    return schema.make_example(
+        encoded_frames=encoded, timestamps_us=[40_000 * i for i in range(len(encoded))], height=height,
+        width=width, frame_rate=25.0, label_index=label, label_string=f"class{label}", media_id=media_id,
+    )
+
+
+def write_records(path, records):
+    """Write serialised records as they are into the (uncompressed) shard `path`; returns `str(path)`."""
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    return str(path)

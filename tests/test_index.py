@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from p3d_keras import protowire as pw
 from p3d_keras.tfrecords_tools import cli, framing, index, reader, schema
-from shard_fixtures import video_example, write_shards
+from shard_fixtures import jpeg_frames, video_example, write_shards
 
 # Frame counts chosen so that windows of 4 (stride 1 and 3) cover short videos that loop.
 VIDEOS = [(10, 0), (3, 1), (20, 2), (6, 1), (1, 0), (13, 2)]
@@ -41,7 +41,7 @@ def test_iter_file_fields_reads_headers_and_gives_payload_offsets(tmp_path):
 
 def test_index_locates_every_frame_of_tensorflow_and_converter_records(shards, tmp_path):
     ours = str(tmp_path / "ours.tfrecord")
-    jpegs = [b"\xff\xd8first", b"\xff\xd8second frame"]
+    jpegs = jpeg_frames(2, 8, 16)
     with open(ours, "wb") as f:
         record = schema.make_example(encoded_frames=jpegs, timestamps_us=[0, 40_000], height=1, width=1,
                                      frame_rate=25.0, label_index=7, label_string="x", media_id="m")
@@ -112,9 +112,12 @@ def test_auto_reads_windows_only_when_every_shard_is_indexed(tmp_path, caplog):
     auto, log = read()
     assert "reading only the windows of 2 indexed shards" in log
     assert_same(auto, read(reads="windows")[0])
-    corrupt_ok, log = read(skip_corrupt=True)  # an option only records can honour
-    assert "reading whole records: skip_corrupt" in log
-    assert_same(corrupt_ok, read(reads="records")[0])
+    cycled, log = read(cycle_length=2)  # an option only records can honour
+    assert "reading whole records: cycle_length=2" in log
+    assert_same(cycled, read(reads="records")[0])
+    counted, log = read(skip_corrupt=True)  # both reads honour skip_corrupt
+    assert "reading only the windows of 2 indexed shards" in log
+    assert_same(counted, auto)
     with open(paths[1], "ab") as f:
         f.write(b"\x00")  # a stale index is an error, not a reason to read records
     with pytest.raises(ValueError, match=r"train-00001-of-00002\.tfrecord to be the \d+ bytes"):
@@ -151,13 +154,14 @@ def test_a_shard_truncated_after_indexing_names_the_shard_when_read(tmp_path):
         epoch(dataset)
 
 
-def test_zero_frame_record_names_the_shard(tmp_path):
+def test_zero_frame_record_is_refused_naming_the_shard(tmp_path):
     path = str(tmp_path / "empty-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
+        w.write(video_example(3, 1, "fine"))
         w.write(video_example(0, 0, "nothing"))
-    index.write_index(path)
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"0 frames in a record of shard=.*empty-00000"):
-        epoch(reader.training_dataset(path, batch_size=1, reads="windows", **SMALL))
+    second = framing.FRAMING_BYTES + len(video_example(3, 1, "fine"))
+    with pytest.raises(ValueError, match=rf"0 frames \(record at byte {second} of shard=.*empty-00000"):
+        index.write_index(path)
 
 
 def test_index_refuses_corrupt_records_naming_shard_and_byte(tmp_path):
@@ -196,7 +200,7 @@ def test_index_refuses_records_it_cannot_locate_naming_shard_and_byte(tmp_path, 
 
 
 def test_windows_refuse_options_they_cannot_honour(shards):
-    for bad in (dict(skip_corrupt=True), dict(cycle_length=2), dict(compression="GZIP"), dict(reads="bytes")):
+    for bad in (dict(cycle_length=2), dict(compression="GZIP"), dict(reads="bytes")):
         with pytest.raises(ValueError, match="reads"):
             reader.training_dataset(shards, batch_size=2, **{"reads": "windows", **SMALL, **bad})
 
@@ -212,3 +216,84 @@ def test_cli_index_skips_and_reports_a_bad_shard(tmp_path, caplog):
     assert index.load_index(good).num_frames.tolist() == [n for n, _ in VIDEOS[::2]]
     os.remove(bad)
     assert cli.main(["index", str(tmp_path)]) == 0  # the index files in the folder are not shards
+
+
+def _rewrite(path, edit):
+    """Apply `edit(bytearray)` to the file `path` in place."""
+    data = bytearray(open(path, "rb").read())
+    edit(data)
+    with open(path, "wb") as f:
+        f.write(bytes(data))
+
+
+def test_a_truncated_or_damaged_index_names_the_index_file(tmp_path):
+    path = write_shards(tmp_path, VIDEOS)[0]
+    built = index.write_index(path)
+    name = index.index_path(path)
+    whole = open(name, "rb").read()
+    header = len(index.MAGIC) + index.HEADER.size
+    records, frames = len(built.num_frames), len(built.frame_offsets)
+    for cut in sorted({0, 3, header - 1, header, header + 1, header + 4 * records + 2, len(whole) - 5,
+                       len(whole) - 1}):
+        with open(name, "wb") as f:
+            f.write(whole[:cut])
+        with pytest.raises(ValueError, match=r"Received: .*train-00000-of-00001\.tfindex.*p3d-tfrecords index"):
+            index.load_index(path)
+        with pytest.raises(ValueError, match=r"train-00000-of-00001\.tfindex"):
+            reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    with open(name, "wb") as f:
+        f.write(whole + b"\x00")
+    with pytest.raises(ValueError, match=rf"{len(whole)} bytes. Received: .*\.tfindex of {len(whole) + 1} bytes"):
+        index.load_index(path)
+
+    num_frames = header  # the first record's frame count: one more than the frames there are
+    with open(name, "wb") as f:
+        f.write(whole)
+    _rewrite(name, lambda data: data.__setitem__(slice(num_frames + 4 * records, num_frames + 4 * records + 4),
+                                                 (VIDEOS[0][0] + 1).to_bytes(4, "little")))
+    with pytest.raises(ValueError, match=rf"\.tfindex with frame counts adding up to {frames + 1} for {frames} frames"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    offsets = header + 8 * records  # the last frame's offset: past the shard's end
+    with open(name, "wb") as f:
+        f.write(whole)
+    _rewrite(name, lambda data: data.__setitem__(slice(offsets + 8 * (frames - 1), offsets + 8 * frames),
+                                                 os.path.getsize(path).to_bytes(8, "little")))
+    with pytest.raises(ValueError, match=r"\.tfindex with frames outside the shard's \d+ bytes"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+    with open(name, "wb") as f:
+        f.write(whole)
+    _rewrite(name, lambda data: data.__setitem__(slice(len(index.MAGIC), len(index.MAGIC) + 4),
+                                                 (1).to_bytes(4, "little")))  # an index of format 1: no CRC32Cs
+    with pytest.raises(ValueError, match=r"format version 2. Received: version 1 in .*\.tfindex; rebuild it"):
+        reader.training_dataset(path, batch_size=2, reads="windows", **SMALL)
+
+
+def test_an_index_header_claiming_huge_counts_is_refused_without_reading_them(tmp_path):
+    """A header claiming 2**40 frames is refused by the file's size, before anything is read, in a
+    process limited to ~1 GB of address space above its start (no TensorFlow in it)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = write_shards(tmp_path, VIDEOS)[0]
+    index.write_index(path)
+    name = index.index_path(path)
+    _rewrite(name, lambda data: data.__setitem__(
+        slice(len(index.MAGIC), len(index.MAGIC) + index.HEADER.size),
+        index.HEADER.pack(index.FORMAT_VERSION, os.path.getsize(path), 2 ** 40, 2 ** 40)))
+    with open(name, "ab") as f:
+        f.write(b"\x00" * (1 << 20))
+    script = textwrap.dedent(f"""
+        import resource, sys
+        from p3d_keras.tfrecords_tools import index
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), used + (1 << 30)))
+        try:
+            index.load_index({path!r})
+        except ValueError as error:
+            sys.exit(0 if "Received: " in str(error) and ".tfindex" in str(error) else 3)
+        sys.exit(4)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

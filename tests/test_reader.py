@@ -91,7 +91,7 @@ def test_zero_frame_record_names_the_shard(tmp_path):
     path = str(tmp_path / "empty-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
         w.write(video_example(0, 0, "nothing"))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="0 frames in media_id=nothing of shard=.*empty-00000"):
+    with pytest.raises(tf.errors.InvalidArgumentError, match="0 frames in record 0 of shard=.*empty-00000"):
         epoch(reader.training_dataset(path, batch_size=1, **SMALL))
 
 
@@ -108,6 +108,9 @@ def test_corrupt_shard_raises_or_is_counted(tmp_path, compression):
     assert 4 <= read < 8 and ds.corrupt_records.count == 1
     epoch(ds)
     assert ds.corrupt_records.count == 2  # once per read of the corrupt shard
+    ds = reader.evaluation_dataset(paths, batch_size=8, num_clips=1, skip_corrupt=True, **SMALL)
+    assert 4 <= len(np.concatenate([b[1] for b in epoch(ds)])) < 8 and ds.corrupt_records.count == 1
+    assert reader.evaluation_dataset(paths, batch_size=8, **SMALL).corrupt_records is None
 
 
 def test_corrupt_record_inside_a_check_batch(tmp_path):

@@ -91,3 +91,34 @@ def test_mismatched_lengths_raise():
     with pytest.raises(ValueError, match="same length. Received: 1 frames and 0 timestamps"):
         schema.make_example(encoded_frames=[b"x"], timestamps_us=[], height=1, width=1, frame_rate=1,
                             label_index=0, label_string="a", media_id="m")
+
+
+def test_parse_record_names_the_first_missing_feature_without_failing():
+    example = _tf_example(**CASES["non-ASCII strings"])
+    del example.context.feature[schema.FRAME_RATE]
+    example.context.feature[schema.WIDTH].int64_list.value.append(3)  # two values: not one
+    parsed, missing = schema.parse_record(tf.constant(example.SerializeToString()))
+    assert missing.numpy() == schema.WIDTH.encode() and parsed[schema.FRAME_RATE].numpy() == 0
+    assert [bytes(b) for b in parsed[schema.ENCODED].numpy()] == JPEGS
+    foreign = tf.train.Example(features=tf.train.Features(feature={
+        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[1]))})).SerializeToString()
+    parsed, missing = schema.parse_record(tf.constant(foreign))
+    assert missing.numpy() == schema.LABEL_INDEX.encode() and parsed[schema.ENCODED].shape == (0,)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"without one clip/label/index .* in record 7 of x"):
+        schema.parse_example(tf.constant(foreign), tf.constant("record 7 of x"))
+    garbage = b"\x0a\xff\xff\xff\xff\x0fnot a protocol buffer"
+    with pytest.raises(tf.errors.InvalidArgumentError, match="example id: record 8 of x"):
+        schema.parse_record(tf.constant(garbage), tf.constant("record 8 of x"))
+
+
+def test_jpeg_size_reads_what_tensorflow_reads():
+    images = [np.random.default_rng(0).integers(0, 255, (h, w, c), np.uint8) for h, w, c in
+              [(8, 10, 3), (1, 1, 1), (300, 7, 3), (16, 4000, 1)]]
+    jpegs = [tf.io.encode_jpeg(image, quality=q, progressive=p, chroma_downsampling=p).numpy()
+             for image in images for q, p in ((95, False), (40, True))]
+    jpegs.append(JPEGS[0][:2] + b"\xff\xfe\x00\x05abc" + JPEGS[0][2:])  # a comment segment first
+    for jpeg in jpegs:
+        assert schema.jpeg_size(jpeg) == tuple(tf.io.extract_jpeg_shape(jpeg).numpy()[:2].tolist())
+    png = tf.io.encode_png(images[0]).numpy()
+    for not_jpeg in (b"", b"\xff\xd8\xff", png, JPEGS[0][:20], b"\xff\xd8\xff\xd9", b"\xff\xd8\xff\xda\x00\x02"):
+        assert schema.jpeg_size(not_jpeg) is None

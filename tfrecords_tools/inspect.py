@@ -1,21 +1,53 @@
 """Look at shards: record count, label histogram, frame counts and sizes, and a contact sheet."""
 import collections
 import io
+import re
 
 from . import schema
 
 
-def iter_records(paths, compression="auto"):
-    """Yield each record of the shards `paths` (a path or a list), in order, parsed by
-    `schema.parse_example`, as numpy values. Read by `reader.read_records`: each shard as its
-    bytes say (`compression="auto"`, or `None` / `GZIP` to insist), a corrupt or truncated record
-    an error naming its shard."""
-    from .reader import read_records  # noqa: PLC0415 (imports TensorFlow; the converter's CLI does not)
+def _records(paths, compression="auto"):
+    """`(path, number, serialized)` of each record of the shards `paths`, shard after shard, each
+    read as its bytes say (`compression="auto"`, or `None` / `GZIP` to insist: `reader.shard_compression`).
+    A corrupt or truncated record raises a `ValueError` naming its shard and the record before it."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    from .reader import shard_compression  # noqa: PLC0415 (imports TensorFlow, as above)
 
     paths = [str(p) for p in ([paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__")
                               else paths)]
-    for _, serialized in read_records(paths, compression=compression, cycle_length=1):
-        yield {k: v.numpy() for k, v in schema.parse_example(serialized).items()}
+    for path in paths:
+        number = -1
+        try:
+            records = tf.data.TFRecordDataset(path, compression_type=shard_compression(path, compression))
+            for number, serialized in enumerate(records):
+                yield path, number, serialized
+        except tf.errors.OpError as error:
+            raise ValueError(f"Expected intact TFRecord records. Received: {_op_message(error)}, after record "
+                             f"{number} of shard={path}") from None
+
+
+def _op_message(error):
+    """A TensorFlow error's message without its function and op names."""
+    message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message)
+    return re.sub(r"\s*\[Op:.*$", "", message, flags=re.DOTALL).strip()
+
+
+def iter_records(paths, compression="auto"):
+    """Yield each record parsed by `schema.parse_record`, as numpy values. A corrupt or truncated
+    record, or one that is not a video of the schema, raises a `ValueError` naming the record and
+    its shard."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    for path, number, serialized in _records(paths, compression):
+        name = tf.constant(f"record {number} of shard={path}")
+        try:
+            parsed, missing = schema.parse_record(serialized, name)
+        except tf.errors.InvalidArgumentError as error:
+            raise ValueError(_op_message(error)) from None
+        if missing.numpy():
+            raise ValueError(schema.missing_message(missing, name).numpy().decode())
+        yield {k: v.numpy() for k, v in parsed.items()}
 
 
 def summarize(paths, compression="auto"):

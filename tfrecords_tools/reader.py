@@ -32,7 +32,16 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 `InvalidArgumentError` naming the shard or, with `skip_corrupt=True`, is counted in
 `dataset.corrupt_records` and reading goes on with the next shard. With `reads="windows"` records
 are checked when their shard is indexed; a shard whose size differs from its index's is refused,
-and a read that comes up short raises an error naming the shard.
+a read that comes up short raises an error naming the shard, and each frame read is checked
+against its CRC32C in the index.
+
+Records the reader cannot use. `reads="records"`: bytes that are not a protocol buffer, another
+tool's `tf.train.Example` (`schema.parse_record`), no frames, a frame to decode that is not a
+JPEG or frames of different sizes (`check_frames`). `reads="windows"`: a frame whose bytes fail
+their CRC32C (indexing refused the others: `index`). Each raises an `InvalidArgumentError`
+naming the record and its shard ("record 3 of shard=...", `record_name`), before anything
+decodes it, or with `skip_corrupt=True` is counted and skipped (`enforced`, `drop_invalid`;
+records that are not protocol buffers by `_skip_unparsable`).
 
 Speed (`bench/pipeline_throughput.py`, `bench/README.md`), uint8 output on 2 cores, 186-frame
 videos, native decoder: `reads="windows"` 91-94 % of the JPEG-decode limit end to end, 92 % in
@@ -51,6 +60,7 @@ that must be paged in again: float32 output then drops from 74 % to 46 % of the 
 output with `reads="windows"` measured 93 % either way).
 """
 import dataclasses
+import functools
 import logging
 import os
 import struct
@@ -80,10 +90,13 @@ RECORDS_PER_CHECK = 4
 
 
 class CorruptRecordCounter:
-    """How many shard reads stopped early at a corrupt or truncated record (`skip_corrupt=True`).
+    """How many corrupt records the reader skipped (`skip_corrupt=True`), `dataset.corrupt_records`.
 
-    Each read of a corrupt shard counts once, so the count grows by one per corrupt shard per
-    epoch; the records after the corrupt one in that shard are not read."""
+    A shard read that stops early at a corrupt or truncated record counts once (the records after
+    it in that shard are not read), and so does each record that is not a video of the schema
+    (another tool's `tf.train.Example`, frames that are not JPEGs or not of one size) and each
+    window whose bytes fail their CRC32C (`reads="windows"`); a shard or record counts again each
+    epoch it is read."""
 
     def __init__(self):
         self.variable = tf.Variable(0, dtype=tf.int64, trainable=False, name="corrupt_records")
@@ -138,17 +151,44 @@ def expected_record_bytes(path, compression):
         return struct.unpack("<I", f.read(4))[0]
 
 
+def enforce(ok, message, counter):
+    """The op that enforces the scalar bool `ok`: an assertion raising an `InvalidArgumentError`
+    with `message` (a string tensor, or a function of no arguments that builds it, called only
+    when `ok` is false) when `counter` is None, else the count of a failure in the
+    `CorruptRecordCounter` (the caller then drops the element)."""
+    if counter is not None:
+        return counter.variable.assign_add(tf.cast(tf.logical_not(ok), tf.int64))
+    if not callable(message):
+        return tf.debugging.Assert(ok, [message])
+
+    def fail():
+        with tf.control_dependencies([tf.debugging.Assert(False, [message()])]):
+            return tf.constant(False)
+
+    return tf.cond(ok, lambda: tf.constant(True), fail)
+
+
+def record_name(path, number):
+    """"record N of shard=PATH" (string tensors), the name errors give a record."""
+    return tf.strings.join(["record ", tf.strings.as_string(number), " of shard=", path])
+
+
 def _read_shard(path, compression, expected, counter):
-    """One shard's `(path, serialized)` records, with the end-of-shard length check.
+    """One shard's `(path, record number, serialized)` records, with the end-of-shard length check.
 
     One pass over the shard, with one function call per `RECORDS_PER_CHECK` records: the records,
     in batches of that many (the last one partial), and an end marker (an empty batch) run
     through a `scan` that adds up their framed lengths (mod 2**32 for GZIP) and, at the end
     marker, checks the total (an assertion naming the shard, or a count with
-    `skip_corrupt=True`); `unbatch` then drops the empty marker. A shard stops at its first
-    corrupt record, so the records before it are handed out and the end marker then fails the
-    check, whichever batch the corrupt record fell in. (Per-record `map`, `filter` and `scan`
-    calls cost ~0.05-0.1 core-ms per 250 KB record each: `bench/README.md`.)"""
+    `skip_corrupt=True`); `unbatch` then drops the empty marker (kept, as one element, for
+    `_skip_unparsable` with a `counter`). A shard stops at its first corrupt record, so the
+    records before it are handed out and the end marker then fails the check, whichever batch
+    the corrupt record fell in. (Per-record `map`, `filter` and `scan`
+    calls cost ~0.05-0.1 core-ms per 250 KB record each: `bench/README.md`.)
+
+    With a `counter` (`skip_corrupt=True`) the records whose bytes are not a protocol buffer are
+    also skipped and counted, here, before they reach the reader's parse (which would raise):
+    `_skip_unparsable`."""
     records = (tf.data.TFRecordDataset(path, compression_type=compression).ignore_errors()
                .batch(RECORDS_PER_CHECK))
     marked = records.concatenate(tf.data.Dataset.from_tensors(tf.constant([], tf.string)))
@@ -157,64 +197,124 @@ def _read_shard(path, compression, expected, counter):
         "record in shard=", path])
     modulus = tf.where(tf.equal(compression, "GZIP"), tf.constant(2 ** 32, tf.int64), tf.constant(2 ** 62, tf.int64))
 
-    def account(total, chunk):
+    def account(state, chunk):
+        total, count = state
         total = tf.math.floormod(
             total + tf.reduce_sum(tf.cast(tf.strings.length(chunk) + framing.FRAMING_BYTES, tf.int64)), modulus)
         ok = tf.logical_or(tf.size(chunk) > 0, tf.equal(total, expected))
-        if counter is None:
-            guard = tf.debugging.Assert(ok, [message])
-        else:
-            guard = counter.variable.assign_add(tf.cast(~ok, tf.int64))
-        with tf.control_dependencies([guard]):
-            return total, (tf.fill(tf.shape(chunk), path), tf.identity(chunk))
+        size = tf.size(chunk, out_type=tf.int64)
+        numbers = count + tf.range(size)
+        with tf.control_dependencies([enforce(ok, message, counter)]):
+            if counter is None:
+                return (total, count + size), (tf.fill(tf.shape(chunk), path), numbers, tf.identity(chunk))
+            end = tf.fill([tf.cast(tf.equal(size, 0), tf.int32)], True)  # [True] at the end marker, else []
+            return (total, count + size), (
+                tf.fill([tf.size(numbers) + tf.size(end)], path),
+                tf.concat([numbers, tf.fill(tf.shape(end), count)], 0),
+                tf.concat([chunk, tf.fill(tf.shape(end), "")], 0),
+                tf.concat([tf.zeros(tf.shape(chunk), tf.bool), end], 0))
 
-    return marked.scan(tf.constant(0, tf.int64), account).unbatch()
+    numbered = marked.scan((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), account).unbatch()
+    return numbered if counter is None else _skip_unparsable(numbered, counter)
+
+
+def _skip_unparsable(numbered, counter):
+    """`(path, number, serialized)` of a shard's records `(path, number, serialized, end)`
+    (`_read_shard`'s, in shard order, then an end marker numbered with the shard's record count)
+    without those whose bytes the parser rejects, each counted in `counter`: the records are
+    parsed (`schema.parse_record`; the reader parses them again), the errors ignored, and a
+    `scan` counts the gaps the dropped records leave in the numbers, up to the end marker."""
+    def parsed(path, number, serialized, end):  # `missing` is handed on: a control dependency alone is pruned
+        missing = tf.cond(end, lambda: tf.constant(""),
+                          lambda: schema.parse_record(serialized, record_name(path, number))[1])
+        return path, number, serialized, end, missing
+
+    def count_gaps(expected, record):
+        path, number, serialized, end, missing = record
+        with tf.control_dependencies([counter.variable.assign_add(number - expected)]):
+            return number + 1, (path, tf.identity(number), serialized, end, missing)
+
+    return (numbered.map(parsed).ignore_errors()
+            .scan(tf.constant(0, tf.int64), count_gaps)
+            .filter(lambda path, number, serialized, end, missing: tf.logical_not(end))
+            .map(lambda path, number, serialized, end, missing: (path, number, serialized)))
 
 
 def read_records(paths, *, compression="auto", shuffle=False, seed=None, deterministic=True,
-                 cycle_length=None, counter=None):
-    """`(shard_path, serialized_example)` from the shards, interleaved across shards in parallel."""
+                 cycle_length=None, counter=None, numbered=False):
+    """`(shard_path, serialized_example)` from the shards, interleaved across shards in parallel;
+    with `numbered=True` `(shard_path, record_number, serialized_example)`, the record's number
+    in its shard counting from 0 (for `record_name`)."""
     compressions = [shard_compression(p, compression) for p in paths]
     expected = [expected_record_bytes(p, c) for p, c in zip(paths, compressions)]
     shards = tf.data.Dataset.from_tensor_slices(
         (paths, compressions, tf.constant(expected, tf.int64)))
     if shuffle:
         shards = shards.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
-    return shards.interleave(
+    records = shards.interleave(
         lambda p, c, e: _read_shard(p, c, e, counter),
         cycle_length=min(len(paths), cycle_length or 16),
         num_parallel_calls=AUTOTUNE, deterministic=deterministic)
+    return records if numbered else records.map(lambda path, number, serialized: (path, serialized))
 
 
 # --- windows by byte range (reads="windows") ---------------------------------------------------
 
 def _read_range(path, begin, length):
-    """`length` bytes of the file `path` from byte `begin` (runs in a `tf.numpy_function`, from
-    several threads at once): `os.pread` on a handle of this call's own, or where there is no
-    `pread` (Windows) a seek and a read on it. Raises a `ValueError` naming the shard when fewer
-    bytes are there."""
-    path, begin, length = os.fsdecode(path), int(begin), int(length)
-    with open(path, "rb", buffering=0) as f:
+    """`length` bytes (fewer at the end of the file) of the file `path` from byte `begin`, on a
+    handle of this call's own (it runs from several threads at once): `os.pread`, or where there
+    is no `pread` (Windows) a seek and a read."""
+    with open(os.fsdecode(path), "rb", buffering=0) as f:
         if hasattr(os, "pread"):
-            data = os.pread(f.fileno(), length, begin)
-        else:
-            f.seek(begin)
-            data = f.read(length)
+            return os.pread(f.fileno(), int(length), int(begin))
+        f.seek(int(begin))
+        return f.read(int(length))
+
+
+def _read_window(path, begin, length, starts, sizes, crcs, record, skip_corrupt):
+    """`(data, ok)`: the `length` bytes of the shard `path` from byte `begin` (runs in a
+    `tf.numpy_function`), and whether each frame in them (`starts` from `begin`, `sizes` bytes)
+    has the CRC32C `crcs` of the shard's window index. A short read (the shard changed since it
+    was indexed) raises a `ValueError` naming the shard; so does a CRC32C mismatch (naming the
+    record and the frame's byte), or with `skip_corrupt` it gives `ok=False`."""
+    path = os.fsdecode(path)
+    data = _read_range(path, begin, length)
     if len(data) != length:
         raise ValueError(f"Expected {length} bytes at byte {begin} of shard={path}. Received: {len(data)}; the "
                          "shard changed since it was indexed: rebuild its index with `p3d-tfrecords index`")
-    return data
+    crc32c = framing.crc32c()
+    for start, size, crc in zip(starts.tolist(), sizes.tolist(), crcs.tolist()):
+        if crc32c.value(data[start:start + size]) != crc:
+            if skip_corrupt:
+                return data, np.bool_(False)
+            raise ValueError(f"Expected the frames read to have the CRC32C of the window index. Received: a "
+                             f"mismatch in the frame at byte {begin + start} of record {record} of shard={path}: "
+                             "the shard is corrupt (`p3d-tfrecords index` checks every record's CRC32C)")
+    return data, np.bool_(True)
+
+
+def _read_window_or_raise(*args):
+    """`_read_window`'s data, raising on a CRC32C mismatch."""
+    return _read_window(*args, False)[0]
 
 
 def windows_obstacle(paths, *, compression, skip_corrupt, cycle_length):
     """Why `reads="windows"` cannot read the shards `paths` with these options, or None: it needs
     local, uncompressed shards (indexes are read, and windows read by byte range, with plain file
-    I/O), and it cannot honour `skip_corrupt` or `cycle_length` (records are checked when indexed,
-    not when read; there is no interleave)."""
-    if skip_corrupt or cycle_length is not None or compression not in ("auto", None, ""):
-        return f"skip_corrupt={skip_corrupt!r}, cycle_length={cycle_length!r}, compression={compression!r}"
+    I/O) and `google-crc32c` (each frame read is checked against its CRC32C in the index), and it
+    cannot honour `cycle_length` (there is no interleave). `skip_corrupt` is honoured: a window
+    whose bytes fail their CRC32C is counted and skipped."""
+    del skip_corrupt  # honoured by both reads
+    if cycle_length is not None or compression not in ("auto", None, ""):
+        return f"cycle_length={cycle_length!r}, compression={compression!r}"
     unreadable = [p for p in paths if not index_lib.is_local(p) or shard_compression(p) == compression_lib.GZIP]
-    return f"shard={unreadable[0]}, not a local, uncompressed file" if unreadable else None
+    if unreadable:
+        return f"shard={unreadable[0]}, not a local, uncompressed file"
+    try:
+        framing.crc32c()
+    except ImportError:
+        return "google-crc32c is not installed (it checks the frames read: pip install 'p3d_keras[video]')"
+    return None
 
 
 def resolve_reads(paths, *, compression, skip_corrupt, cycle_length):
@@ -234,39 +334,51 @@ def resolve_reads(paths, *, compression, skip_corrupt, cycle_length):
     return "records"
 
 
-def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, deterministic):
-    """`(encoded [clip_length], label, crop seed)` per video of the shards' window indexes
+def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, deterministic, counter=None):
+    """`(encoded [clip_length], label, crop seed, ok)` per video of the shards' window indexes
     (`index.load_index`; local, uncompressed shards: `windows_obstacle`), the videos in shard
     order or, with `shuffle`, all of them shuffled anew each epoch; `pick(num_frames,
     element_seed)` gives a video's frame indices and crop seed.
 
     Each window's frames are read with one `pread` of the bytes from its first to its last frame
     (its frames only, for consecutive frames; the span between them for larger strides; the
-    whole video when a short video loops), in a `tf.numpy_function`."""
+    whole video when a short video loops), in a `tf.numpy_function` that checks each frame read
+    against its CRC32C in the index (`_read_window`): indexing checked that the record's frames
+    are JPEGs of one size (`index`), so these are. A failed check raises an error naming the
+    record and its shard or, with a `counter`, is counted and gives `ok=False` (`drop_invalid`
+    drops it)."""
     indexes = [index_lib.load_index(path) for path in paths]
     counts = np.concatenate([ix.num_frames for ix in indexes]).astype(np.int32)
+    if not len(counts):
+        raise ValueError(f"Expected at least one record in the shards. Received: none in {len(paths)} shards "
+                         f"(e.g. shard={paths[0]})")
     videos = tf.data.Dataset.from_tensor_slices((
         np.concatenate([np.full(len(ix.num_frames), k, np.int32) for k, ix in enumerate(indexes)]),
+        np.concatenate([np.arange(len(ix.num_frames)) for ix in indexes]).astype(np.int64),
         np.concatenate([ix.labels for ix in indexes]).astype(np.int32),
         (np.cumsum(counts, dtype=np.int64) - counts), counts))
     if shuffle:
         videos = videos.shuffle(len(counts), seed=seed, reshuffle_each_iteration=True)
     offsets = tf.constant(np.concatenate([ix.frame_offsets for ix in indexes]), tf.int64)
     lengths = tf.constant(np.concatenate([ix.frame_lengths for ix in indexes]), tf.int64)
+    crcs = tf.constant(np.concatenate([ix.frame_crcs for ix in indexes]).astype(np.int64), tf.int64)
     shard_paths = tf.constant(paths)
 
     def read_window(video, element_seed):
-        shard, label, first, count = video
-        message = tf.strings.join(["Expected every record to have at least one frame. Received: 0 frames in a "
-                                   "record of shard=", shard_paths[shard]])
-        with tf.control_dependencies([tf.debugging.Assert(count > 0, [message])]):
-            indices, seed_crop = pick(tf.identity(count), element_seed)
+        shard, number, label, first, count = video
+        indices, seed_crop = pick(count, element_seed)
         frames = first + tf.cast(indices, tf.int64)
         starts, sizes = tf.gather(offsets, frames), tf.gather(lengths, frames)
         begin, end = tf.reduce_min(starts), tf.reduce_max(starts + sizes)
-        data = tf.numpy_function(_read_range, [shard_paths[shard], begin, end - begin], tf.string, stateful=False)
+        inputs = [shard_paths[shard], begin, end - begin, starts - begin, sizes, tf.gather(crcs, frames), number]
+        if counter is None:  # `_read_window` raises unless ok
+            data, ok = tf.numpy_function(_read_window_or_raise, inputs, tf.string, stateful=False), tf.constant(True)
+        else:
+            data, ok = tf.numpy_function(_read_window, [*inputs, True], [tf.string, tf.bool], stateful=False)
+            with tf.control_dependencies([counter.variable.assign_add(tf.cast(tf.logical_not(ok), tf.int64))]):
+                data, ok = tf.identity(data), tf.ensure_shape(ok, [])
         encoded = tf.strings.substr(tf.ensure_shape(data, []), starts - begin, sizes)
-        return tf.ensure_shape(encoded, [clip_length]), label, seed_crop
+        return tf.ensure_shape(encoded, [clip_length]), label, seed_crop, ok
 
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
     return tf.data.Dataset.zip(videos, seeds).map(read_window, num_parallel_calls=parallel,
@@ -275,17 +387,94 @@ def index_windows(paths, pick, *, clip_length, shuffle, seed, parallel, determin
 
 # --- one video -------------------------------------------------------------------------------
 
-def parse_video(path, serialized):
-    """The parsed example (`schema.parse_example`) with `num_frames`; a record without frames
-    raises an error naming its shard."""
-    example = schema.parse_example(serialized)
+@functools.cache
+def _stand_in_jpeg():
+    """A 1x1 JPEG: what `check_frames` reads the size of in place of a frame that is not a JPEG."""
+    with tf.init_scope():
+        return tf.io.encode_jpeg(tf.zeros([1, 1, 1], tf.uint8)).numpy()
+
+
+def _no_frames_message(where):
+    return tf.strings.join(["Expected every record to have at least one frame. Received: 0 frames in ", where])
+
+
+def check_frames(encoded, numbers, where):
+    """`(ok, message)`: whether the frames `encoded` (`[N]` strings), frames `numbers` (`[N]`) of
+    the record named `where` (`record_name`), are JPEGs (they start with `schema.JPEG_SIGNATURE`)
+    of one height and width, and a function building the error message naming the first frame
+    that is not (`enforce` calls it only then). Only the
+    frames that start like a JPEG have their header read (`extract_jpeg_shape`), so other bytes
+    fail no op; a frame whose header is damaged past its first bytes fails there, with
+    TensorFlow's message (the decoders' business)."""
+    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, len(schema.JPEG_SIGNATURE)), schema.JPEG_SIGNATURE)
+    readable = tf.where(is_jpeg, encoded, _stand_in_jpeg())
+    if encoded.shape[0] is not None:
+        shapes = tf.stack([tf.io.extract_jpeg_shape(jpeg)[:2] for jpeg in tf.unstack(readable, encoded.shape[0])])
+    else:
+        shapes = tf.map_fn(lambda jpeg: tf.io.extract_jpeg_shape(jpeg)[:2], readable,
+                           fn_output_signature=tf.TensorSpec([2], tf.int32))
+    shapes = tf.reshape(shapes, [-1, 2])
+    same = tf.reduce_all(tf.equal(shapes, shapes[:1]), axis=1)
+    ok = tf.logical_and(tf.reduce_all(is_jpeg), tf.reduce_all(same))
+
+    def first_false(flags):  # the position of the first false flag (N when none), and its frame number
+        position = tf.argmin(tf.concat([tf.cast(flags, tf.int32), [0]], axis=0), output_type=tf.int32)
+        return position, tf.strings.as_string(tf.concat([tf.cast(numbers, tf.int64), [-1]], axis=0)[position])
+
+    def size(position):
+        height_width = tf.strings.as_string(tf.concat([shapes, [[0, 0]]], axis=0)[position])
+        return tf.strings.join([height_width[0], "x", height_width[1]])
+
+    def message():
+        _, not_jpeg = first_false(is_jpeg)
+        other, other_frame = first_false(same)
+        first_frame = tf.strings.as_string(tf.cast(numbers, tf.int64)[:1])
+        return tf.where(
+            tf.reduce_all(is_jpeg),
+            tf.strings.join(["Expected the frames of a record to be of one size. Received: frame ",
+                             tf.strings.reduce_join(first_frame), " of ", size(0), " and frame ", other_frame,
+                             " of ", size(other), " in ", where]),
+            tf.strings.join(["Expected every frame to be a JPEG. Received: frame ", not_jpeg, " of ", where,
+                             ", which does not start with a JPEG's bytes FF D8 FF"]))
+
+    return ok, message
+
+
+def enforced(outputs, ok, message, counter):
+    """`outputs + (ok,)` once `enforce(ok, message, counter)` has run (`drop_invalid` drops the
+    elements with `ok` false)."""
+    with tf.control_dependencies([enforce(ok, message, counter)]):
+        return tuple(tf.identity(t) for t in outputs) + (tf.identity(ok),)
+
+
+def drop_invalid(dataset, counter):
+    """`dataset` (elements `(..., ok)`, from `enforced`) without the elements whose `ok` is false:
+    only when counting (`skip_corrupt=True`); otherwise `ok` is always true."""
+    return dataset if counter is None else dataset.filter(lambda *element: element[-1])
+
+
+def parse_checked(where, serialized):
+    """`(example, ok, message)`: the parsed record `where` (`schema.parse_record`) with
+    `num_frames`, whether it is a video of the schema with frames, and a function building the
+    error message naming it if not (for `enforce`). A record that is not gives values that fail no op: at least one frame (a stand-in
+    JPEG) and zeros."""
+    example, missing = schema.parse_record(serialized, where)
     num_frames = tf.shape(example[schema.ENCODED])[0]
-    message = tf.strings.join([
-        "Expected every record to have at least one frame. Received: 0 frames in media_id=",
-        example[schema.MEDIA_ID], " of shard=", path])
-    with tf.control_dependencies([tf.debugging.Assert(num_frames > 0, [message])]):
-        example["num_frames"] = tf.identity(num_frames)
-    return example
+    has_frames = num_frames > 0
+    example[schema.ENCODED] = tf.cond(has_frames, lambda: example[schema.ENCODED],
+                                      lambda: tf.constant([_stand_in_jpeg()]))
+    example["num_frames"] = tf.maximum(num_frames, 1)
+    ok = tf.logical_and(tf.equal(missing, ""), has_frames)
+    return example, ok, lambda: tf.where(tf.equal(missing, ""), _no_frames_message(where),
+                                         schema.missing_message(missing, where))
+
+
+def parse_video(path, serialized):
+    """The parsed example (`schema.parse_example`) with `num_frames`; a record that is not a video
+    of the schema, or has no frames, raises an error naming its shard."""
+    example, ok, message = parse_checked(tf.strings.join(["a record of shard=", path]), serialized)
+    with tf.control_dependencies([enforce(ok, message, None)]):
+        return {key: tf.identity(value) for key, value in example.items()}
 
 
 def decode_frames(encoded, box, channels, *, flip=False, reverse_channels=False, native=None):
@@ -434,8 +623,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             order-preserving parallelism, stateless random ops seeded per element and epoch).
         compression: `auto` (default: each shard as its bytes say, GZIP or not, whatever its
             name), or `None` / `GZIP` to insist (a shard that is otherwise is an error).
-        skip_corrupt: False raises an error naming the shard at a corrupt or truncated record;
-            True skips the rest of that shard and counts it in `dataset.corrupt_records.count`.
+        skip_corrupt: False raises an error naming the shard at a corrupt or truncated record,
+            and naming the record and its shard at a record the reader cannot use (see the
+            module docstring); True skips the rest of that shard, or that record, and counts it
+            in `dataset.corrupt_records.count` (a `CorruptRecordCounter`; None without).
         num_parallel_calls: parallel decode calls; None means AUTOTUNE.
         cycle_length: shards read at once (`reads="records"`); None means min(16, shards).
         reads: `records` streams every shard whole: each video's whole record is read (and its
@@ -443,7 +634,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             (from its first to its last frame) at the offsets in the shards' window indexes
             (`p3d_keras.tfrecords_tools.index`, written by `p3d-tfrecords convert` or
             `p3d-tfrecords index`): local uncompressed shards only, their records checked when
-            indexed (not when read), and no `skip_corrupt`. The clips are the same for the same
+            indexed and each frame read checked against its CRC32C in the index. The clips are the same for the same
             videos and seeds (their order, when shuffled, is not). At UCF101's 186 frames per video
             it reads ~12x fewer bytes. `auto` (default) reads windows when every shard has an
             index and no option needs records (`resolve_reads`), and logs which it reads; adding
@@ -466,9 +657,8 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
     if reads == "windows":
         obstacle = windows_obstacle(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
         if obstacle:
-            raise ValueError("Expected local, uncompressed shards and skip_corrupt=False, cycle_length=None with "
-                             f"reads='windows' (records are checked when indexed). Received: {obstacle}; "
-                             "use reads='records'")
+            raise ValueError("Expected local, uncompressed shards, google-crc32c and cycle_length=None with "
+                             f"reads='windows'. Received: {obstacle}; use reads='records'")
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
     native = clip_decoder.resolve(decoder)
@@ -481,26 +671,30 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
 
     counter = CorruptRecordCounter() if skip_corrupt else None
     if reads == "windows":
-        windows = index_windows(paths, pick, clip_length=clip_length, shuffle=bool(shuffle_buffer),
-                                seed=seed, parallel=parallel, deterministic=deterministic)
+        windows = drop_invalid(index_windows(paths, pick, clip_length=clip_length, shuffle=bool(shuffle_buffer),
+                                             seed=seed, parallel=parallel, deterministic=deterministic,
+                                             counter=counter), counter)
     else:
         records = read_records(paths, compression=compression, shuffle=True, seed=seed, deterministic=deterministic,
-                               cycle_length=cycle_length, counter=counter)
+                               cycle_length=cycle_length, counter=counter, numbered=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
         def pick_window(record, element_seed):
-            path, serialized = record
-            example = parse_video(path, serialized)
+            path, number, serialized = record
+            where = record_name(path, number)
+            example, ok, message = parse_checked(where, serialized)
             indices, seed_crop = pick(example["num_frames"], element_seed)
             encoded = tf.ensure_shape(tf.gather(example[schema.ENCODED], indices), [clip_length])
-            return encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop
+            frames_ok, frames_message = check_frames(encoded, indices, where)
+            return enforced((encoded, tf.cast(example[schema.LABEL_INDEX], tf.int32), seed_crop),
+                            tf.logical_and(ok, frames_ok), lambda: tf.where(ok, frames_message(), message()), counter)
 
-        windows = tf.data.Dataset.zip(records, seeds).map(pick_window, num_parallel_calls=parallel,
-                                                          deterministic=deterministic)
+        windows = drop_invalid(tf.data.Dataset.zip(records, seeds).map(
+            pick_window, num_parallel_calls=parallel, deterministic=deterministic), counter)
         if shuffle_buffer:
             windows = windows.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
 
-    def make_clip(encoded, label, clip_seed):
+    def make_clip(encoded, label, clip_seed, ok):  # noqa: ARG001 (ok: checked by drop_invalid)
         seed_box, seed_scale, seed_flip = tf.unstack(sampling.split_seed(clip_seed, 3))
         height, width = tf.unstack(tf.io.extract_jpeg_shape(encoded[0])[:2])
         if multiscale:
@@ -533,8 +727,9 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
     Each video gives `num_clips` windows spaced uniformly over it (the paper uses 20) x one
     centred crop (`crops="center"`) or three crops along the longer side (`crops="three"`),
     window-major. Frames shared by overlapping windows are decoded once. Score the outputs with
-    `metrics.clip_and_video_hits` or `metrics.evaluate_clips`. Other arguments as in
-    `training_dataset`.
+    `metrics.clip_and_video_hits` or `metrics.evaluate_clips`. With `skip_corrupt=True` the
+    skipped shards and records are counted in `dataset.corrupt_records.count`, as in
+    `training_dataset`. Other arguments as in `training_dataset` (it reads whole records).
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
                           crop_size=crop_size, modality=modality, normalization=normalization,
@@ -548,13 +743,21 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
     native = clip_decoder.resolve(decoder)
     counter = CorruptRecordCounter() if skip_corrupt else None
     records = read_records(list_shards(file_pattern), compression=compression, deterministic=True,
-                           cycle_length=cycle_length, counter=counter)
+                           cycle_length=cycle_length, counter=counter, numbered=True)
 
-    def video_clips(path, serialized):
-        example = parse_video(path, serialized)
+    def video_frames(path, number, serialized):
+        where = record_name(path, number)
+        example, ok, message = parse_checked(where, serialized)
         indices = sampling.evaluation_indices(example["num_frames"], clip_length, frame_stride, num_clips)
         unique, position = tf.unique(tf.reshape(indices, [-1]))
         encoded = tf.gather(example[schema.ENCODED], unique)
+        frames_ok, frames_message = check_frames(encoded, unique, where)
+        outputs = (encoded, tf.reshape(position, tf.shape(indices)), tf.cast(example[schema.LABEL_INDEX], tf.int32),
+                   example[schema.MEDIA_ID])
+        return enforced(outputs, tf.logical_and(ok, frames_ok), lambda: tf.where(ok, frames_message(), message()),
+                        counter)
+
+    def video_clips(encoded, position, label, media_id, ok):  # noqa: ARG001 (ok: checked by drop_invalid)
         height, width = tf.unstack(tf.io.extract_jpeg_shape(encoded[0])[:2])
         if crops == "center":
             boxes = sampling.center_crop_box(height, width, crop_size)[None]
@@ -562,18 +765,19 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
             boxes = sampling.three_crop_boxes(height, width, crop_size)
         region = sampling.union_box(boxes)
         frames = decode_frames(encoded, region, channels, reverse_channels=bgr, native=native)
-        frames = tf.gather(frames, tf.reshape(position, tf.shape(indices)))
-        clips = crop_windows(frames, boxes, region)
+        clips = crop_windows(tf.gather(frames, position), boxes, region)
         shape = tf.shape(clips)
         clips = finish_clip(tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0)), crop_size, norm)
         clips = tf.reshape(clips, [-1, clip_length, crop_size, crop_size, channels])
         count = tf.shape(clips)[0]
-        return (clips, tf.fill([count], tf.cast(example[schema.LABEL_INDEX], tf.int32)),
-                tf.fill([count], example[schema.MEDIA_ID]))
+        return clips, tf.fill([count], label), tf.fill([count], media_id)
 
     parallel = AUTOTUNE if num_parallel_calls is None else num_parallel_calls
-    return (records.map(video_clips, num_parallel_calls=parallel, deterministic=True)
-            .unbatch()
-            .batch(batch_size)
-            .prefetch(AUTOTUNE)
-            .with_options(_options(True)))
+    dataset = (drop_invalid(records.map(video_frames, num_parallel_calls=parallel, deterministic=True), counter)
+               .map(video_clips, num_parallel_calls=parallel, deterministic=True)
+               .unbatch()
+               .batch(batch_size)
+               .prefetch(AUTOTUNE)
+               .with_options(_options(True)))
+    dataset.corrupt_records = counter
+    return dataset

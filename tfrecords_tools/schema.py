@@ -2,12 +2,14 @@
 MediaSequence keys, so TF Model Garden's video reader can read our shards too.
 
 The keys, the writer's encoding (`make_example`, and its streaming parts `encode_context`,
-`encode_frame`, `record_parts`) and the reader's `parse_example` all live here, so they cannot
+`encode_frame`, `record_parts`) and the reader's `parse_record` / `parse_example` all live here, so they cannot
 drift apart. The encoding is written with `p3d_keras.protowire`, without TensorFlow (converter
 workers never import it): it gives the bytes of
-`tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only `parse_example`
-needs TensorFlow, and imports it when called.
+`tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only the parsers need
+TensorFlow, and import it when called.
 """
+import struct
+
 from p3d_keras import protowire as pw
 
 # Context (one value per video).
@@ -20,9 +22,15 @@ HEIGHT = "image/height"                   # int64
 WIDTH = "image/width"                     # int64
 FRAME_RATE = "image/frame_rate"           # float
 FORMAT = "image/format"                   # bytes, e.g. b"JPEG"
+# The context features a record must have one value of (`parse_record`); the others have defaults.
+REQUIRED = (LABEL_INDEX, LABEL_STRING, MEDIA_ID, HEIGHT, WIDTH, FRAME_RATE)
 # Feature lists (one value per frame).
 ENCODED = "image/encoded"                 # bytes: one JPEG per frame
 TIMESTAMP = "image/timestamp"             # int64, microseconds from the clip start
+
+JPEG_SIGNATURE = b"\xff\xd8\xff"  # a JPEG's start-of-image marker and the next marker's first byte
+_JPEG_START_OF_FRAME = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0-15 (less DHT, JPG, DAC)
+_JPEG_STANDALONE = frozenset([0x01, *range(0xD0, 0xD8)])  # markers without a length: TEM, RST0-7
 
 # Field numbers of tensorflow/core/example/{example,feature}.proto.
 _CONTEXT, _FEATURE_LISTS = 1, 2           # SequenceExample
@@ -111,6 +119,29 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
     return head + frames + tail
 
 
+def jpeg_size(head):
+    """`(height, width)` from the start-of-frame marker of the JPEG whose first bytes are `head`,
+    or None when `head` does not start with `JPEG_SIGNATURE` or its markers up to the first scan
+    hold no start-of-frame (the values `tf.io.extract_jpeg_shape` reads, without TensorFlow)."""
+    if not head.startswith(JPEG_SIGNATURE):
+        return None
+    position = 2
+    while position + 4 <= len(head) and head[position] == 0xFF:
+        marker = head[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker in _JPEG_STANDALONE:
+            position += 2
+        elif marker in _JPEG_START_OF_FRAME:
+            # length (2 bytes), sample precision (1), height (2), width (2)
+            return struct.unpack_from(">HH", head, position + 5) if position + 9 <= len(head) else None
+        elif marker in (0xD9, 0xDA):  # end of image, start of scan: no frame header before them
+            return None
+        else:
+            position += 2 + struct.unpack_from(">H", head, position + 2)[0]
+    return None
+
+
 def locate_frames(f, start, end):
     """Where the frames of the serialised SequenceExample at bytes `[start, end)` of the seekable
     binary file `f` lie, without TensorFlow and reading little more than the fields' headers:
@@ -186,27 +217,54 @@ def _file_bytes_values(f, start, end):
     return spans
 
 
-def parse_example(serialized):
-    """Parse one serialised SequenceExample into a flat dict keyed by the constants above
-    (`ENCODED` is a 1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor). Graph-safe."""
+def parse_record(serialized, name=None):
+    """Parse one serialised SequenceExample without failing on a well-formed record of another
+    schema: `(example, missing)`, `example` a flat dict keyed by the constants above (`ENCODED` a
+    1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor, both empty when absent) and
+    `missing` the first of `REQUIRED` the record lacks (or has more than one value of), `""` if
+    none; a missing feature's value is its type's zero. Bytes that are not a protocol buffer raise
+    an `InvalidArgumentError` naming `name` (a string tensor, e.g. "record 3 of shard=..."), as
+    does a feature of another type. Graph-safe."""
     import tensorflow as tf  # here, not at the top: the converter's workers never import TF
 
-    context_spec = {
-        LABEL_INDEX: tf.io.FixedLenFeature([], tf.int64),
-        LABEL_STRING: tf.io.FixedLenFeature([], tf.string),
-        MEDIA_ID: tf.io.FixedLenFeature([], tf.string),
+    required = dict(zip(REQUIRED, (tf.int64, tf.string, tf.string, tf.int64, tf.int64, tf.float32)))
+    context_spec = {key: tf.io.VarLenFeature(dtype) for key, dtype in required.items()}
+    context_spec.update({
         CLIP_START: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         CLIP_END: tf.io.FixedLenFeature([], tf.int64, default_value=0),
-        HEIGHT: tf.io.FixedLenFeature([], tf.int64),
-        WIDTH: tf.io.FixedLenFeature([], tf.int64),
-        FRAME_RATE: tf.io.FixedLenFeature([], tf.float32),
         FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
-    }
+    })
     sequence_spec = {
-        ENCODED: tf.io.FixedLenSequenceFeature([], tf.string),
-        TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64),
+        ENCODED: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),
+        TIMESTAMP: tf.io.FixedLenSequenceFeature([], tf.int64, allow_missing=True),
     }
     context, sequences = tf.io.parse_single_sequence_example(
-        serialized, context_features=context_spec, sequence_features=sequence_spec
-    )
-    return {**context, **sequences}
+        serialized, context_features=context_spec, sequence_features=sequence_spec, example_name=name)
+    missing = tf.constant("")
+    for key, dtype in reversed(required.items()):
+        values = context[key].values
+        missing = tf.where(tf.equal(tf.size(values), 1), missing, key)
+        context[key] = tf.concat([values, tf.zeros([1], dtype)], axis=0)[0]
+    return {**context, **sequences}, missing
+
+
+def parse_example(serialized, name=None):
+    """Parse one serialised SequenceExample into a flat dict keyed by the constants above
+    (`ENCODED` is a 1-D string tensor of JPEGs, `TIMESTAMP` a 1-D int64 tensor). A record without
+    one value of each of `REQUIRED` (e.g. another tool's `tf.train.Example`) or that is not a
+    protocol buffer raises an `InvalidArgumentError` naming `name` (a string tensor). Graph-safe."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    example, missing = parse_record(serialized, name)
+    with tf.control_dependencies([tf.debugging.Assert(tf.equal(missing, ""), [missing_message(missing, name)])]):
+        return {key: tf.identity(value) for key, value in example.items()}
+
+
+def missing_message(missing, name=None):
+    """The error message of a record lacking the feature `missing` (`parse_record`), naming `name`."""
+    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
+
+    return tf.strings.join([
+        f"Expected a SequenceExample with one value of each of the context features {', '.join(REQUIRED)} "
+        "(p3d_keras.tfrecords_tools.schema). Received: a record without one ", missing,
+        " (e.g. a tf.train.Example from another tool) in ", "a record" if name is None else name])

@@ -47,7 +47,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["p3d_keras", "p3d_keras.applications", "p3d_keras.tfrecords_tools"],
+    packages=["p3d_keras", "p3d_keras.core", "p3d_keras.weights", "p3d_keras.jobs", "p3d_keras.cli",
+              "p3d_keras.applications", "p3d_keras.tfrecords_tools"],
     package_dir={
         "p3d_keras": "p3d_keras",
         "p3d_keras.applications": "applications",

@@ -4,15 +4,14 @@ res2-res4 are P3D stages whose blocks cycle A, B, C (numbered continuously acros
 res5 is a plain 2D ResNet stage applied to each remaining time step. Time is reduced 16x by pool1
 and a (2, 1, 1) max pool after res2, res3 and res4; the head averages over time and space.
 """
-import os
 
 import keras
 from keras import layers
 
-from p3d_keras.applications.presets import get_preset
-from p3d_keras.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
-from p3d_keras.normalization import MODALITY_CHANNELS
-from p3d_keras.weights import fetch_preset, load_weights
+from p3d_keras.applications.presets import find_preset
+from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
+from p3d_keras.core.normalization import MODALITY_CHANNELS
+from p3d_keras.weights.cache import fetch_preset, load_weights
 
 STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
 POOLINGS = (None, "avg", "max")
@@ -76,8 +75,7 @@ ARCHITECTURE_DEFAULTS = dict(classes=400, modality="rgb", graph="caffe", dropout
 def preset_arguments(weights, include_top, depth, width, **given):
     """The architecture arguments: those given (not None), else the preset's (when `weights`
     names one) or the defaults. Arguments that contradict the preset raise."""
-    is_preset = isinstance(weights, str) and not os.path.exists(weights)
-    preset = get_preset(weights) if is_preset else None
+    preset = find_preset(weights)
     if preset is None:
         return {k: ARCHITECTURE_DEFAULTS[k] if v is None else v for k, v in given.items()}, None
     fixed = dict(depth=depth, width=width, graph=given["graph"], modality=given["modality"])

@@ -6,7 +6,8 @@ import numpy as np
 from keras import ops
 
 from p3d_keras.applications.presets import get_preset
-from p3d_keras.normalization import normalize
+from p3d_keras.core.labels import parse_labels
+from p3d_keras.core.normalization import normalize
 
 
 @functools.lru_cache(maxsize=None)
@@ -16,7 +17,7 @@ def load_labels(name):
         text = (importlib.resources.files("p3d_keras.applications") / "labels" / f"{name}.txt").read_text("utf-8")
     except FileNotFoundError:
         raise ValueError(f"Unknown label set. Expected 'kinetics400' or 'sports1m'. Received: labels={name!r}") from None
-    return tuple(text.splitlines())
+    return tuple(parse_labels(text, f"the shipped label set {name!r}"))
 
 
 def preprocess_input(x, preset="kinetics400", normalization=None):
@@ -27,7 +28,7 @@ def preprocess_input(x, preset="kinetics400", normalization=None):
             backend tensor.
         preset: the weights preset whose normalisation to apply (e.g. the Caffe presets: BGR,
             0-255 minus [104, 117, 123]).
-        normalization: a normalisation name from `p3d_keras.normalization.NORMALIZATIONS`,
+        normalization: a normalisation name from `p3d_keras.core.normalization.NORMALIZATIONS`,
             instead of a preset's.
 
     Returns:

@@ -2,9 +2,10 @@
 
 A preset says where its original was published, which graph and input it was trained with, how
 frames must be normalised, and (once a maintainer publishes the converted Keras file) the URL and
-sha256 of that file. See `p3d_keras.weights` for how a preset is found, downloaded or converted.
+sha256 of that file. See `p3d_keras.weights.cache` for how a preset is found, downloaded or converted.
 """
 import dataclasses
+import os
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +18,7 @@ class WeightPreset:
     modality: str             # "rgb" or "flow"
     classes: int
     labels: str               # label file in p3d_keras/applications/labels/ (without .txt)
-    normalization: str        # a key of p3d_keras.normalization.NORMALIZATIONS
+    normalization: str        # a key of p3d_keras.core.normalization.NORMALIZATIONS
     dropout_rate: float       # head dropout of the released deploy graph
     reported: str = "-"       # accuracy the authors report for this model
     depth: object = 199
@@ -55,6 +56,20 @@ PRESETS = {
                      input_shape=(16, 160, 160, 2)),
     )
 }
+
+
+def find_preset(weights):
+    """The `WeightPreset` that `weights` names, or None when `weights` is None or an existing file.
+    A preset name is a preset whatever files exist; anything else that is not an existing file
+    raises ValueError naming it and listing the presets."""
+    if weights is None:
+        return None
+    if isinstance(weights, str) and weights in PRESETS:
+        return PRESETS[weights]
+    if os.path.isfile(weights):
+        return None
+    raise ValueError(f"Expected weights to be a preset name ({', '.join(sorted(PRESETS))}) or an existing weights "
+                     f"file (.weights.h5 or an original checkpoint). Received: weights={weights!r}, which is neither")
 
 
 def get_preset(name):

@@ -1,4 +1,4 @@
-"""p3d_keras.checkpoints: torch.save files of both serialization formats (written by torch where it
+"""p3d_keras.weights.pth: torch.save files of both serialization formats (written by torch where it
 is installed, else the committed fixtures of tests/data), and hostile files of every kind."""
 import collections
 import io
@@ -15,9 +15,9 @@ import pytest
 
 import checkpoint_fixtures as cf
 from conftest import require_torch
-from p3d_keras import checkpoints
-from p3d_keras.caffemodel import write_caffemodel
-from p3d_keras.checkpoints import CheckpointError, UnsafeCheckpointError, read_state_dict, sniff_format
+from p3d_keras.weights import pth
+from p3d_keras.weights.caffemodel import write_caffemodel
+from p3d_keras.weights.pth import CheckpointError, UnsafeCheckpointError, read_state_dict, sniff_format
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 FORMATS = pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -309,11 +309,12 @@ def test_truncated_legacy_raises(tmp_path, keep):
 READER = r"""
 import json, resource, sys, time
 import numpy as np
-from p3d_keras import caffemodel, checkpoints
-from p3d_keras.untrusted import CheckpointError
+from p3d_keras.weights import caffemodel
+from p3d_keras.weights import pth
+from p3d_keras.weights.untrusted import CheckpointError
 
 def read(path):
-    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else checkpoints.read_state_dict(path)
+    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else pth.read_state_dict(path)
 
 spec = json.loads(sys.argv[1])
 if spec["limit"]:
@@ -389,7 +390,7 @@ def test_a_clean_file_after_each_hostile_one_loads_as_in_a_fresh_process(tmp_pat
 def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case):
     build, fragment = cf.HOSTILE[case]
     path = build(str(tmp_path))
-    reader = checkpoints.caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
+    reader = pth.caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
     with pytest.raises(CheckpointError, match=fragment) as info:
         reader(path)
     assert path in str(info.value)
@@ -406,11 +407,11 @@ def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case)
 ], ids=["storage-type", "rebuild", "dtype"])
 def test_stand_ins_refuse_changes_even_past_the_scan(tmp_path, target, state):
     """The scan refuses BUILD on a global first; the stand-ins refuse it too, and each load has its own."""
-    unpickler = checkpoints._RestrictedUnpickler(io.BytesIO(b"\x80\x02" + target + state + b"b."))
-    with pytest.raises(checkpoints._Refused, match="modify the reader's stand-in"):
+    unpickler = pth._RestrictedUnpickler(io.BytesIO(b"\x80\x02" + target + state + b"b."))
+    with pytest.raises(pth._Refused, match="modify the reader's stand-in"):
         unpickler.load()
-    assert checkpoints._allowed_globals() == checkpoints._RestrictedUnpickler(io.BytesIO(b"")).allowed
-    assert unpickler.allowed is not checkpoints._RestrictedUnpickler(io.BytesIO(b"")).allowed
+    assert pth._allowed_globals() == pth._RestrictedUnpickler(io.BytesIO(b"")).allowed
+    assert unpickler.allowed is not pth._RestrictedUnpickler(io.BytesIO(b"")).allowed
     assert_same(read_state_dict(cf.write_clean(tmp_path / "clean.pth")), cf.clean_state())
 
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 import checkpoint_fixtures as cf
-from p3d_keras import convert
+from p3d_keras.weights import original
 from p3d_keras.applications import P3DResNet
-from p3d_keras.untrusted import CheckpointError
+from p3d_keras.weights.untrusted import CheckpointError
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,7 @@ def p3d63_npz(tmp_path_factory, reference):
 
 def test_cli_writes_keras_weights_that_match_direct_loading(p3d63_npz, tmp_path, reference):
     dst = tmp_path / "p3d63.weights.h5"
-    assert convert.main([str(p3d63_npz), str(dst), "--depth", "63", "--graph", "pytorch"]) == 0
+    assert original.main([str(p3d63_npz), str(dst), "--depth", "63", "--graph", "pytorch"]) == 0
     clip = reference.reference_input(0)
     direct = P3DResNet(63, graph="pytorch", weights=p3d63_npz).predict(clip, verbose=0)
     converted = P3DResNet(63, graph="pytorch", weights=dst).predict(clip, verbose=0)
@@ -28,10 +28,10 @@ def test_cli_writes_keras_weights_that_match_direct_loading(p3d63_npz, tmp_path,
 def test_cli_reports_bad_input(tmp_path, caplog, capsys):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("not a checkpoint")
-    assert convert.main([str(bogus), str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
+    assert original.main([str(bogus), str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
     assert "notes.pth" in caplog.text
     with pytest.raises(SystemExit) as info:
-        convert.main([str(bogus), str(tmp_path / "x.h5")])
+        original.main([str(bogus), str(tmp_path / "x.h5")])
     assert info.value.code == 2
     assert "DST must end in .weights.h5. Received: dst=" in capsys.readouterr().err
 
@@ -40,7 +40,7 @@ def test_cli_reports_bad_input(tmp_path, caplog, capsys):
 def test_cli_refuses_each_hostile_file_with_exit_2_and_one_message(tmp_path, caplog, capsys, case):
     build, fragment = cf.HOSTILE[case]
     path = build(str(tmp_path))
-    assert convert.main([path, str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
+    assert original.main([path, str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and path in errors[0] and fragment in errors[0], errors
     assert "Traceback" not in caplog.text + capsys.readouterr().err
@@ -59,29 +59,29 @@ def tiny_model(seed):
 ], ids=["strings", "objects", "complex"])
 def test_a_bad_last_tensor_changes_no_weight(bad, received):
     model = tiny_model(0)
-    state = convert.original_tensors(tiny_model(1), "pytorch")
+    state = original.original_tensors(tiny_model(1), "pytorch")
     assert list(state)[-1] == "fc.bias"  # the last tensor assigned
     state["fc.bias"] = bad
     before = [w.numpy().copy() for w in model.weights]
     with pytest.raises(CheckpointError, match=f"checkpoint holds tensors that are not real numbers.*{received}"):
-        convert.assign_original(model, state, "pytorch")
+        original.assign_original(model, state, "pytorch")
     for b, w in zip(before, model.weights):
         np.testing.assert_array_equal(b, w.numpy(), err_msg=w.path)
 
 
 def test_a_file_with_a_bad_last_tensor_changes_no_weight(tmp_path):
     model = tiny_model(0)
-    state = convert.original_tensors(tiny_model(1), "pytorch")
+    state = original.original_tensors(tiny_model(1), "pytorch")
     state["fc.bias"] = state["fc.bias"].astype(np.complex64)
     np.savez(tmp_path / "late.npz", **state)
     before = [w.numpy().copy() for w in model.weights]
     with pytest.raises(CheckpointError, match=r"late.npz holds tensors that are not real numbers.*fc.bias: complex64"):
-        convert.load_original_weights(model, tmp_path / "late.npz")
+        original.load_original_weights(model, tmp_path / "late.npz")
     for b, w in zip(before, model.weights):
         np.testing.assert_array_equal(b, w.numpy(), err_msg=w.path)
     state["fc.bias"] = state["fc.bias"].real
     np.savez(tmp_path / "good.npz", **state)
-    convert.load_original_weights(model, tmp_path / "good.npz")
+    original.load_original_weights(model, tmp_path / "good.npz")
     assert not all(np.array_equal(b, w.numpy()) for b, w in zip(before, model.weights))
 
 
@@ -118,23 +118,23 @@ def test_nothing_changes_when_a_checkpoint_does_not_fit(p3d63_npz, tmp_path):
     model = P3DResNet(63)
     before = [v.numpy().copy() for v in model.weights[:3]]
     with pytest.raises(ValueError, match=r"missing \(1\): layer2.1.conv3.weight"):
-        convert.load_original_weights(model, tmp_path / "broken.npz")
+        original.load_original_weights(model, tmp_path / "broken.npz")
     for b, v in zip(before, model.weights[:3]):
         np.testing.assert_array_equal(b, v.numpy())
 
 
 def test_layouts():
     conv = np.arange(2 * 3 * 1 * 2 * 5).reshape(2, 3, 1, 2, 5)
-    assert convert.to_keras_layout(conv).shape == (1, 2, 5, 3, 2)
-    assert convert.to_keras_layout(conv)[0, 1, 4, 2, 1] == conv[1, 2, 0, 1, 4]
-    assert convert.to_keras_layout(np.zeros((7, 3))).shape == (3, 7)
+    assert original.to_keras_layout(conv).shape == (1, 2, 5, 3, 2)
+    assert original.to_keras_layout(conv)[0, 1, 4, 2, 1] == conv[1, 2, 0, 1, 4]
+    assert original.to_keras_layout(np.zeros((7, 3))).shape == (3, 7)
 
 
 def test_original_tensors_round_trip(small_clip):
     model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
     for naming in ("pytorch", "caffe"):
-        state = convert.original_tensors(model, naming)
+        state = original.original_tensors(model, naming)
         assert state["conv1_custom.weight" if naming == "pytorch" else "conv1.weight"].shape == (4, 3, 1, 7, 7)
         clone = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
-        convert.assign_original(clone, state, naming)
+        original.assign_original(clone, state, naming)
         np.testing.assert_array_equal(clone(small_clip), model(small_clip))

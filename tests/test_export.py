@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 from p3d_keras.applications import P3DResNet
-from p3d_keras.export import export_saved_model, main, read_warmup_requests
-from p3d_keras.normalization import normalize
+from p3d_keras.jobs.export import export_saved_model, main, read_warmup_requests
+from p3d_keras.core.normalization import normalize
 
 LABELS = ["archery", "bowling", "curling", "diving", "fencing"]
 CLIPS = {"long": (2, 20, 50, 70, 3), "exact": (1, 16, 32, 32, 3)}

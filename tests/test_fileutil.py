@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from p3d_keras import fileutil
+from p3d_keras.core import files
 
 
 def _open(path):
@@ -13,8 +13,8 @@ def _open(path):
 
 def test_atomic_file_leaves_the_old_content_when_the_block_raises(tmp_path):
     path = tmp_path / "f.bin"
-    fileutil.write_atomic(path, b"old")
-    with pytest.raises(RuntimeError), fileutil.atomic_file(path) as f:
+    files.write_atomic(path, b"old")
+    with pytest.raises(RuntimeError), files.atomic_file(path) as f:
         f.write(b"new")
         raise RuntimeError
     assert path.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["f.bin"]
@@ -23,21 +23,21 @@ def test_atomic_file_leaves_the_old_content_when_the_block_raises(tmp_path):
 def test_an_exclusive_lock_excludes_every_other_holder_until_closed(tmp_path):
     first, second = _open(tmp_path / "lock"), _open(tmp_path / "lock")
     try:
-        assert fileutil.try_lock(first)
-        assert not fileutil.try_lock(second)
-        if fileutil.SHARED_LOCKS:
-            assert not fileutil.try_lock(second, shared=True)
+        assert files.try_lock(first)
+        assert not files.try_lock(second)
+        if files.SHARED_LOCKS:
+            assert not files.try_lock(second, shared=True)
     finally:
         os.close(first)
-    assert fileutil.try_lock(second)
+    assert files.try_lock(second)
     os.close(second)
 
 
-@pytest.mark.skipif(not fileutil.SHARED_LOCKS, reason="no shared locks on this platform")
+@pytest.mark.skipif(not files.SHARED_LOCKS, reason="no shared locks on this platform")
 def test_shared_locks_coexist_and_exclude_an_exclusive_one(tmp_path):
     a, b, c = (_open(tmp_path / "lock") for _ in range(3))
-    assert fileutil.try_lock(a, shared=True) and fileutil.try_lock(b, shared=True)
-    assert not fileutil.try_lock(c)
+    assert files.try_lock(a, shared=True) and files.try_lock(b, shared=True)
+    assert not files.try_lock(c)
     for fd in (a, b, c):
         os.close(fd)
 
@@ -45,15 +45,15 @@ def test_shared_locks_coexist_and_exclude_an_exclusive_one(tmp_path):
 def test_a_killed_holders_lock_is_free(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", "import os, sys, time; from p3d_keras import fileutil; "
-         f"fd = os.open({str(tmp_path / 'lock')!r}, os.O_RDWR | os.O_CREAT); assert fileutil.try_lock(fd); "
+         f"fd = os.open({str(tmp_path / 'lock')!r}, os.O_RDWR | os.O_CREAT); assert files.try_lock(fd); "
          "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
         fd = _open(tmp_path / "lock")
-        assert not fileutil.try_lock(fd)
+        assert not files.try_lock(fd)
         holder.kill()
         holder.wait(timeout=10)
-        assert fileutil.try_lock(fd)
+        assert files.try_lock(fd)
         os.close(fd)
     finally:
         holder.kill()
@@ -61,7 +61,7 @@ def test_a_killed_holders_lock_is_free(tmp_path):
 
 def test_rewrite_and_read_head(tmp_path):
     fd = _open(tmp_path / "note")
-    fileutil.rewrite(fd, b"a much longer first note")
-    fileutil.rewrite(fd, b"pid 1")
-    assert fileutil.read_head(fd, 100) == b"pid 1" and (tmp_path / "note").read_bytes() == b"pid 1"
+    files.rewrite(fd, b"a much longer first note")
+    files.rewrite(fd, b"pid 1")
+    assert files.read_head(fd, 100) == b"pid 1" and (tmp_path / "note").read_bytes() == b"pid 1"
     os.close(fd)

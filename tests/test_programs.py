@@ -10,9 +10,14 @@ import keras
 import numpy as np
 import pytest
 
-from p3d_keras import cli_common, evaluation, export, features, predict, training
+from p3d_keras.cli import common
+from p3d_keras.jobs import evaluation
+from p3d_keras.jobs import export
+from p3d_keras.jobs import features
+from p3d_keras.jobs import predict
+from p3d_keras.jobs import training
 from p3d_keras.applications import P3DResNet
-from p3d_keras.layers import Normalize
+from p3d_keras.core.layers import Normalize
 from p3d_keras.tfrecords_tools import index
 from shard_fixtures import write_shards
 
@@ -138,7 +143,7 @@ def test_multi_device_training(shards, tmp_path, backend, distribute, setup):
     env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     argv = ["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "4",
             "--distribute", distribute, "--verbose", "0", *MODEL_ARGS]
-    code = f"{setup}\nimport sys\nfrom p3d_keras.training import main\nsys.exit(main({argv!r}))"
+    code = f"{setup}\nimport sys\nfrom p3d_keras.jobs.training import main\nsys.exit(main({argv!r}))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -184,7 +189,8 @@ def test_extract_features_program(shards, trained, tmp_path):
 
 
 def test_predict_program(trained, tmp_path, capsys):
-    from p3d_keras import export, synthetic
+    from p3d_keras.jobs import export
+    from p3d_keras.jobs import synthetic
 
     rng = np.random.default_rng(0)
     video = tmp_path / "clip.mp4"
@@ -209,7 +215,7 @@ def test_predict_program(trained, tmp_path, capsys):
 
 
 def test_demo_fast_mode(tmp_path):
-    from p3d_keras import demo
+    from p3d_keras.jobs import demo
 
     summary = demo.run_demo(str(tmp_path), demo.FAST)
     assert summary["test_videos"] == 16
@@ -222,7 +228,7 @@ def test_demo_fast_mode(tmp_path):
 def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path, monkeypatch):
     import dataclasses
 
-    from p3d_keras import weights
+    from p3d_keras.weights import cache
     from p3d_keras.applications import PRESETS
 
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "home"))
@@ -230,8 +236,8 @@ def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path,
                                  input_shape=(16, 32, 32, 3))
     monkeypatch.setitem(PRESETS, "tiny5", preset)
     source = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=5)
-    os.makedirs(weights.cache_dir())
-    source.save_weights(os.path.join(weights.cache_dir(), preset.filename))  # in the cache: no network
+    os.makedirs(cache.cache_dir())
+    source.save_weights(os.path.join(cache.cache_dir(), preset.filename))  # in the cache: no network
     args = training.build_parser().parse_args(["--train", str(shards / "train"), "--out", str(tmp_path),
                                                "--weights", "tiny5", *MODEL_ARGS])
     model = training.model_for_classes(args, classes=3)
@@ -283,7 +289,7 @@ def write_audio_only(path):
 
 def bad_video(kind, folder):
     """A path that is not a usable video, of the given `kind`."""
-    from p3d_keras import synthetic
+    from p3d_keras.jobs import synthetic
 
     rng = np.random.default_rng(0)
     path = folder / {"text": "notes.txt", "audio_only": "speech.wav", "folder": "clips.mp4"}.get(kind, f"{kind}.mp4")
@@ -364,10 +370,10 @@ def test_invalid_numbers_are_argument_errors(main, argv, capsys):
 
 
 def test_numeric_argument_types():
-    assert cli_common.positive_int("3") == 3 and cli_common.non_negative_int("0") == 0
-    assert cli_common.positive_float("1e-3") == 1e-3 and cli_common.dropout_rate("0") == 0.0
-    for parse, text in [(cli_common.positive_int, "0"), (cli_common.positive_int, "2.5"),
-                        (cli_common.non_negative_int, "-1"), (cli_common.positive_float, "inf"),
-                        (cli_common.non_negative_float, "nan"), (cli_common.dropout_rate, "1")]:
+    assert common.positive_int("3") == 3 and common.non_negative_int("0") == 0
+    assert common.positive_float("1e-3") == 1e-3 and common.dropout_rate("0") == 0.0
+    for parse, text in [(common.positive_int, "0"), (common.positive_int, "2.5"),
+                        (common.non_negative_int, "-1"), (common.positive_float, "inf"),
+                        (common.non_negative_float, "nan"), (common.dropout_rate, "1")]:
         with pytest.raises(argparse.ArgumentTypeError, match=f"Received: {text!r}"):
             parse(text)

@@ -173,7 +173,7 @@ def test_caffe_clips_are_bgr_minus_mean_of_the_same_clips(shards):
 def test_uint8_clips_normalised_in_the_model_equal_the_float32_clips(shards, modality, normalization):
     # The same seed gives the same windows, crops and flips; Normalize does the BGR reversal the
     # float32 reader fuses with the flip, and the same normalize arithmetic.
-    from p3d_keras.layers import Normalize
+    from p3d_keras.core.layers import Normalize
     layer = Normalize(normalization)
     common = dict(modality=modality, clip_length=4, crop_size=24)
     for make in (lambda **kw: reader.training_dataset(shards, batch_size=2, deterministic=True, seed=7, **common, **kw),
@@ -212,7 +212,8 @@ def test_resized_uint8_clips_are_the_float32_clips_rounded(shards):
 
 
 def test_end_to_end_from_converter_output(tmp_path):
-    from p3d_keras import predict, synthetic
+    from p3d_keras.jobs import predict
+    from p3d_keras.jobs import synthetic
     from p3d_keras.tfrecords_tools import sources, video, writer
 
     rng = np.random.default_rng(0)

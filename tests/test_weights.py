@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 
 from conftest import PARITY_TOLERANCE
-from p3d_keras import convert, weights
+from p3d_keras.weights import original
+from p3d_keras.weights import cache
 from p3d_keras.applications import (PRESETS, P3DResNet, P3DResNet199, decode_predictions, get_preset,
                                     preprocess_input)
-from p3d_keras.caffemodel import write_caffemodel
-from p3d_keras.fileutil import sha256_of
+from p3d_keras.weights.caffemodel import write_caffemodel
+from p3d_keras.core.files import sha256_of
 
 TINY = dict(depth=(1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3))
 CLIP = np.random.default_rng(0).normal(size=(1, 16, 32, 32, 3)).astype("float32")
@@ -62,7 +63,7 @@ def server(tmp_path):
 @pytest.fixture
 def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(cache.MIRROR_ENV, raising=False)
     return tmp_path / "keras_home" / "models"
 
 
@@ -168,11 +169,11 @@ def test_a_stalled_server_fails_the_download_within_the_timeout(keras_home, tiny
     preset, _ = tiny_preset
     url = silent_server + "/x.weights.h5" if where == "silent" else f"{server[1]}/stall/{preset.filename}"
     monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=url))
-    monkeypatch.setenv(weights.TIMEOUT_ENV, "1")
+    monkeypatch.setenv(cache.TIMEOUT_ENV, "1")
     model, error, elapsed = build_within(20)
     assert model is None and isinstance(error, ValueError) and elapsed < 10
     message = str(error)
-    assert f"no data from {url} for 1 s" in message and weights.TIMEOUT_ENV in message
+    assert f"no data from {url} for 1 s" in message and cache.TIMEOUT_ENV in message
     assert f"put the converted file at {keras_home / preset.filename}" in message
     assert "pass weights=<a local .weights.h5 file>" in message
     assert os.listdir(keras_home) == []  # the stalled partial was removed
@@ -180,18 +181,18 @@ def test_a_stalled_server_fails_the_download_within_the_timeout(keras_home, tiny
 
 def test_download_timeout_must_be_a_positive_number(monkeypatch):
     for text in ("0", "-1", "soon", "nan", "inf"):
-        monkeypatch.setenv(weights.TIMEOUT_ENV, text)
+        monkeypatch.setenv(cache.TIMEOUT_ENV, text)
         with pytest.raises(ValueError, match=rf"Expected \$P3D_KERAS_DOWNLOAD_TIMEOUT to be a positive number of "
                                              rf"seconds. Received: '{text}'"):
-            weights.download_timeout()
-    monkeypatch.setenv(weights.TIMEOUT_ENV, "2.5")
-    assert weights.download_timeout() == 2.5
+            cache.download_timeout()
+    monkeypatch.setenv(cache.TIMEOUT_ENV, "2.5")
+    assert cache.download_timeout() == 2.5
 
 
 def test_partials_of_killed_downloads_are_removed_by_the_next(keras_home, tiny_preset):
     preset, expected = tiny_preset
     keras_home.mkdir(parents=True)
-    old = time.time() - 2 * weights.STALE_PARTIAL_S
+    old = time.time() - 2 * cache.STALE_PARTIAL_S
     stale = [keras_home / f"{preset.filename}.part-1234-{'a' * 32}",                 # a killed download
              keras_home / f"{preset.filename}.part-{'b' * 32}",                      # the previous naming
              keras_home / f"p3d_keras_other.weights.h5.part-77-{'c' * 32}.weights.h5"]  # a killed conversion
@@ -225,10 +226,10 @@ def test_a_truncated_cached_file_is_replaced_by_converting_the_original(keras_ho
     monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
     source = P3DResNet(**TINY, classes=5, classifier_activation=None)
     keras_home.mkdir(parents=True)
-    np.savez(keras_home / "tiny_original.npz", **convert.original_tensors(source))
+    np.savez(keras_home / "tiny_original.npz", **original.original_tensors(source))
     (keras_home / preset.filename).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # an HDF5 signature, then nothing
     np.testing.assert_allclose(build()(CLIP), source(CLIP), atol=1e-5)
-    assert weights.unreadable_reason(keras_home / preset.filename) is None
+    assert cache.unreadable_reason(keras_home / preset.filename) is None
 
 
 def test_an_unwritable_cache_names_the_folder_and_keras_home(tiny_preset, tmp_path, monkeypatch):
@@ -236,7 +237,7 @@ def test_an_unwritable_cache_names_the_folder_and_keras_home(tiny_preset, tmp_pa
     blocker = tmp_path / "plain_file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("KERAS_HOME", str(blocker / "home"))
-    monkeypatch.delenv(weights.MIRROR_ENV, raising=False)
+    monkeypatch.delenv(cache.MIRROR_ENV, raising=False)
     with pytest.raises(ValueError) as info:
         build()
     message = str(info.value)
@@ -247,7 +248,7 @@ def test_an_unwritable_cache_names_the_folder_and_keras_home(tiny_preset, tmp_pa
 def test_mirror_environment_variable(keras_home, tiny_preset, server, monkeypatch):
     preset, expected = tiny_preset
     monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url="http://127.0.0.1:9/dead/link"))
-    monkeypatch.setenv(weights.MIRROR_ENV, server[1] + "/")
+    monkeypatch.setenv(cache.MIRROR_ENV, server[1] + "/")
     np.testing.assert_allclose(build()(CLIP), expected, atol=1e-6)
 
 
@@ -256,7 +257,7 @@ def test_original_in_the_cache_is_converted_once(keras_home, tiny_preset, monkey
     monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
     source = P3DResNet(**TINY, classes=5, classifier_activation=None)
     keras_home.mkdir(parents=True)
-    state = convert.original_tensors(source)
+    state = original.original_tensors(source)
     np.savez(keras_home / "tiny_original.npz", **state)
     np.testing.assert_allclose(build()(CLIP), source(CLIP), atol=1e-5)
     os.remove(keras_home / "tiny_original.npz")
@@ -300,8 +301,8 @@ def test_missing_everything_says_how_to_work_offline(keras_home):
 def caffe_blobs(state, model):
     """The port-named reference tensors as Caffe layers with their blobs (BN: scale, shift,
     mean, variance, stored as (1, C) blobs)."""
-    convert.assign_original(model, state, "pytorch")
-    flat = convert.original_tensors(model, "caffe")
+    original.assign_original(model, state, "pytorch")
+    flat = original.original_tensors(model, "caffe")
     layers = {}
     for name, value in flat.items():
         layer = name.rsplit(".", 1)[0]
@@ -316,7 +317,7 @@ def test_caffemodel_reproduces_the_caffe_graph(depth, reference, expected, tmp_p
     path = tmp_path / f"p3d{depth}.caffemodel"
     write_caffemodel(path, caffe_blobs(reference.build_state_dict(0, depth=depth), model))
     model = P3DResNet(depth, classifier_activation=None)  # fresh weights: only the file can make it pass
-    assert convert.main([str(path), str(tmp_path / "c.weights.h5"), "--depth", str(depth)]) == 0
+    assert original.main([str(path), str(tmp_path / "c.weights.h5"), "--depth", str(depth)]) == 0
     model.load_weights(tmp_path / "c.weights.h5")
     logits = model.predict(reference.reference_input(0), verbose=0)
     np.testing.assert_allclose(logits, expected(depth)["logits_caffe"], rtol=0, atol=PARITY_TOLERANCE[depth])

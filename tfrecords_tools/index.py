@@ -27,7 +27,7 @@ import os
 import struct
 import sys
 
-from p3d_keras.fileutil import atomic_file
+from p3d_keras.core.files import atomic_file
 
 from . import compression
 from . import framing

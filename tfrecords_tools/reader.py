@@ -21,7 +21,7 @@ all videos shuffled in memory -> pick a window and `pread` just its bytes, first
 Output dtype: by default the readers hand out normalised float32 clips. With
 `output_dtype="uint8"` they hand out the decoded frames as they are (RGB, or the two flow
 channels, 0-255), 4x fewer bytes and no float work on the CPU, and the model normalises them on
-its device: `p3d_keras.layers.Normalize(preset)` before the network gives exactly the float32
+its device: `p3d_keras.core.layers.Normalize(preset)` before the network gives exactly the float32
 output (the channel reversal of BGR presets is the layer's, not the reader's). `p3d-train` trains
 this way.
 
@@ -68,8 +68,8 @@ import struct
 import numpy as np
 import tensorflow as tf
 
-from p3d_keras import normalization as norm_lib
-from p3d_keras.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
+from p3d_keras.core import normalization as norm_lib
+from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS
 from p3d_keras.tfrecords_tools import clip_decoder
 from p3d_keras.tfrecords_tools import compression as compression_lib
 from p3d_keras.tfrecords_tools import framing
@@ -562,7 +562,7 @@ def _check_options(*, batch_size, clip_length, frame_stride, crop_size, modality
     if output_dtype == "uint8":
         if normalization is not None:
             raise ValueError("Expected normalization=None with output_dtype='uint8' (uint8 clips are not normalised: "
-                             "normalise them in the model, e.g. with p3d_keras.layers.Normalize). "
+                             "normalise them in the model, e.g. with p3d_keras.core.layers.Normalize). "
                              f"Received: normalization={normalization!r}")
         norm = None
     else:
@@ -606,12 +606,12 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
 
     Args:
         file_pattern: a glob, a path, or a list of them (shards of `schema` SequenceExamples).
-        normalization: a `p3d_keras.normalization` preset (`caffe`, `imagenet`, `unit`, `flow`);
+        normalization: a `p3d_keras.core.normalization` preset (`caffe`, `imagenet`, `unit`, `flow`);
             defaults to `caffe` for `modality="rgb"` and `flow` for `modality="flow"`. Must be
             None with `output_dtype="uint8"`.
         output_dtype: `float32` (clips normalised on the CPU) or `uint8` (the decoded frames,
             cropped and flipped but not normalised, in their stored channel order, for the model to
-            normalise on its device with `p3d_keras.layers.Normalize(preset)`: the same values as
+            normalise on its device with `p3d_keras.core.layers.Normalize(preset)`: the same values as
             float32 output with that preset, at 1.2-2.0x the clips/s of float32 output on the
             CPU: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
             frames smaller than the crop) is rounded back to uint8.

@@ -53,8 +53,9 @@ import sys
 import tempfile
 import time
 
-from p3d_keras.fileutil import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
+from p3d_keras.core.files import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
 
+from .collection import FAILURES, LABELS, MANIFEST
 from . import framing
 from . import index as index_lib
 from . import schema
@@ -63,9 +64,6 @@ from . import video as video_lib
 logger = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
-MANIFEST = "manifest.json"
-FAILURES = "failures.jsonl"
-LABELS = "labels.txt"
 COMPRESSIONS = (None, "GZIP")
 COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
 # The layout of `.work/<item>.rec` files (2: frame count + a TFRecord frame). It is one of the

@@ -5,7 +5,7 @@ import re
 
 import numpy as np
 
-from p3d_keras import cli_common
+from p3d_keras.cli import common
 
 
 def read_video(path, max_frames=None):
@@ -30,7 +30,7 @@ def predict_video(frames, model, *, normalization="caffe", num_clips=5):
     centre-cropped and normalised exactly as the exported SavedModel does."""
     import keras  # noqa: PLC0415
 
-    from p3d_keras import export  # noqa: PLC0415
+    from p3d_keras.jobs import export  # noqa: PLC0415
     from p3d_keras.tfrecords_tools import sampling  # noqa: PLC0415
 
     clip_length, size = model.input_shape[1], model.input_shape[2]
@@ -71,19 +71,19 @@ def build_parser():
     p.add_argument("--saved-model", help="an exported SavedModel version folder (p3d-export) instead of a model")
     p.add_argument("--labels", help="class names, one per line (default: the preset's)")
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    p.add_argument("--num-clips", type=cli_common.positive_int, default=5,
+    p.add_argument("--num-clips", type=common.positive_int, default=5,
                    help="windows averaged over the video (default 5)")
-    p.add_argument("--top", type=cli_common.positive_int, default=5, help="classes printed (default 5)")
-    p.add_argument("--max-frames", type=cli_common.positive_int, default=None, help="decode at most N frames")
-    p.add_argument("--classes", type=cli_common.positive_int,
+    p.add_argument("--top", type=common.positive_int, default=5, help="classes printed (default 5)")
+    p.add_argument("--max-frames", type=common.positive_int, default=None, help="decode at most N frames")
+    p.add_argument("--classes", type=common.positive_int,
                    help="classes of a new network (default 400, or the preset's)")
-    cli_common.add_model_arguments(p)
+    common.add_model_arguments(p)
     return p
 
 
 def run(args):
     """The top classes of `args.video`, as `p3d-predict` prints them."""
-    from p3d_keras.export import labels_and_normalization  # noqa: PLC0415
+    from p3d_keras.jobs.export import labels_and_normalization  # noqa: PLC0415
 
     frames = read_video(args.video, args.max_frames)
     if args.saved_model:
@@ -91,9 +91,9 @@ def run(args):
             probabilities, _ = predict_saved_model(frames, args.saved_model)
         except ValueError as e:
             raise ValueError(f"{args.video!r}: {e}") from e
-        labels = cli_common.read_labels(args.labels) if args.labels else None
+        labels = common.read_labels(args.labels) if args.labels else None
     else:
-        model = cli_common.model_from_args(args, classes=args.classes)
+        model = common.model_from_args(args, classes=args.classes)
         labels, normalization = labels_and_normalization(args, model)
         probabilities = predict_video(frames, model, normalization=normalization, num_clips=args.num_clips)
     return top_classes(probabilities, labels, args.top)
@@ -101,10 +101,10 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cli_common.setup_logging("WARNING")
+    common.setup_logging("WARNING")
     try:
-        top = cli_common.run_program("p3d-predict", run, args)
-    except cli_common.ProgramError:
+        top = common.run_program("p3d-predict", run, args)
+    except common.ProgramError:
         return 2
     print(f"{args.video}:")  # noqa: T201 (a CLI's output)
     for rank, (index, label, probability) in enumerate(top, 1):

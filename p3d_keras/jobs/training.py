@@ -8,7 +8,7 @@ TensorFlow backend, `keras.distribution.DataParallel` on the JAX backend.
 
 Input: by default the reader hands out uint8 clips and the model normalises them on its device
 (`--input-dtype uint8`): the network is trained inside `with_input_normalization`, a model that
-adds `p3d_keras.layers.Normalize` in front of it, which keeps the CPU pipeline near the JPEG-decode
+adds `p3d_keras.core.layers.Normalize` in front of it, which keeps the CPU pipeline near the JPEG-decode
 limit (`bench/README.md`). The saved models (`last.keras`, `best.keras`) and the returned
 History's model are the network alone, taking normalised float input, as every other program
 expects. `--input-dtype float32` normalises on the CPU in the reader instead.
@@ -21,7 +21,7 @@ import os
 
 import keras
 
-from p3d_keras import cli_common
+from p3d_keras.cli import common
 
 log = logging.getLogger(__name__)
 
@@ -117,9 +117,9 @@ def output_layer(model):
 
 def with_input_normalization(network, normalization):
     """A model taking uint8 clips of `network`'s input shape (the reader's `output_dtype="uint8"`)
-    that normalises them with `p3d_keras.layers.Normalize(normalization)` and runs `network`,
+    that normalises them with `p3d_keras.core.layers.Normalize(normalization)` and runs `network`,
     whose layers and variables it shares."""
-    from p3d_keras.layers import Normalize  # noqa: PLC0415
+    from p3d_keras.core.layers import Normalize  # noqa: PLC0415
 
     clips = keras.Input(network.input_shape[1:], dtype="uint8", name="uint8_clips")
     outputs = network(Normalize(normalization, name="normalize")(clips))
@@ -178,11 +178,11 @@ def model_for_classes(args, classes):
     layer but the classifier, which starts afresh (e.g. Kinetics-400 weights for UCF101)."""
     from p3d_keras.applications.p3d_resnet import copy_weights  # noqa: PLC0415
 
-    preset = cli_common.preset_of(args)
+    preset = common.preset_of(args)
     if args.model or preset is None or classes in (None, preset.classes):
-        return cli_common.model_from_args(args, classes=classes)
-    source = cli_common.model_from_args(args)
-    model = cli_common.model_from_args(args, classes=classes, weights=None, graph=preset.graph,
+        return common.model_from_args(args, classes=classes)
+    source = common.model_from_args(args)
+    model = common.model_from_args(args, classes=classes, weights=None, graph=preset.graph,
                                        modality=preset.modality)
     copy_weights(source, model, skip=("fc",))
     log.info("%s: kept every layer but the classifier (%d -> %d classes)", preset.name, preset.classes, classes)
@@ -195,25 +195,25 @@ def build_parser():
     p.add_argument("--train", required=True, help="training shards: a p3d-tfrecords output folder or a glob")
     p.add_argument("--val", help="validation shards (evaluated on one centre clip per video each epoch)")
     p.add_argument("--out", required=True, help="output folder: last.keras, best.keras, logs, resume state")
-    p.add_argument("--classes", type=cli_common.positive_int,
+    p.add_argument("--classes", type=common.positive_int,
                    help="number of classes (default: labels.txt beside the shards)")
-    cli_common.add_model_arguments(p)
+    common.add_model_arguments(p)
     g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=cli_common.positive_int, default=10)
-    g.add_argument("--batch-size", type=cli_common.positive_int, default=8)
+    g.add_argument("--epochs", type=common.positive_int, default=10)
+    g.add_argument("--batch-size", type=common.positive_int, default=8)
     g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
                    help="sgd: SGD with --momentum (default, as the authors); adamw: AdamW")
-    g.add_argument("--lr", type=cli_common.positive_float, default=0.001, help="base learning rate (default 0.001)")
-    g.add_argument("--momentum", type=cli_common.non_negative_float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=cli_common.non_negative_float, default=5e-4)
+    g.add_argument("--lr", type=common.positive_float, default=0.001, help="base learning rate (default 0.001)")
+    g.add_argument("--momentum", type=common.non_negative_float, default=0.9, help="SGD momentum")
+    g.add_argument("--weight-decay", type=common.non_negative_float, default=5e-4)
     g.add_argument("--schedule", choices=SCHEDULES, default="step")
-    g.add_argument("--step-epochs", type=cli_common.positive_int, nargs="*",
+    g.add_argument("--step-epochs", type=common.positive_int, nargs="*",
                    help="epochs at which the step schedule divides by 10")
     g.add_argument("--no-partial-bn", action="store_true", help="train every BatchNormalization layer")
     g.add_argument("--precision", choices=PRECISIONS, default="float32")
     g.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
     g.add_argument("--distribute", choices=DISTRIBUTIONS, default="none")
-    g.add_argument("--frame-stride", type=cli_common.positive_int, default=1)
+    g.add_argument("--frame-stride", type=common.positive_int, default=1)
     g.add_argument("--no-flip", action="store_true",
                    help="no random horizontal flip (when left/right or cw/ccw are different classes)")
     g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
@@ -225,10 +225,10 @@ def build_parser():
                         "(written by p3d-tfrecords convert or index; local uncompressed shards), much less reading "
                         "for long videos; records: stream each training video's whole record; auto (default): "
                         "windows when every training shard has an index, else records")
-    cli_common.add_decoder_argument(g)
-    g.add_argument("--seed", type=cli_common.non_negative_int,
+    common.add_decoder_argument(g)
+    g.add_argument("--seed", type=common.non_negative_int,
                    help="seed for the initial weights, dropout and a deterministic input pipeline")
-    g.add_argument("--verbose", type=cli_common.non_negative_int, default=1, choices=(0, 1, 2),
+    g.add_argument("--verbose", type=common.non_negative_int, default=1, choices=(0, 1, 2),
                    help="Keras progress output")
     return p
 
@@ -237,7 +237,7 @@ def run(args):
     """Train as `p3d-train` describes; returns the Keras History."""
     from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415
 
-    labels = cli_common.collection_labels(args.train)
+    labels = common.collection_labels(args.train)
     classes = args.classes or (len(labels) if labels else None)
     if classes is None and not args.model:
         raise ValueError("Expected --classes, or a labels.txt beside the training shards. Received neither for "
@@ -247,15 +247,15 @@ def run(args):
         keras.utils.set_random_seed(args.seed)
     with distribution_scope(args.distribute):
         model = model_for_classes(args, classes)
-        data = dict(batch_size=args.batch_size, output_dtype=args.input_dtype, **cli_common.clip_options(model, args))
+        data = dict(batch_size=args.batch_size, output_dtype=args.input_dtype, **common.clip_options(model, args))
         trained = model
         if args.input_dtype == "uint8":
             trained = with_input_normalization(model, data.pop("normalization"))
-        train = reader.training_dataset(cli_common.shard_files(args.train), deterministic=args.seed is not None,
+        train = reader.training_dataset(common.shard_files(args.train), deterministic=args.seed is not None,
                                         seed=args.seed, flip=not args.no_flip, reads=args.reads, **data).repeat()
-        val = reader.evaluation_dataset(cli_common.shard_files(args.val), num_clips=1, **data).map(
+        val = reader.evaluation_dataset(common.shard_files(args.val), num_clips=1, **data).map(
             lambda clips, labels, ids: (clips, labels)) if args.val else None
-        steps = max(1, cli_common.collection_size(args.train) // args.batch_size)
+        steps = max(1, common.collection_size(args.train) // args.batch_size)
         schedule = learning_rate_schedule(args.schedule, args.lr, steps, args.epochs, args.step_epochs)
         compile_for_training(trained, schedule=schedule, optimizer=args.optimizer, momentum=args.momentum,
                              weight_decay=args.weight_decay, jit_compile=args.jit_compile,
@@ -271,10 +271,10 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cli_common.setup_logging()
+    common.setup_logging()
     try:
-        history = cli_common.run_program("p3d-train", run, args)
-    except cli_common.ProgramError:
+        history = common.run_program("p3d-train", run, args)
+    except common.ProgramError:
         return 2
     final = {k: round(v[-1], 4) for k, v in history.history.items() if v and not math.isnan(v[-1])}
     log.info("done: %s; models in %s", final, args.out)

@@ -2,7 +2,7 @@
 
 torch is not needed and no code from the file ever runs: each pickle inside a checkpoint is first
 scanned opcode by opcode (`_PickleScan`: allowed opcodes, declared lengths, object count, nesting;
-limits in `p3d_keras.untrusted`), then read from memory by `_RestrictedUnpickler`, whose
+limits in `p3d_keras.weights.untrusted`), then read from memory by `_RestrictedUnpickler`, whose
 allow-list (made afresh for each load) holds only what a state dict is made of, and tensors come
 back as NumPy arrays built from the raw storage bytes once their sizes are checked.
 
@@ -34,8 +34,8 @@ import zipfile
 
 import numpy as np
 
-from p3d_keras import caffemodel
-from p3d_keras.untrusted import (  # noqa: F401 (both errors stay importable from here)
+from p3d_keras.weights import caffemodel
+from p3d_keras.weights.untrusted import (  # noqa: F401 (both errors stay importable from here)
     MAX_BYTES,
     MAX_NESTING,
     MAX_PICKLE_BYTES,
@@ -860,7 +860,7 @@ def read_state_dict(path, max_bytes=MAX_BYTES):
 
     Nothing in the file can change the process or a later load, and what it declares is checked
     before it is allocated: the storages (or .npz arrays) read, and separately the arrays returned,
-    may each take at most `max_bytes` (see `p3d_keras.untrusted`); a pickle at most
+    may each take at most `max_bytes` (see `p3d_keras.weights.untrusted`); a pickle at most
     `MAX_PICKLE_BYTES`, `MAX_PICKLE_ITEMS` objects and `MAX_NESTING` levels.
 
     Raises FileNotFoundError for a missing file, and CheckpointError (a ValueError) naming the
@@ -872,7 +872,7 @@ def read_state_dict(path, max_bytes=MAX_BYTES):
     fmt = sniff_format(path)
     if fmt == "caffe":
         raise CheckpointError(f"{path} is a Caffe model, not a state dict. Expected a torch checkpoint or .npz; "
-                              f"read it with p3d_keras.caffemodel.read_caffemodel.")
+                              f"read it with p3d_keras.weights.caffemodel.read_caffemodel.")
     if fmt == "npz":
         return _strip_data_parallel_prefix(_read_npz(path, max_bytes))
     state = _load_zip(path, max_bytes) if fmt == "pytorch-zip" else _load_legacy(path, max_bytes)

@@ -1,4 +1,4 @@
-"""Read and write Caffe `.caffemodel` weights with the hand-written codec of `p3d_keras.protowire`.
+"""Read and write Caffe `.caffemodel` weights with the hand-written codec of `p3d_keras.core.protowire`.
 
 No caffe and no protobuf package: a `.caffemodel` is a serialized `caffe.NetParameter`, and the
 few fields that carry weights are decoded here by hand. Field numbers follow BVLC/caffe
@@ -15,7 +15,7 @@ few fields that carry weights are decoded here by hand. Field numbers follow BVL
 (O, I, k...; BatchNorm: mean, variance, moving-average factor; Scale: gamma, beta).
 `write_caffemodel` is its inverse, for tests and for maintainers who need a fixture.
 
-A file is decoded within the limits of `p3d_keras.untrusted`: its size at most `max_bytes`, at
+A file is decoded within the limits of `p3d_keras.weights.untrusted`: its size at most `max_bytes`, at
 most `MAX_PROTOBUF_FIELDS` fields decoded in all (of the order of 20 000 for P3D-199; unpacked
 repeated floats, which Caffe never writes, cost one field each), and a blob's declared shape must
 match its values before it is reshaped.
@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from p3d_keras.protowire import (  # noqa: F401 (iter_fields and the wire types stay importable from here)
+from p3d_keras.core.protowire import (  # noqa: F401 (iter_fields and the wire types stay importable from here)
     FIXED32,
     FIXED64,
     LENGTH_DELIMITED,
@@ -39,7 +39,7 @@ from p3d_keras.protowire import (  # noqa: F401 (iter_fields and the wire types 
     payload,
     signed64,
 )
-from p3d_keras.untrusted import MAX_BYTES, MAX_PROTOBUF_FIELDS, CheckpointError, describe, too_large
+from p3d_keras.weights.untrusted import MAX_BYTES, MAX_PROTOBUF_FIELDS, CheckpointError, describe, too_large
 
 # caffe.proto field numbers: the one place both the reader and the writer take them from.
 NET_NAME, NET_LAYERS_V1, NET_LAYER = 1, 2, 100
@@ -197,7 +197,7 @@ def read_caffemodel(path, max_bytes=MAX_BYTES):
     Both the current `layer` (LayerParameter) and the legacy `layers` (V1LayerParameter) fields
     are read. Blobs keep their stored shape; blobs saved with the legacy num/channels/height/width
     fields are 4-D, as Caffe itself loads them (e.g. an old InnerProduct weight is (1, 1, out, in)).
-    The file may take at most `max_bytes` (see `p3d_keras.untrusted`; the weights it holds are
+    The file may take at most `max_bytes` (see `p3d_keras.weights.untrusted`; the weights it holds are
     never larger than the file), and its decoding at most `MAX_PROTOBUF_FIELDS` fields.
     Raises FileNotFoundError for a missing file and CheckpointError (a ValueError) naming the file
     for anything that is not a caffemodel with weights within those limits (garbage, a truncated

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from p3d_keras import cli_common
+from p3d_keras.cli import common
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,8 @@ def pair_accuracy(report, pair):
 
 def train_and_evaluate(records, out, cfg, temporal):
     """`p3d-train` then `p3d-evaluate` one network; returns (best model path, evaluation report)."""
-    from p3d_keras import evaluation, training  # noqa: PLC0415
+    from p3d_keras.jobs import evaluation  # noqa: PLC0415
+    from p3d_keras.jobs import training  # noqa: PLC0415
 
     name = "p3d" if temporal else "control_2d"
     model_args = ["--depth", cfg.depth, "--width", str(cfg.width), "--frames", "16", "--size", str(cfg.size),
@@ -80,9 +81,9 @@ def train_and_evaluate(records, out, cfg, temporal):
 
 def convert(videos, records, split):
     """`p3d-tfrecords convert` of one split's folder-per-class tree."""
-    from p3d_keras.tfrecords_tools import cli  # noqa: PLC0415
+    from p3d_keras.cli import tfrecords  # noqa: PLC0415
 
-    code = cli.main(["--log-level", "WARNING", "convert", "--layout", "folder", "--root", os.path.join(videos, split), "--size", "64x64",
+    code = tfrecords.main(["--log-level", "WARNING", "convert", "--layout", "folder", "--root", os.path.join(videos, split), "--size", "64x64",
                      "--output", os.path.join(records, split), "--prefix", split, "--shards", "2",
                      "--no-progress"])
     if code != 0:
@@ -106,7 +107,9 @@ def draw_prediction(frames, title, path, shown=8):
 
 def run_demo(out, cfg=DemoConfig()):
     """Run every step; returns the summary dict (also written to `out/summary.json`)."""
-    from p3d_keras import export, predict, synthetic  # noqa: PLC0415
+    from p3d_keras.jobs import export  # noqa: PLC0415
+    from p3d_keras.jobs import predict  # noqa: PLC0415
+    from p3d_keras.jobs import synthetic  # noqa: PLC0415
 
     videos, records = os.path.join(out, "videos"), os.path.join(out, "records")
     log.info("1/5 rendering the synthetic motion dataset into %s", videos)
@@ -121,7 +124,7 @@ def run_demo(out, cfg=DemoConfig()):
     log.info("4/5 exporting the P3D as a SavedModel")
     import keras  # noqa: PLC0415
 
-    labels = cli_common.read_labels(os.path.join(records, "train", cli_common.LABELS))
+    labels = common.read_labels(os.path.join(records, "train", common.LABELS))
     saved = export.export_saved_model(keras.saving.load_model(p3d_path), os.path.join(out, "serving"),
                                       name="p3d_motion", labels=labels, warmup=False)
     log.info("5/5 classifying a held-out video through the SavedModel")
@@ -162,9 +165,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="p3d-demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
     p.add_argument("--fast", action="store_true", help="a tiny run that checks every step (seconds, not accuracy)")
-    p.add_argument("--epochs", type=cli_common.positive_int, help="override the number of training epochs")
+    p.add_argument("--epochs", type=common.positive_int, help="override the number of training epochs")
     args = p.parse_args(argv)
-    cli_common.setup_logging()
+    common.setup_logging()
     # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 and newer;
     # elsewhere they train this network 5x faster (bench/README.md, tf-onednn row). Set before TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

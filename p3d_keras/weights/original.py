@@ -12,9 +12,9 @@ import os
 import numpy as np
 from keras import layers
 
-from p3d_keras import cli_common
-from p3d_keras.layers import P3DBottleneck
-from p3d_keras.untrusted import MAX_BYTES, CheckpointError
+from p3d_keras.cli import common
+from p3d_keras.core.layers import P3DBottleneck
+from p3d_keras.weights.untrusted import MAX_BYTES, CheckpointError
 
 log = logging.getLogger(__name__)
 
@@ -146,12 +146,13 @@ def caffe_to_flat(blobs_by_layer, source="caffemodel"):
 def read_original(path, max_bytes=MAX_BYTES):
     """Read an original checkpoint. Returns `(naming, tensors)`: naming is "pytorch" or "caffe".
     The file may declare at most `max_bytes` of tensors; everything the readers refuse raises
-    CheckpointError naming the file (see `p3d_keras.checkpoints.read_state_dict`)."""
-    from p3d_keras import caffemodel, checkpoints  # noqa: PLC0415 (only needed to convert)
+    CheckpointError naming the file (see `p3d_keras.weights.pth.read_state_dict`)."""
+    from p3d_keras.weights import caffemodel  # noqa: PLC0415 (only needed to convert)
+    from p3d_keras.weights import pth  # noqa: PLC0415 (only needed to convert)
 
-    if checkpoints.sniff_format(path) == "caffe":
+    if pth.sniff_format(path) == "caffe":
         return "caffe", caffe_to_flat(caffemodel.read_caffemodel(path, max_bytes), source=os.fspath(path))
-    return "pytorch", checkpoints.read_state_dict(path, max_bytes)
+    return "pytorch", pth.read_state_dict(path, max_bytes)
 
 
 def _keras_values(targets, tensors, source):
@@ -248,8 +249,8 @@ def main(argv=None):
         return naming, model
 
     try:
-        naming, model = cli_common.run_program("p3d-convert-weights", run, args)
-    except cli_common.ProgramError:
+        naming, model = common.run_program("p3d-convert-weights", run, args)
+    except common.ProgramError:
         return 2
     model.save_weights(args.dst)
     log.info("wrote %s (depth %d, %s, graph %s, %d classes)", args.dst, args.depth, args.modality,

@@ -6,7 +6,7 @@ import logging
 import keras
 import numpy as np
 
-from p3d_keras import cli_common
+from p3d_keras.cli import common
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def extract_features(model, dataset):
     """Features of every clip of an `evaluation_dataset` and their per-video mean: a dict with
     `clip_features [N, D]`, `clip_labels`, `clip_video_ids`, `video_features [V, D]`,
     `video_labels`, `video_ids`."""
-    from p3d_keras.tfrecords_tools import metrics  # noqa: PLC0415
+    from p3d_keras.jobs import metrics  # noqa: PLC0415
 
     features, labels, video_ids = metrics.predict_clips(feature_model(model), dataset)
     videos, video_features, video_labels = metrics.average_by_video(features, labels, video_ids, name="features")
@@ -45,23 +45,23 @@ def build_parser():
                                 "per video (the paper's video representation) into an .npz file.")
     p.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
     p.add_argument("--out", required=True, help="output .npz file")
-    p.add_argument("--num-clips", type=cli_common.positive_int, default=20, help="clips per video (default 20)")
-    p.add_argument("--batch-size", type=cli_common.positive_int, default=8)
-    p.add_argument("--frame-stride", type=cli_common.positive_int, default=1)
+    p.add_argument("--num-clips", type=common.positive_int, default=20, help="clips per video (default 20)")
+    p.add_argument("--batch-size", type=common.positive_int, default=8)
+    p.add_argument("--frame-stride", type=common.positive_int, default=1)
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    cli_common.add_decoder_argument(p)
-    cli_common.add_model_arguments(p)
+    common.add_decoder_argument(p)
+    common.add_model_arguments(p)
     return p
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cli_common.setup_logging()
+    common.setup_logging()
     try:
-        model = cli_common.model_from_args(args, **({} if args.model else dict(include_top=False, pooling="avg")))
+        model = common.model_from_args(args, **({} if args.model else dict(include_top=False, pooling="avg")))
         if not args.out.endswith(".npz"):
             raise ValueError(f"--out must end in .npz. Received: --out={args.out!r}")
-        from p3d_keras.evaluation import clip_dataset_for  # noqa: PLC0415
+        from p3d_keras.jobs.evaluation import clip_dataset_for  # noqa: PLC0415
 
         result = extract_features(model, clip_dataset_for(model, args, args.num_clips))
     except (OSError, ValueError) as e:

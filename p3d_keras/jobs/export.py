@@ -15,7 +15,7 @@ Preprocessing runs inside the graph, in this order:
 2. resize keeping the aspect ratio so the short side is `resize_short_side` (bilinear, no
    antialiasing; the long side is `round(long * short_side / short)`, rounding half to even);
 3. centre crop to the model's `H x W`, starting at `(resized - crop) // 2` on each axis;
-4. cast to float32 and `p3d_keras.normalization.normalize` with the chosen preset.
+4. cast to float32 and `p3d_keras.core.normalization.normalize` with the chosen preset.
 
 `assets.extra/tf_serving_warmup_requests` holds one `PredictionLog` per signature (TFRecord), so the
 server traces and warms both graphs before it reports the model as available.
@@ -29,10 +29,10 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from p3d_keras import cli_common
-from p3d_keras.features import feature_model
-from p3d_keras.normalization import normalize
-from p3d_keras.protowire import group_fields, length_delimited, payload
+from p3d_keras.cli import common
+from p3d_keras.jobs.features import feature_model
+from p3d_keras.core.normalization import normalize
+from p3d_keras.core.protowire import group_fields, length_delimited, payload
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ DEFAULT_TOP_K = 5  # or every class, for a model with fewer
 #   predict.proto         PredictRequest { ModelSpec model_spec = 1; map<string, TensorProto> inputs = 2; }
 #   model.proto           ModelSpec { string name = 1; string signature_name = 3; }
 # A map entry is a message { key = 1; value = 2; }. tensorflow_serving.apis is not a dependency:
-# the messages are written (and read back) with p3d_keras.protowire by the functions below.
+# the messages are written (and read back) with p3d_keras.core.protowire by the functions below.
 PREDICTION_LOG_PREDICT_LOG = 6
 PREDICT_LOG_REQUEST = 1
 PREDICT_REQUEST_MODEL_SPEC, PREDICT_REQUEST_INPUTS = 1, 2
@@ -243,7 +243,7 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
         version: integer version directory; `None` takes the next integer after the existing ones.
             An existing version is never overwritten.
         labels: class names, one per class; default `"0"` .. `"classes - 1"`.
-        normalization: a preset name of `p3d_keras.normalization` (`caffe`, `imagenet`, `unit`,
+        normalization: a preset name of `p3d_keras.core.normalization` (`caffe`, `imagenet`, `unit`,
             `flow`): how the weights were trained.
         resize_short_side: short side before the centre crop; default `round(crop * 182 / 160)`,
             the paper's 182x242 -> 160x160 ratio (182 for a 160 px model).
@@ -295,17 +295,17 @@ def build_parser():
         prog="p3d-export",
         description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
                     "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
-    cli_common.add_model_arguments(p)
-    p.add_argument("--classes", type=cli_common.positive_int,
+    common.add_model_arguments(p)
+    p.add_argument("--classes", type=common.positive_int,
                    help="classes of a new network (default 400, or the preset's)")
     p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
     p.add_argument("--name", default="p3d", help="model name (default: p3d)")
-    p.add_argument("--version", type=cli_common.non_negative_int, default=None, help="version (default: next integer)")
+    p.add_argument("--version", type=common.non_negative_int, default=None, help="version (default: next integer)")
     p.add_argument("--labels", help="text file with one class name per line (default: the preset's class names)")
     p.add_argument("--normalization", help="caffe, imagenet, unit or flow (default: caffe, or the preset's)")
-    p.add_argument("--resize-short-side", type=cli_common.positive_int, default=None,
+    p.add_argument("--resize-short-side", type=common.positive_int, default=None,
                    help="short side before the centre crop (default: crop * 182 / 160)")
-    p.add_argument("--top-k", type=cli_common.positive_int,
+    p.add_argument("--top-k", type=common.positive_int,
                    help="top classes the serving signature returns (default: 5, or every class if fewer)")
     p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
     return p
@@ -316,17 +316,17 @@ def labels_and_normalization(args, model):
     (normalisation) the default for the model's modality."""
     from p3d_keras.applications import load_labels  # noqa: PLC0415
 
-    preset = cli_common.preset_of(args)
-    labels = cli_common.read_labels(args.labels) if args.labels else (load_labels(preset.labels) if preset else None)
-    return labels, cli_common.normalization_of(args, "flow" if model.input_shape[-1] == 2 else "rgb")
+    preset = common.preset_of(args)
+    labels = common.read_labels(args.labels) if args.labels else (load_labels(preset.labels) if preset else None)
+    return labels, common.normalization_of(args, "flow" if model.input_shape[-1] == 2 else "rgb")
 
 
 def main(argv=None):
     """`p3d-export --model model.keras --base-dir /models --name p3d [--labels labels.txt]`."""
     args = build_parser().parse_args(argv)
-    cli_common.setup_logging()
+    common.setup_logging()
     try:
-        model = cli_common.model_from_args(args, classes=args.classes)
+        model = common.model_from_args(args, classes=args.classes)
         labels, normalization = labels_and_normalization(args, model)
         path = export_saved_model(model, args.base_dir, name=args.name, version=args.version, labels=labels,
                                   normalization=normalization, resize_short_side=args.resize_short_side,

@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from p3d_keras import cli_common
+from p3d_keras.cli import common
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ def confusion_matrix(labels, predictions, classes):
 
 def evaluation_report(scores, labels, video_ids, class_names):
     """Hit rates, per-class video accuracy and the video-level confusion matrix."""
-    from p3d_keras.tfrecords_tools import metrics  # noqa: PLC0415
+    from p3d_keras.jobs import metrics  # noqa: PLC0415
 
     report = metrics.clip_and_video_hits(scores, labels, video_ids, k=(1, 5))
     _, video_scores, video_labels = metrics.average_by_video(scores, labels, video_ids, name="scores")
@@ -82,14 +82,14 @@ def build_parser():
     p.add_argument("--out", required=True,
                    help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
     p.add_argument("--labels", help="class names, one per line (default: labels.txt beside the shards)")
-    p.add_argument("--num-clips", type=cli_common.positive_int, default=20,
+    p.add_argument("--num-clips", type=common.positive_int, default=20,
                    help="clips per video (default 20, as the paper)")
     p.add_argument("--crops", choices=("center", "three"), default="center")
-    p.add_argument("--batch-size", type=cli_common.positive_int, default=8)
-    p.add_argument("--frame-stride", type=cli_common.positive_int, default=1)
+    p.add_argument("--batch-size", type=common.positive_int, default=8)
+    p.add_argument("--frame-stride", type=common.positive_int, default=1)
     p.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    cli_common.add_decoder_argument(p)
-    cli_common.add_model_arguments(p)
+    common.add_decoder_argument(p)
+    common.add_model_arguments(p)
     return p
 
 
@@ -97,17 +97,17 @@ def clip_dataset_for(model, args, num_clips):
     """The `evaluation_dataset` matching `model`'s input (clip length, crop size, channels)."""
     from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415
 
-    return reader.evaluation_dataset(cli_common.shard_files(args.data), batch_size=args.batch_size,
+    return reader.evaluation_dataset(common.shard_files(args.data), batch_size=args.batch_size,
                                      num_clips=num_clips, crops=getattr(args, "crops", "center"),
-                                     **cli_common.clip_options(model, args))
+                                     **common.clip_options(model, args))
 
 
 def run(args):
     """Evaluate as `p3d-evaluate` describes; returns the report dict."""
-    from p3d_keras.tfrecords_tools import metrics  # noqa: PLC0415
+    from p3d_keras.jobs import metrics  # noqa: PLC0415
 
-    class_names = cli_common.read_labels(args.labels) if args.labels else cli_common.collection_labels(args.data)
-    model = cli_common.model_from_args(args, classes=len(class_names) if class_names else None)
+    class_names = common.read_labels(args.labels) if args.labels else common.collection_labels(args.data)
+    model = common.model_from_args(args, classes=len(class_names) if class_names else None)
     classes = model.output_shape[-1]
     class_names = class_names or [str(i) for i in range(classes)]
     if len(class_names) != classes:
@@ -124,10 +124,10 @@ def run(args):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    cli_common.setup_logging()
+    common.setup_logging()
     try:
-        report = cli_common.run_program("p3d-evaluate", run, args)
-    except cli_common.ProgramError:
+        report = common.run_program("p3d-evaluate", run, args)
+    except common.ProgramError:
         return 2
     log.info("%d videos, %d clips: clip hit@1 %.4f, hit@5 %.4f; video hit@1 %.4f, hit@5 %.4f; report in %s",
              report["num_videos"], report["num_clips"], report["clip_hit@1"], report["clip_hit@5"],

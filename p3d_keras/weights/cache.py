@@ -29,7 +29,7 @@ import uuid
 
 import h5py
 
-from p3d_keras.fileutil import sha256_of
+from p3d_keras.core.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ def load_weights(model, weights):
     if path.endswith(KERAS_WEIGHTS_SUFFIXES):
         model.load_weights(path)
         return
-    from p3d_keras.convert import load_original_weights  # noqa: PLC0415
+    from p3d_keras.weights.original import load_original_weights  # noqa: PLC0415
 
     load_original_weights(model, path)
 

@@ -22,6 +22,14 @@ MODALITY_CHANNELS = {"rgb": 3, "flow": 2}
 DEFAULT_NORMALIZATION = {"rgb": "caffe", "flow": "flow"}  # for a modality, when nothing else says
 
 
+def modality_of_channels(channels):
+    """`"rgb"` for 3 channels, `"flow"` for 2; raises ValueError for any other count."""
+    for modality, count in MODALITY_CHANNELS.items():
+        if channels == count:
+            return modality
+    raise ValueError(f"Expected a clip of 3 (RGB) or 2 (flow) channels. Received: {channels} channels")
+
+
 @dataclasses.dataclass(frozen=True)
 class Normalization:
     """How frames are turned into network input: `(x[..., order] / scale - mean) / std`."""

@@ -16,12 +16,12 @@ The authors' Caffe graph and the PyTorch port merge B and C differently (`graph=
 when the input is a clip, as in res5.
 
 `Normalize` turns uint8 frames (the reader's `output_dtype="uint8"`) into a network's normalised
-input on the model's device, with `p3d_keras.normalization.normalize`.
+input on the model's device, with `p3d_keras.core.normalization.normalize`.
 """
 import keras
 from keras import layers, ops
 
-from p3d_keras import normalization as norm_lib
+from p3d_keras.core import normalization as norm_lib
 
 KINDS = ("A", "B", "C", "2D")
 GRAPHS = ("caffe", "pytorch")
@@ -176,10 +176,10 @@ class P3DBottleneck(layers.Layer):
 @keras.saving.register_keras_serializable(package="p3d_keras")
 class Normalize(layers.Layer):
     """Cast frames (uint8, or any number type holding 0-255) to float32 and normalise them with a
-    `p3d_keras.normalization` preset: the reader's `output_dtype="uint8"` clips in, exactly the
+    `p3d_keras.core.normalization` preset: the reader's `output_dtype="uint8"` clips in, exactly the
     reader's float32 clips for that preset out, computed on the model's device.
 
-    The arithmetic is `p3d_keras.normalization.normalize` (the presets' one definition), in
+    The arithmetic is `p3d_keras.core.normalization.normalize` (the presets' one definition), in
     float32; the result is cast to the layer's compute dtype (float16 under `mixed_float16`).
 
     Args:

@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from p3d_keras.cli_common import shard_files
+from p3d_keras.cli.common import shard_files
 
 from . import sources
 from . import video

@@ -62,14 +62,14 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "p3d-convert-weights=p3d_keras.convert:main",
-            "p3d-tfrecords=p3d_keras.tfrecords_tools.cli:main",
-            "p3d-train=p3d_keras.training:main",
-            "p3d-evaluate=p3d_keras.evaluation:main",
-            "p3d-extract-features=p3d_keras.features:main",
-            "p3d-export=p3d_keras.export:main",
-            "p3d-predict=p3d_keras.predict:main",
-            "p3d-demo=p3d_keras.demo:main",
+            "p3d-convert-weights=p3d_keras.cli.convert_weights:main",
+            "p3d-tfrecords=p3d_keras.cli.tfrecords:main",
+            "p3d-train=p3d_keras.cli.train:main",
+            "p3d-evaluate=p3d_keras.cli.evaluate:main",
+            "p3d-extract-features=p3d_keras.cli.extract_features:main",
+            "p3d-export=p3d_keras.cli.export:main",
+            "p3d-predict=p3d_keras.cli.predict:main",
+            "p3d-demo=p3d_keras.cli.demo:main",
         ],
     },
 )

@@ -48,5 +48,12 @@ def decode_predictions(preds, top=5, preset="kinetics400"):
     if preds.ndim != 2 or preds.shape[1] != len(labels):
         raise ValueError(f"decode_predictions expects a batch of predictions of shape (samples, {len(labels)}) "
                          f"for preset={preset!r}. Received: preds.shape={preds.shape}")
-    order = np.argsort(-preds, axis=1, kind="stable")[:, :top]
-    return [[(int(i), labels[i], float(row[i])) for i in idx] for row, idx in zip(preds, order)]
+    return [top_classes(row, labels, top) for row in preds]
+
+
+def top_classes(scores, labels=None, top=5):
+    """`(index, label, score)` of the `top` highest of the 1-D `scores`, best first (ties: the
+    lower index first); label is `labels[index]`, or the index as a string without labels."""
+    scores = np.asarray(scores)
+    order = np.argsort(-scores, kind="stable")[:top]
+    return [(int(i), labels[i] if labels else str(i), float(scores[i])) for i in order]

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import checkpoint_fixtures as cf
+from p3d_keras.cli import convert_weights
 from p3d_keras.weights import original
 from p3d_keras.applications import P3DResNet
 from p3d_keras.weights.untrusted import CheckpointError
@@ -18,7 +19,7 @@ def p3d63_npz(tmp_path_factory, reference):
 
 def test_cli_writes_keras_weights_that_match_direct_loading(p3d63_npz, tmp_path, reference):
     dst = tmp_path / "p3d63.weights.h5"
-    assert original.main([str(p3d63_npz), str(dst), "--depth", "63", "--graph", "pytorch"]) == 0
+    assert convert_weights.main([str(p3d63_npz), str(dst), "--depth", "63", "--graph", "pytorch"]) == 0
     clip = reference.reference_input(0)
     direct = P3DResNet(63, graph="pytorch", weights=p3d63_npz).predict(clip, verbose=0)
     converted = P3DResNet(63, graph="pytorch", weights=dst).predict(clip, verbose=0)
@@ -28,10 +29,10 @@ def test_cli_writes_keras_weights_that_match_direct_loading(p3d63_npz, tmp_path,
 def test_cli_reports_bad_input(tmp_path, caplog, capsys):
     bogus = tmp_path / "notes.pth"
     bogus.write_text("not a checkpoint")
-    assert original.main([str(bogus), str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
+    assert convert_weights.main([str(bogus), str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
     assert "notes.pth" in caplog.text
     with pytest.raises(SystemExit) as info:
-        original.main([str(bogus), str(tmp_path / "x.h5")])
+        convert_weights.main([str(bogus), str(tmp_path / "x.h5")])
     assert info.value.code == 2
     assert "DST must end in .weights.h5. Received: dst=" in capsys.readouterr().err
 
@@ -40,7 +41,7 @@ def test_cli_reports_bad_input(tmp_path, caplog, capsys):
 def test_cli_refuses_each_hostile_file_with_exit_2_and_one_message(tmp_path, caplog, capsys, case):
     build, fragment = cf.HOSTILE[case]
     path = build(str(tmp_path))
-    assert original.main([path, str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
+    assert convert_weights.main([path, str(tmp_path / "x.weights.h5"), "--depth", "63"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and path in errors[0] and fragment in errors[0], errors
     assert "Traceback" not in caplog.text + capsys.readouterr().err

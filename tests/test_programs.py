@@ -11,17 +11,23 @@ import numpy as np
 import pytest
 
 from p3d_keras.cli import common
+from p3d_keras.cli import evaluate as evaluate_cli
+from p3d_keras.cli import export as export_cli
+from p3d_keras.cli import extract_features as extract_features_cli
+from p3d_keras.cli import predict as predict_cli
+from p3d_keras.cli import train as train_cli
 from p3d_keras.jobs import evaluation
 from p3d_keras.jobs import export
-from p3d_keras.jobs import features
 from p3d_keras.jobs import predict
 from p3d_keras.jobs import training
+from p3d_keras.jobs.models import ModelSpec
 from p3d_keras.applications import P3DResNet
 from p3d_keras.core.layers import Normalize
 from p3d_keras.tfrecords_tools import index
 from shard_fixtures import write_shards
 
 MODEL_ARGS = ["--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]
+SPEC = ModelSpec(depth=(1, 1, 1, 1), width=4, frames=16, size=32)  # what MODEL_ARGS say
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,7 +48,7 @@ def shards(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(shards, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained")
-    code = training.main(["--train", str(shards / "train"), "--val", str(shards / "test"), "--out", str(out),
+    code = train_cli.main(["--train", str(shards / "train"), "--val", str(shards / "test"), "--out", str(out),
                           "--epochs", "2", "--batch-size", "4", "--lr", "0.01", "--seed", "1", "--verbose", "0",
                           "--reads", "windows", *MODEL_ARGS])
     assert code == 0
@@ -64,11 +70,8 @@ def test_uint8_and_float32_input_train_the_same_network(shards, tmp_path):
     def train(input_dtype):
         keras.utils.set_random_seed(0)
         out = tmp_path / input_dtype
-        args = training.build_parser().parse_args([
-            "--train", str(shards / "train"), "--val", str(shards / "test"), "--out", str(out), "--epochs", "1",
-            "--batch-size", "4", "--lr", "0.01", "--seed", "3", "--verbose", "0", "--input-dtype", input_dtype,
-            *MODEL_ARGS])
-        history = training.run(args)
+        history = training.train(SPEC, train=str(shards / "train"), val=str(shards / "test"), out=str(out), epochs=1,
+                                 batch_size=4, lr=0.01, seed=3, verbose=0, input_dtype=input_dtype)
         assert history.model.name.startswith("p3d") and history.model.inputs[0].dtype == "float32"
         saved = keras.saving.load_model(out / "last.keras")
         for a, b in zip(saved.weights, history.model.weights):
@@ -93,9 +96,10 @@ def test_training_resumes_after_an_interruption(shards, tmp_path, monkeypatch):
     args = ["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "3", "--batch-size", "4",
             "--optimizer", "adamw", "--seed", "2", "--verbose", "0", *MODEL_ARGS]
     with pytest.raises(KeyboardInterrupt):
-        training.main(args)
+        train_cli.main(args)
     monkeypatch.setattr(training, "training_callbacks", make_callbacks)
-    history = training.run(training.build_parser().parse_args(args))
+    history = training.train(SPEC, train=str(shards / "train"), out=str(tmp_path), epochs=3, batch_size=4,
+                             optimizer="adamw", seed=2, verbose=0)
     assert len(history.history["loss"]) == 1  # only epoch 2 was left
     assert [int(r["epoch"]) for r in csv.DictReader(open(tmp_path / "log.csv"))] == [0, 1, 2]
 
@@ -143,7 +147,7 @@ def test_multi_device_training(shards, tmp_path, backend, distribute, setup):
     env = {**os.environ, "KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     argv = ["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "1", "--batch-size", "4",
             "--distribute", distribute, "--verbose", "0", *MODEL_ARGS]
-    code = f"{setup}\nimport sys\nfrom p3d_keras.jobs.training import main\nsys.exit(main({argv!r}))"
+    code = f"{setup}\nimport sys\nfrom p3d_keras.cli.train import main\nsys.exit(main({argv!r}))"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -165,7 +169,7 @@ def test_evaluation_report_against_hand_computed_values():
 
 def test_evaluate_program(shards, trained, tmp_path):
     out = tmp_path / "eval"
-    assert evaluation.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "2",
+    assert evaluate_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "2",
                             "--model", str(trained / "last.keras")]) == 0
     report = json.load(open(out / "report.json"))
     assert report["num_videos"] == 6 and report["num_clips"] == 12
@@ -177,7 +181,7 @@ def test_evaluate_program(shards, trained, tmp_path):
 
 def test_extract_features_program(shards, trained, tmp_path):
     out = tmp_path / "features.npz"
-    assert features.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "3",
+    assert extract_features_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "3",
                           "--model", str(trained / "last.keras")]) == 0
     data = np.load(out)
     assert data["clip_features"].shape == (18, 128) and data["video_features"].shape == (6, 128)
@@ -185,7 +189,7 @@ def test_extract_features_program(shards, trained, tmp_path):
     np.testing.assert_allclose(data["video_features"][0],
                                data["clip_features"][data["clip_video_ids"] == first].mean(axis=0), rtol=1e-5)
     assert sorted(data["video_ids"]) == [f"v{i}" for i in range(6)]
-    assert features.main(["--data", str(shards / "test"), "--out", str(tmp_path / "f.txt"), *MODEL_ARGS]) == 2
+    assert extract_features_cli.main(["--data", str(shards / "test"), "--out", str(tmp_path / "f.txt"), *MODEL_ARGS]) == 2
 
 
 def test_predict_program(trained, tmp_path, capsys):
@@ -195,11 +199,11 @@ def test_predict_program(trained, tmp_path, capsys):
     rng = np.random.default_rng(0)
     video = tmp_path / "clip.mp4"
     synthetic.write_video(video, synthetic.render_clip("move_left", rng, frames=24, size=48))
-    assert predict.main([str(video), "--model", str(trained / "last.keras"), "--labels",
+    assert predict_cli.main([str(video), "--model", str(trained / "last.keras"), "--labels",
                          str(trained.parent / "dummy")]) == 2  # a missing labels file is reported
     labels = tmp_path / "labels.txt"
     labels.write_text("jump\nrun\nsit\n")
-    assert predict.main([str(video), "--model", str(trained / "last.keras"), "--labels", str(labels),
+    assert predict_cli.main([str(video), "--model", str(trained / "last.keras"), "--labels", str(labels),
                          "--top", "3", "--num-clips", "2"]) == 0
     printed = capsys.readouterr().out
     assert "clip.mp4" in printed and all(name in printed for name in ("jump", "run", "sit"))
@@ -207,10 +211,10 @@ def test_predict_program(trained, tmp_path, capsys):
     saved = export.export_saved_model(model, tmp_path / "serving", labels=["jump", "run", "sit"], top_k=3,
                                       warmup=False)
     frames = predict.read_video(str(video))
-    probabilities, top_labels = predict.predict_saved_model(frames, saved)
+    probabilities, top_labels = predict.saved_model_probabilities(frames, saved)
     assert probabilities.shape == (3,) and set(top_labels) == {"jump", "run", "sit"}
-    np.testing.assert_allclose(probabilities, predict.predict_video(frames, model, num_clips=1), atol=1e-5)
-    looped = predict.predict_video(frames[:8], model, num_clips=2)  # short videos loop, as in evaluation
+    np.testing.assert_allclose(probabilities, predict.video_probabilities(frames, model, num_clips=1), atol=1e-5)
+    looped = predict.video_probabilities(frames[:8], model, num_clips=2)  # short videos loop, as in evaluation
     assert looped.shape == (3,) and np.isclose(looped.sum(), 1.0)
 
 
@@ -238,9 +242,7 @@ def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path,
     source = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=5)
     os.makedirs(cache.cache_dir())
     source.save_weights(os.path.join(cache.cache_dir(), preset.filename))  # in the cache: no network
-    args = training.build_parser().parse_args(["--train", str(shards / "train"), "--out", str(tmp_path),
-                                               "--weights", "tiny5", *MODEL_ARGS])
-    model = training.model_for_classes(args, classes=3)
+    model = training.model_for_classes(dataclasses.replace(SPEC, weights="tiny5"), classes=3)
     assert model.output_shape == (None, 3)
     for name in ("conv1", "res3a", "res5a"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
@@ -267,7 +269,7 @@ def test_evaluate_without_matplotlib_writes_the_report_and_skips_the_png(shards,
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     out = tmp_path / "eval"
-    assert evaluation.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "1",
+    assert evaluate_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "1",
                             "--model", str(tiny_classifier[0])]) == 0
     assert json.load(open(out / "report.json"))["num_videos"] == 6
     assert not (out / "confusion_matrix.png").exists()
@@ -326,7 +328,7 @@ def test_predict_reports_a_bad_video_and_exits_2(kind, expected, tiny_classifier
     path = str(bad_video(kind, tmp_path))
     model_file, saved = tiny_classifier
     source = ["--saved-model", saved] if kind == "short" else ["--model", str(model_file)]
-    assert predict.main([path, *source]) == 2
+    assert predict_cli.main([path, *source]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert len(errors) == 1 and errors[0].startswith("p3d-predict: ") and repr(path) in errors[0]
     assert expected.format(path=path) in errors[0] and "Traceback" not in errors[0]
@@ -335,9 +337,9 @@ def test_predict_reports_a_bad_video_and_exits_2(kind, expected, tiny_classifier
     assert capsys.readouterr().out == ""
 
 
-PARSERS = {"p3d-train": training.build_parser, "p3d-evaluate": evaluation.build_parser,
-           "p3d-extract-features": features.build_parser, "p3d-export": export.build_parser,
-           "p3d-predict": predict.build_parser}
+PARSERS = {"p3d-train": train_cli.build_parser, "p3d-evaluate": evaluate_cli.build_parser,
+           "p3d-extract-features": extract_features_cli.build_parser, "p3d-export": export_cli.build_parser,
+           "p3d-predict": predict_cli.build_parser}
 
 
 def test_every_numeric_flag_is_range_checked():
@@ -347,19 +349,19 @@ def test_every_numeric_flag_is_range_checked():
 
 
 @pytest.mark.parametrize("main, argv", [
-    (predict.main, ["v.mp4", "--num-clips", "0"]),
-    (predict.main, ["v.mp4", "--top", "-1"]),
-    (predict.main, ["v.mp4", "--max-frames", "many"]),
-    (evaluation.main, ["--data", "d", "--out", "o", "--batch-size", "0"]),
-    (evaluation.main, ["--data", "d", "--out", "o", "--frame-stride", "0"]),
-    (features.main, ["--data", "d", "--out", "o.npz", "--num-clips", "0"]),
-    (training.main, ["--train", "t", "--out", "o", "--epochs", "0"]),
-    (training.main, ["--train", "t", "--out", "o", "--lr", "nan"]),
-    (training.main, ["--train", "t", "--out", "o", "--weight-decay", "-0.1"]),
-    (export.main, ["--base-dir", "b", "--top-k", "0"]),
-    (export.main, ["--base-dir", "b", "--frames", "0"]),
-    (export.main, ["--base-dir", "b", "--size", "-32"]),
-    (export.main, ["--base-dir", "b", "--dropout", "1.5"]),
+    (predict_cli.main, ["v.mp4", "--num-clips", "0"]),
+    (predict_cli.main, ["v.mp4", "--top", "-1"]),
+    (predict_cli.main, ["v.mp4", "--max-frames", "many"]),
+    (evaluate_cli.main, ["--data", "d", "--out", "o", "--batch-size", "0"]),
+    (evaluate_cli.main, ["--data", "d", "--out", "o", "--frame-stride", "0"]),
+    (extract_features_cli.main, ["--data", "d", "--out", "o.npz", "--num-clips", "0"]),
+    (train_cli.main, ["--train", "t", "--out", "o", "--epochs", "0"]),
+    (train_cli.main, ["--train", "t", "--out", "o", "--lr", "nan"]),
+    (train_cli.main, ["--train", "t", "--out", "o", "--weight-decay", "-0.1"]),
+    (export_cli.main, ["--base-dir", "b", "--top-k", "0"]),
+    (export_cli.main, ["--base-dir", "b", "--frames", "0"]),
+    (export_cli.main, ["--base-dir", "b", "--size", "-32"]),
+    (export_cli.main, ["--base-dir", "b", "--dropout", "1.5"]),
 ])
 def test_invalid_numbers_are_argument_errors(main, argv, capsys):
     with pytest.raises(SystemExit) as info:

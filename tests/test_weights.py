@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import PARITY_TOLERANCE
+from p3d_keras.cli import convert_weights
 from p3d_keras.weights import original
 from p3d_keras.weights import cache
 from p3d_keras.applications import (PRESETS, P3DResNet, P3DResNet199, decode_predictions, get_preset,
@@ -317,7 +318,7 @@ def test_caffemodel_reproduces_the_caffe_graph(depth, reference, expected, tmp_p
     path = tmp_path / f"p3d{depth}.caffemodel"
     write_caffemodel(path, caffe_blobs(reference.build_state_dict(0, depth=depth), model))
     model = P3DResNet(depth, classifier_activation=None)  # fresh weights: only the file can make it pass
-    assert original.main([str(path), str(tmp_path / "c.weights.h5"), "--depth", str(depth)]) == 0
+    assert convert_weights.main([str(path), str(tmp_path / "c.weights.h5"), "--depth", str(depth)]) == 0
     model.load_weights(tmp_path / "c.weights.h5")
     logits = model.predict(reference.reference_input(0), verbose=0)
     np.testing.assert_allclose(logits, expected(depth)["logits_caffe"], rtol=0, atol=PARITY_TOLERANCE[depth])

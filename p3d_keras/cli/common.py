@@ -1,11 +1,10 @@
-"""What the programs (train, evaluate, extract-features, export, predict) share: the model
-arguments and how a model is made from them, and how a converter output folder is read."""
+"""What the programs share, declared once: the argparse types of numeric flags, the flag groups
+(model, clips, batch size, labels), and `run`, which turns an expected error into one message and
+exit code 2. Light on purpose: `p3d-tfrecords` uses it and never imports Keras or TensorFlow."""
 import argparse
-import glob
-import json
 import logging
 import math
-import os
+import sys
 
 
 def _number(kind, minimum, strict, expected):
@@ -59,24 +58,63 @@ def add_model_arguments(parser):
 def add_decoder_argument(parser):
     """`--decoder` of the programs that read clips (`reader.training_dataset(decoder=...)`)."""
     parser.add_argument("--decoder", choices=("auto", "native", "tf"), default="auto",
-                        help="JPEG clip decoder: native (a compiled op, built on first use; 8-19%% less CPU per clip), "
+                        help="JPEG clip decoder: native (a compiled op, built on first use; less CPU per clip), "
                              "tf (TensorFlow's ops), auto (default: native when it can be built); the same clips")
 
 
+def add_clip_arguments(parser, *, batch_size=8):
+    """The flags of the programs that read clips from shards: `--batch-size`, `--frame-stride`,
+    `--normalization` and `--decoder`."""
+    group = parser.add_argument_group("clips")
+    group.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
+    group.add_argument("--frame-stride", type=positive_int, default=1, help="take every k-th frame (default 1)")
+    add_normalization_argument(group)
+    add_decoder_argument(group)
+    return group
 
-class ProgramError(Exception):
-    """Bad input reported by a program; `main` turns it into exit status 2."""
+
+def add_normalization_argument(parser):
+    """`--normalization`: a name of `p3d_keras.core.normalization.NORMALIZATIONS`."""
+    parser.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
 
 
-def run_program(name, fn, *args):
-    """`fn(*args)`, with bad input (OSError, ValueError) logged as `name: message` and re-raised
-    as ProgramError, so a `main` reports it and exits 2 instead of printing a traceback."""
+def add_labels_argument(parser, default):
+    """`--labels`: a class-name file, one per line (`default` says what is used without it)."""
+    parser.add_argument("--labels", help=f"class names, one per line (default: {default})")
+
+
+def model_spec(args):
+    """The `jobs.models.ModelSpec` of `add_model_arguments`' flags."""
+    from p3d_keras.jobs.models import ModelSpec, parse_depth  # noqa: PLC0415 (Keras: kept out of p3d-tfrecords)
+
+    return ModelSpec(model=args.model, depth=parse_depth(args.depth), width=args.width, weights=args.weights,
+                     graph=args.graph, modality=args.modality, frames=args.frames, size=args.size,
+                     dropout=args.dropout, temporal=not args.no_temporal)
+
+
+def clip_arguments(args):
+    """The keyword arguments of `add_clip_arguments`' flags (batch size apart), as the jobs take them."""
+    return dict(normalization=args.normalization, frame_stride=args.frame_stride, decoder=args.decoder)
+
+
+EXPECTED_ERRORS = (OSError, ValueError)  # bad input, a file that cannot be read or written
+
+
+def run(prog, job, *, done=None, expected=(), log_level="INFO"):
+    """Run `job()` as the program `prog` and return its exit code. Logging is set up at
+    `log_level`; an expected error (`EXPECTED_ERRORS`, plus `expected`) is logged as one line
+    `prog: message` and gives 2, without a traceback; otherwise `done(result)` reports the
+    result and its return value (None: 0) is the exit code."""
+    setup_logging(log_level)
     try:
-        return fn(*args)
-    except (OSError, ValueError) as e:
-        logging.getLogger(name).error("%s: %s", name, e)
-        raise ProgramError(str(e)) from e
+        result = job()
+    except (*EXPECTED_ERRORS, *expected) as error:
+        logging.getLogger(prog).error("%s: %s", prog, error)
+        return 2
+    code = done(result) if done is not None else None
+    return 0 if code is None else code
 
 
 def setup_logging(level="INFO"):
-    logging.basicConfig(level=getattr(logging, level), format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(level=getattr(logging, level) if isinstance(level, str) else level,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

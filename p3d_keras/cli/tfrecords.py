@@ -12,11 +12,8 @@ import pathlib
 import sys
 import time
 
-from p3d_keras.cli.common import shard_files
-
-from . import sources
-from . import video
-from . import writer
+from p3d_keras.cli import common
+from p3d_keras.tfrecords_tools import beam, collection, index, inspection, sources, video, writer
 
 logger = logging.getLogger("p3d_keras.tfrecords_tools")
 
@@ -27,18 +24,6 @@ def _size(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"Expected HEIGHTxWIDTH, e.g. 182x242. Received: --size={text!r}")
     return height, width
-
-
-def _positive(kind):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or value <= 0:
-            raise argparse.ArgumentTypeError(f"Expected a positive {kind.__name__}. Received: {text!r}")
-        return value
-    return parse
 
 
 def _add_input_args(parser):
@@ -52,34 +37,34 @@ def _add_input_args(parser):
     group.add_argument("--csv", help="the Kinetics or path,label CSV file")
     group.add_argument("--split-dir", help="folder with the official split files (UCF101, HMDB51)")
     group.add_argument("--split", help="train/test (UCF101, HMDB51) or the Kinetics split column value")
-    group.add_argument("--fold", type=int, default=1, help="official split number (default 1)")
+    group.add_argument("--fold", type=common.positive_int, default=1, help="official split number (default 1)")
     group.add_argument("--label-file", help="class names in index order (default: sorted names)")
     group = parser.add_argument_group("frames")
     group.add_argument("--size", type=_size, default=video.PAPER_SIZE,
                        help="HEIGHTxWIDTH to resize to (default 182x242, the paper's)")
-    group.add_argument("--short-side", type=_positive(int), help="resize the short side to N, keep aspect")
+    group.add_argument("--short-side", type=common.positive_int, help="resize the short side to N, keep aspect")
     group.add_argument("--fps", type=_positive(float), help="resample to this frame rate")
     group.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95 (default 90)")
-    group.add_argument("--max-frames", type=_positive(int), help="keep at most N frames per video")
-    group.add_argument("--min-frames", type=_positive(int), default=1,
+    group.add_argument("--max-frames", type=common.positive_int, help="keep at most N frames per video")
+    group.add_argument("--min-frames", type=common.positive_int, default=1,
                        help="fewer frames is a failure (default 1)")
     group = parser.add_argument_group("output")
     group.add_argument("--output", "-o", required=True, help="output folder (beam: file prefix)")
-    group.add_argument("--shards", type=_positive(int), help="number of shards")
-    group.add_argument("--videos-per-shard", type=_positive(int), default=100,
+    group.add_argument("--shards", type=common.positive_int, help="number of shards")
+    group.add_argument("--videos-per-shard", type=common.positive_int, default=100,
                        help="sets the shard count when --shards is not given (default 100)")
     group.add_argument("--gzip", action="store_true", help="GZIP-compress the shards")
 
 
-def _build_parser():
+def build_parser():
     parser = argparse.ArgumentParser(prog="p3d-tfrecords", description=__doc__.split("\n")[0])
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert videos into sharded TFRecords (resumable)")
     _add_input_args(convert)
     convert.add_argument("--prefix", default="data", help="shard file prefix (default 'data')")
-    convert.add_argument("--workers", type=int, help="worker processes (default: all cores; 0: in-process)")
-    convert.add_argument("--threads", type=int, help="decoder and scaler threads per video (default: cores/workers)")
+    convert.add_argument("--workers", type=common.non_negative_int, help="worker processes (default: all cores; 0: in-process)")
+    convert.add_argument("--threads", type=common.non_negative_int, help="decoder and scaler threads per video (default: cores/workers)")
     convert.add_argument("--strict", action="store_true", help="exit 1 if any video failed")
     convert.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
     beam = commands.add_parser("beam", help="the same conversion as an Apache Beam pipeline; "
@@ -90,7 +75,7 @@ def _build_parser():
     inspect.add_argument("--gzip", action="store_true",
                          help="insist that the shards are GZIP-compressed (by default each is read as its bytes say)")
     inspect.add_argument("--contact-sheet", help="save a PNG grid of one record's frames here")
-    inspect.add_argument("--record", type=int, default=0, help="record for the contact sheet")
+    inspect.add_argument("--record", type=common.non_negative_int, default=0, help="record for the contact sheet")
     index = commands.add_parser("index", help="write the window index of uncompressed shards (for "
                                               "training_dataset(reads='windows'), p3d-train --reads windows)")
     index.add_argument("paths", nargs="+", help="shard files or folders of shards")
@@ -147,26 +132,21 @@ def _convert(args):
         summary = writer.convert(items, label_map, args.output, decode=_decode_options(args, args.threads or 0),
                                  num_shards=num_shards, compression="GZIP" if args.gzip else None,
                                  prefix=args.prefix, workers=args.workers, on_progress=display)
-    except (writer.OutputError, OSError) as error:
-        logger.error("%s", error)
-        return 2
     finally:
         display.close()
     totals = summary.manifest["totals"]
     logger.info("Done in %.1fs: %d records (%d frames, %.1f MB) in %d shards, %d failed, %d shards "
                 "kept from an earlier run. Manifest: %s", summary.elapsed_s, totals["records"],
                 totals["frames"], totals["bytes"] / 1e6, len(summary.manifest["shards"]),
-                summary.failed, summary.resumed_shards, pathlib.Path(args.output) / writer.MANIFEST)
+                summary.failed, summary.resumed_shards, pathlib.Path(args.output) / collection.MANIFEST)
     if summary.failed:
-        logger.warning("%d videos failed; see %s", summary.failed, pathlib.Path(args.output) / writer.FAILURES)
+        logger.warning("%d videos failed; see %s", summary.failed, pathlib.Path(args.output) / collection.FAILURES)
     if summary.converted == 0 or (args.strict and summary.failed):
         return 1
     return 0
 
 
 def _beam(args, pipeline_args):
-    from . import beam
-
     items, label_map = _list(args)
     compression = "GZIP" if args.gzip else None
     beam.run(items, label_map, args.output, pipeline_args=pipeline_args,
@@ -179,26 +159,22 @@ def _beam(args, pipeline_args):
 
 def _shard_paths(paths):
     """The shards of each of `paths` (a shard, a glob, or a folder of `*.tfrecord` and
-    `*.tfrecord.gz` shards: `cli_common.shard_files`, so an interrupted write's `.tmp` file is
+    `*.tfrecord.gz` shards: `collection.shard_files`, so an interrupted write's `.tmp` file is
     not one); raises a `ValueError` naming a path that holds none."""
-    return [pathlib.Path(shard) for path in paths for shard in shard_files(str(path))]
+    return [pathlib.Path(shard) for path in paths for shard in collection.shard_files(str(path))]
 
 
 def _inspect(args):
-    from . import inspect
-
     paths = _shard_paths(args.paths)
     compression = "GZIP" if args.gzip else "auto"
-    print(json.dumps(inspect.summarize(paths, compression), indent=1, ensure_ascii=False))
+    print(json.dumps(inspection.summarize(paths, compression), indent=1, ensure_ascii=False))
     if args.contact_sheet:
-        media_id = inspect.contact_sheet(paths, args.contact_sheet, record=args.record,
-                                         compression=compression)
+        media_id = inspection.contact_sheet(paths, args.contact_sheet, record=args.record, compression=compression)
         print(f"Contact sheet of {media_id!r}: {args.contact_sheet}")
     return 0
 
 
 def _index(args):
-    from . import index
 
     failed = 0
     for path in _shard_paths(args.paths):
@@ -221,20 +197,7 @@ def _index(args):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     argv, pipeline_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
-    try:
-        if args.command == "convert":
-            return _convert(args)
-        if args.command == "beam":
-            return _beam(args, pipeline_args)
-        if args.command == "index":
-            return _index(args)
-        return _inspect(args)
-    except (ValueError, FileNotFoundError) as error:
-        logger.error("%s", error)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    args = build_parser().parse_args(argv)
+    commands = {"convert": _convert, "beam": lambda a: _beam(a, pipeline_args), "index": _index, "inspect": _inspect}
+    return common.run("p3d-tfrecords", lambda: commands[args.command](args), done=lambda code: code,
+                      expected=(writer.OutputError,), log_level=args.log_level)

@@ -2,22 +2,29 @@
 
 1. render textured objects moving left/right/up/down, rotating cw/ccw, approaching/receding
    (random appearance and start, every frame distributed alike across classes) as mp4 files;
-2. convert them with `p3d-tfrecords convert`;
+2. convert them to TFRecords (`tfrecords_tools.writer.convert`, what `p3d-tfrecords convert` runs);
 3. train a small P3D (reduced stage table, width 16, 16x64x64 clips, AdamW) and the same network
-   without its temporal convolutions (a 2D control, blind to the direction of time) with `p3d-train`;
-4. evaluate both on held-out videos (`p3d-evaluate`: video accuracy, and per direction pair);
-5. export the P3D as a SavedModel (`p3d-export`) and classify a held-out video through it;
+   without its temporal convolutions (a 2D control, blind to the direction of time) with
+   `training.train` (`p3d-train`);
+4. evaluate both on held-out videos (`evaluation.evaluate`: video accuracy, and per direction pair);
+5. export the P3D as a SavedModel (`export.export_saved_model`) and classify a held-out video through it;
 6. draw a picture of that video's frames with the prediction.
+
+`run_demo` does it all; the `p3d-demo` program (`make demo`) prints its summary.
 """
-import argparse
 import dataclasses
 import json
 import logging
 import os
 
+import keras
 import numpy as np
 
-from p3d_keras.cli import common
+from p3d_keras.applications import top_classes
+from p3d_keras.core.labels import read_label_file
+from p3d_keras.jobs import evaluation, export, predict, synthetic, training
+from p3d_keras.jobs.models import ModelSpec, parse_depth
+from p3d_keras.tfrecords_tools import collection, sources, video, writer
 
 log = logging.getLogger(__name__)
 
@@ -56,38 +63,31 @@ def pair_accuracy(report, pair):
 
 
 def train_and_evaluate(records, out, cfg, temporal):
-    """`p3d-train` then `p3d-evaluate` one network; returns (best model path, evaluation report)."""
-    from p3d_keras.jobs import evaluation  # noqa: PLC0415
-    from p3d_keras.jobs import training  # noqa: PLC0415
-
+    """Train then evaluate one network; returns (its last model's path, the evaluation report)."""
     name = "p3d" if temporal else "control_2d"
-    model_args = ["--depth", cfg.depth, "--width", str(cfg.width), "--frames", "16", "--size", str(cfg.size),
-                  "--dropout", "0.2"] + ([] if temporal else ["--no-temporal"])
-    stride = ["--frame-stride", str(cfg.frame_stride)]
-    train_args = ["--train", os.path.join(records, "train"), "--out", os.path.join(out, name),
-                  "--epochs", str(cfg.epochs), "--batch-size", str(cfg.batch_size), "--lr", str(cfg.lr),
-                  "--optimizer", cfg.optimizer,
-                  "--schedule", "cosine", "--no-partial-bn", "--no-flip", "--weight-decay", "1e-4", "--seed", str(cfg.seed),
-                  "--verbose", "2"] + model_args + stride
-    history = training.run(training.build_parser().parse_args(train_args))
+    spec = ModelSpec(depth=parse_depth(cfg.depth), width=cfg.width, frames=16, size=cfg.size, dropout=0.2,
+                     temporal=temporal)
+    history = training.train(spec, train=os.path.join(records, "train"), out=os.path.join(out, name),
+                             epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, optimizer=cfg.optimizer,
+                             schedule="cosine", partial_bn=False, flip=False, weight_decay=1e-4, seed=cfg.seed,
+                             verbose=2, frame_stride=cfg.frame_stride)
     if not history.history:
         raise RuntimeError(f"training {name} ran no epoch")
     model_path = os.path.join(out, name, "last.keras")
-    report = evaluation.run(evaluation.build_parser().parse_args(
-        ["--data", os.path.join(records, "test"), "--out", os.path.join(out, name, "evaluation"),
-         "--num-clips", str(cfg.eval_clips), "--model", model_path] + stride))
+    report = evaluation.evaluate(ModelSpec(model=model_path), data=os.path.join(records, "test"),
+                                 out=os.path.join(out, name, "evaluation"), num_clips=cfg.eval_clips,
+                                 frame_stride=cfg.frame_stride)
     return model_path, report
 
 
 def convert(videos, records, split):
-    """`p3d-tfrecords convert` of one split's folder-per-class tree."""
-    from p3d_keras.cli import tfrecords  # noqa: PLC0415
-
-    code = tfrecords.main(["--log-level", "WARNING", "convert", "--layout", "folder", "--root", os.path.join(videos, split), "--size", "64x64",
-                     "--output", os.path.join(records, split), "--prefix", split, "--shards", "2",
-                     "--no-progress"])
-    if code != 0:
-        raise RuntimeError(f"p3d-tfrecords convert failed on the {split} split (exit {code})")
+    """Convert one split's folder-per-class tree to 2 shards of 64x64 frames."""
+    items, label_map = sources.list_videos("folder", os.path.join(videos, split))
+    summary = writer.convert(items, label_map, os.path.join(records, split), decode=video.DecodeOptions(size=(64, 64)),
+                             num_shards=2, prefix=split)
+    if summary.failed:
+        raise RuntimeError(f"{summary.failed} videos of the {split} split failed to convert: see "
+                           f"{os.path.join(records, split, collection.FAILURES)}")
 
 
 def draw_prediction(frames, title, path, shown=8):
@@ -107,31 +107,25 @@ def draw_prediction(frames, title, path, shown=8):
 
 def run_demo(out, cfg=DemoConfig()):
     """Run every step; returns the summary dict (also written to `out/summary.json`)."""
-    from p3d_keras.jobs import export  # noqa: PLC0415
-    from p3d_keras.jobs import predict  # noqa: PLC0415
-    from p3d_keras.jobs import synthetic  # noqa: PLC0415
-
     videos, records = os.path.join(out, "videos"), os.path.join(out, "records")
     log.info("1/5 rendering the synthetic motion dataset into %s", videos)
     synthetic.make_motion_dataset(videos, splits={"train": cfg.train_per_class, "test": cfg.test_per_class},
                                   frames=cfg.frames, size=cfg.size, seed=cfg.seed, workers=None)
-    log.info("2/5 converting to TFRecords with p3d-tfrecords")
+    log.info("2/5 converting to TFRecords")
     for split in ("train", "test"):
         convert(videos, records, split)
     log.info("3/5 training the P3D and the 2D control")
     p3d_path, p3d = train_and_evaluate(records, out, cfg, temporal=True)
     _, control = train_and_evaluate(records, out, cfg, temporal=False)
     log.info("4/5 exporting the P3D as a SavedModel")
-    import keras  # noqa: PLC0415
-
-    labels = common.read_labels(os.path.join(records, "train", common.LABELS))
+    labels = read_label_file(os.path.join(records, "train", collection.LABELS))
     saved = export.export_saved_model(keras.saving.load_model(p3d_path), os.path.join(out, "serving"),
                                       name="p3d_motion", labels=labels, warmup=False)
     log.info("5/5 classifying a held-out video through the SavedModel")
     sample = os.path.join(videos, "test", synthetic.CLASSES[1], f"{synthetic.CLASSES[1]}_0000.mp4")
     frames = predict.read_video(sample)
-    probabilities, _ = predict.predict_saved_model(frames, saved)
-    top = predict.top_classes(probabilities, labels, 3)
+    probabilities, _ = predict.saved_model_probabilities(frames, saved)
+    top = top_classes(probabilities, labels, 3)
     picture = draw_prediction(frames, f"{os.path.basename(sample)}: predicted {top[0][1]} ({top[0][2]:.0%})",
                               os.path.join(out, "prediction.png"))
     summary = {
@@ -159,22 +153,3 @@ def format_summary(summary):
     lines.append(f"SavedModel {summary['saved_model']} classifies {os.path.basename(summary['sample'])} "
                  f"as {label} ({p:.1%}); picture: {summary['picture']}")
     return "\n".join(lines)
-
-
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="p3d-demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="demo_out", help="output folder (default demo_out)")
-    p.add_argument("--fast", action="store_true", help="a tiny run that checks every step (seconds, not accuracy)")
-    p.add_argument("--epochs", type=common.positive_int, help="override the number of training epochs")
-    args = p.parse_args(argv)
-    common.setup_logging()
-    # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 and newer;
-    # elsewhere they train this network 5x faster (bench/README.md, tf-onednn row). Set before TensorFlow loads.
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    log.info("TF_ENABLE_ONEDNN_OPTS=%s", os.environ["TF_ENABLE_ONEDNN_OPTS"])
-    cfg = FAST if args.fast else DemoConfig()
-    if args.epochs:
-        cfg = dataclasses.replace(cfg, epochs=args.epochs)
-    summary = run_demo(args.out, cfg)
-    print(format_summary(summary))  # noqa: T201 (the demo's report)
-    return 0

@@ -1,4 +1,5 @@
-"""Export a P3D ResNet classifier as a SavedModel for TF Serving, and the `p3d-export` program.
+"""Export a P3D ResNet classifier as a SavedModel for TF Serving (`export_saved_model`, and
+`export_model` from a `ModelSpec`, which the `p3d-export` program calls).
 
 The export lives under `<base_dir>/<name>/<version>/`, the layout TF Serving watches. It is a plain
 TensorFlow graph (no Keras or p3d_keras objects are needed to load it) with two signatures, both
@@ -20,7 +21,6 @@ Preprocessing runs inside the graph, in this order:
 `assets.extra/tf_serving_warmup_requests` holds one `PredictionLog` per signature (TFRecord), so the
 server traces and warms both graphs before it reports the model as available.
 """
-import argparse
 import logging
 import os
 import pathlib
@@ -29,10 +29,9 @@ import shutil
 import numpy as np
 import tensorflow as tf
 
-from p3d_keras.cli import common
-from p3d_keras.jobs.features import feature_model
-from p3d_keras.core.normalization import normalize
 from p3d_keras.core.protowire import group_fields, length_delimited, payload
+from p3d_keras.jobs import models
+from p3d_keras.jobs.clip_input import default_resize_short_side, make_preprocess
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,6 @@ SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
 INPUT_KEY = "frames"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
-# The paper trains on 182x242 frames cropped to 160x160: resize the short side by this ratio.
-PAPER_SHORT_SIDE, PAPER_CROP = 182, 160
 DEFAULT_TOP_K = 5  # or every class, for a model with fewer
 
 # Protobuf field numbers of the TF Serving messages the warmup file holds, from
@@ -63,57 +60,6 @@ MAP_ENTRY_KEY, MAP_ENTRY_VALUE = 1, 2
 # The serving graph
 
 
-def default_resize_short_side(crop_size):
-    """The short side to resize to before a `crop_size` centre crop: the paper's 182 -> 160 ratio."""
-    return round(crop_size * PAPER_SHORT_SIDE / PAPER_CROP)
-
-
-def classifier_outputs_probabilities(model):
-    """True if the model ends in softmax, False if it returns logits; raises for anything else."""
-    activation = getattr(model.layers[-1], "activation", None)
-    name = getattr(activation, "__name__", None)
-    if name not in ("softmax", "linear"):
-        raise ValueError("Expected a classifier ending in softmax or returning logits (classifier_activation="
-                         f"'softmax' or None). Received: classifier_activation={name!r}")
-    return name == "softmax"
-
-
-def resize_short_side_to(frames, short_side):
-    """Bilinear resize of float `frames[N, H, W, C]` so that min(H, W) == short_side, aspect kept."""
-    shape = tf.shape(frames)
-    h, w = tf.cast(shape[1], tf.float64), tf.cast(shape[2], tf.float64)
-    scale = short_side / tf.minimum(h, w)
-    size = tf.cast(tf.round(tf.stack([h * scale, w * scale])), tf.int32)
-    size = tf.maximum(size, short_side)  # the short side is exact, whatever the rounding
-    return tf.image.resize(frames, size, method="bilinear", antialias=False)
-
-
-def centre_crop(frames, height, width):
-    """The centre `height x width` window of `frames[N, H, W, C]` (offsets rounded down)."""
-    shape = tf.shape(frames)
-    top, left = (shape[1] - height) // 2, (shape[2] - width) // 2
-    return frames[:, top:top + height, left:left + width, :]
-
-
-def make_preprocess(model, normalization, resize_short_side):
-    """A function from uint8 `frames[B, T, H, W, C]` to the model's normalised float32 input."""
-    t_model, height, width, channels = model.input_shape[1:]
-
-    def preprocess(frames):
-        tf.debugging.assert_greater_equal(
-            tf.shape(frames)[1], t_model,
-            message=f"Expected at least {t_model} frames in axis 1 of frames[batch, T, H, W, {channels}]. "
-                    "Received: T = x below")
-        batch, t = tf.shape(frames)[0], tf.shape(frames)[1]
-        start = (t - t_model) // 2
-        x = frames[:, start:start + t_model]
-        x = tf.reshape(x, tf.concat([[-1], tf.shape(x)[2:]], axis=0))  # [B * T_model, H, W, C]
-        x = resize_short_side_to(tf.cast(x, tf.float32), resize_short_side)
-        x = centre_crop(x, height, width)
-        x = tf.reshape(x, [batch, t_model, height, width, channels])
-        return normalize(x, normalization)
-
-    return preprocess
 
 
 def build_serving_module(model, *, labels, normalization, resize_short_side, top_k):
@@ -121,8 +67,8 @@ def build_serving_module(model, *, labels, normalization, resize_short_side, top
     t_model, height, width, channels = model.input_shape[1:]
     spec = tf.TensorSpec([None, None, None, None, channels], tf.uint8, name=INPUT_KEY)
     preprocess = make_preprocess(model, normalization, resize_short_side)
-    features_model = feature_model(model)
-    softmax_done = classifier_outputs_probabilities(model)
+    features_model = models.feature_model(model)
+    softmax_done = models.outputs_probabilities(model)
     labels = list(labels)
 
     @tf.function(input_signature=[spec])
@@ -290,49 +236,14 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
 # p3d-export
 
 
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="p3d-export",
-        description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
-                    "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
-    common.add_model_arguments(p)
-    p.add_argument("--classes", type=common.positive_int,
-                   help="classes of a new network (default 400, or the preset's)")
-    p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
-    p.add_argument("--name", default="p3d", help="model name (default: p3d)")
-    p.add_argument("--version", type=common.non_negative_int, default=None, help="version (default: next integer)")
-    p.add_argument("--labels", help="text file with one class name per line (default: the preset's class names)")
-    p.add_argument("--normalization", help="caffe, imagenet, unit or flow (default: caffe, or the preset's)")
-    p.add_argument("--resize-short-side", type=common.positive_int, default=None,
-                   help="short side before the centre crop (default: crop * 182 / 160)")
-    p.add_argument("--top-k", type=common.positive_int,
-                   help="top classes the serving signature returns (default: 5, or every class if fewer)")
-    p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
-    return p
+def export_model(spec, *, base_dir, classes=None, labels=None, normalization=None, **options):
+    """Build the network of `spec` (`models.ModelSpec`, with `classes`) and export it with
+    `export_saved_model(model, base_dir, labels=..., normalization=..., **options)`.
 
-
-def labels_and_normalization(args, model):
-    """Class names and normalisation from the command line, else from a `--weights` preset, else
-    (normalisation) the default for the model's modality."""
-    from p3d_keras.applications import load_labels  # noqa: PLC0415
-
-    preset = common.preset_of(args)
-    labels = common.read_labels(args.labels) if args.labels else (load_labels(preset.labels) if preset else None)
-    return labels, common.normalization_of(args, "flow" if model.input_shape[-1] == 2 else "rgb")
-
-
-def main(argv=None):
-    """`p3d-export --model model.keras --base-dir /models --name p3d [--labels labels.txt]`."""
-    args = build_parser().parse_args(argv)
-    common.setup_logging()
-    try:
-        model = common.model_from_args(args, classes=args.classes)
-        labels, normalization = labels_and_normalization(args, model)
-        path = export_saved_model(model, args.base_dir, name=args.name, version=args.version, labels=labels,
-                                  normalization=normalization, resize_short_side=args.resize_short_side,
-                                  top_k=args.top_k, warmup=not args.no_warmup)
-    except (OSError, ValueError) as e:
-        log.error("p3d-export: %s", e)
-        return 2
-    log.info("p3d-export: wrote %s", path)
-    return 0
+    labels: a class-name file (default: the preset's class names, else class numbers).
+    normalization: default the preset's, else the modality's default.
+    """
+    model = spec.build(classes=classes)
+    return export_saved_model(model, base_dir, labels=models.class_names(spec, labels),
+                              normalization=models.normalization_for(spec, models.model_modality(model), normalization),
+                              **options)

@@ -6,8 +6,10 @@ import os
 
 import keras
 
-from p3d_keras.applications import P3DResNet, find_preset
-from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, modality_of_channels
+from p3d_keras.applications import P3DResNet, find_preset, load_labels
+from p3d_keras.core.labels import read_label_file
+from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, modality_of_channels
+from p3d_keras.tfrecords_tools import collection, reader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,7 @@ class ModelSpec:
             if not str(self.model).endswith(".keras") or not os.path.isfile(self.model):
                 raise ValueError(f"Expected model to be an existing .keras file. Received: model={self.model!r}")
             return keras.saving.load_model(self.model)
-        channels = 2 if self.modality == "flow" else 3
+        channels = MODALITY_CHANNELS[self.modality or "rgb"]
         kwargs = dict(weights=self.weights, classes=classes, graph=self.graph, modality=self.modality,
                       dropout_rate=self.dropout, width=self.width, temporal=self.temporal,
                       input_shape=(self.frames, self.size, self.size, channels))
@@ -58,6 +60,14 @@ def model_modality(model):
     return modality_of_channels(model.input_shape[-1])
 
 
+def class_names(spec, labels=None):
+    """Class names from the file `labels`, else the preset's of `spec`, else None."""
+    if labels:
+        return read_label_file(labels)
+    preset = spec.preset
+    return list(load_labels(preset.labels)) if preset else None
+
+
 def normalization_for(spec, modality, normalization=None):
     """`normalization` if given, else the preset's of `spec`, else the modality's default."""
     preset = spec.preset
@@ -74,6 +84,15 @@ def clip_options(model, spec, *, normalization=None, frame_stride=1, decoder="au
                 normalization=normalization_for(spec, modality, normalization), decoder=decoder)
 
 
+def clip_dataset(model, spec, data, *, num_clips, crops="center", batch_size=8, frame_stride=1, normalization=None,
+                 decoder="auto"):
+    """The `reader.evaluation_dataset` of the shards `data` matching `model`'s input (clip
+    length, crop size, channels; normalisation from `spec`, see `models.clip_options`)."""
+    return reader.evaluation_dataset(
+        collection.shard_files(data), batch_size=batch_size, num_clips=num_clips, crops=crops,
+        **clip_options(model, spec, normalization=normalization, frame_stride=frame_stride, decoder=decoder))
+
+
 def output_layer(model):
     """The layer making `model`'s output, looking inside nested models (a model wrapping a network)."""
     layer = model.layers[-1]
@@ -88,3 +107,15 @@ def outputs_probabilities(model):
         raise ValueError("Expected a classifier ending in softmax or returning logits (classifier_activation="
                          f"'softmax' or None). Received: classifier_activation={name!r}")
     return name == "softmax"
+
+
+FEATURE_LAYER = "pool5"
+
+
+def feature_model(model):
+    """`model` up to its pooled clip descriptor (`pool5`: 2048-d for the full networks), sharing
+    its weights."""
+    if FEATURE_LAYER not in [layer.name for layer in model.layers]:
+        raise ValueError(f"Expected a P3D ResNet with a pooled output (include_top=True, or pooling='avg'). "
+                         f"Received: model={model.name!r} without a {FEATURE_LAYER!r} layer")
+    return keras.Model(model.inputs, model.get_layer(FEATURE_LAYER).output, name=f"{model.name}_features")

@@ -1,4 +1,4 @@
-"""Fine-tuning a P3D ResNet on TFRecord shards, and the `p3d-train` program.
+"""Fine-tuning a P3D ResNet on TFRecord shards (`train`; the `p3d-train` program calls it).
 
 SGD with momentum (or AdamW, for training small networks from scratch), a step or cosine
 learning-rate schedule, "partial BN" (only the first
@@ -7,21 +7,23 @@ resume after an interruption, TensorBoard and CSV logs. Several devices: `Mirror
 TensorFlow backend, `keras.distribution.DataParallel` on the JAX backend.
 
 Input: by default the reader hands out uint8 clips and the model normalises them on its device
-(`--input-dtype uint8`): the network is trained inside `with_input_normalization`, a model that
+(`input_dtype="uint8"`): the network is trained inside `with_input_normalization`, a model that
 adds `p3d_keras.core.layers.Normalize` in front of it, which keeps the CPU pipeline near the JPEG-decode
 limit (`bench/README.md`). The saved models (`last.keras`, `best.keras`) and the returned
 History's model are the network alone, taking normalised float input, as every other program
-expects. `--input-dtype float32` normalises on the CPU in the reader instead.
+expects. `input_dtype="float32"` normalises on the CPU in the reader instead.
 """
-import argparse
 import contextlib
 import logging
-import math
 import os
 
 import keras
+import tensorflow as tf
 
-from p3d_keras.cli import common
+from p3d_keras.applications.p3d_resnet import copy_weights
+from p3d_keras.core.layers import Normalize
+from p3d_keras.jobs import models
+from p3d_keras.tfrecords_tools import collection, reader
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,6 @@ def distribution_scope(kind):
     elif kind == "mirrored":
         if backend != "tensorflow":
             raise ValueError(f"distribute='mirrored' needs the TensorFlow backend. Received: backend={backend!r}")
-        import tensorflow as tf  # noqa: PLC0415
-
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         strategy = tf.distribute.MirroredStrategy([d.name for d in devices])
         with strategy.scope():
@@ -109,18 +109,10 @@ def make_optimizer(kind, schedule, *, momentum=0.9, weight_decay=5e-4):
     raise ValueError(f"Unknown optimizer. Expected one of {OPTIMIZERS}. Received: optimizer={kind!r}")
 
 
-def output_layer(model):
-    """The layer making `model`'s output, looking inside nested models (`with_input_normalization`)."""
-    layer = model.layers[-1]
-    return output_layer(layer) if isinstance(layer, keras.Model) else layer
-
-
 def with_input_normalization(network, normalization):
     """A model taking uint8 clips of `network`'s input shape (the reader's `output_dtype="uint8"`)
     that normalises them with `p3d_keras.core.layers.Normalize(normalization)` and runs `network`,
     whose layers and variables it shares."""
-    from p3d_keras.core.layers import Normalize  # noqa: PLC0415
-
     clips = keras.Input(network.input_shape[1:], dtype="uint8", name="uint8_clips")
     outputs = network(Normalize(normalization, name="normalize")(clips))
     return keras.Model(clips, outputs, name=f"{network.name}_with_normalize")
@@ -133,7 +125,7 @@ def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weig
     if partial_bn:
         log.info("partial BN: froze %d of %d BatchNormalization layers", apply_partial_bn(model),
                  len(batch_norm_layers(model)))
-    from_logits = output_layer(model).get_config().get("activation") in (None, "linear")
+    from_logits = not models.outputs_probabilities(model)
     model.compile(
         optimizer=make_optimizer(optimizer, schedule, momentum=momentum, weight_decay=weight_decay),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
@@ -173,109 +165,74 @@ def training_callbacks(out_dir, monitor_val, network=None):
     ]
 
 
-def model_for_classes(args, classes):
-    """The model to fine-tune. A weights preset trained on another number of classes keeps every
-    layer but the classifier, which starts afresh (e.g. Kinetics-400 weights for UCF101)."""
-    from p3d_keras.applications.p3d_resnet import copy_weights  # noqa: PLC0415
 
-    preset = common.preset_of(args)
-    if args.model or preset is None or classes in (None, preset.classes):
-        return common.model_from_args(args, classes=classes)
-    source = common.model_from_args(args)
-    model = common.model_from_args(args, classes=classes, weights=None, graph=preset.graph,
-                                       modality=preset.modality)
+
+
+def model_for_classes(spec, classes):
+    """The model to fine-tune (`spec.build`). A weights preset trained on another number of
+    classes keeps every layer but the classifier, which starts afresh (e.g. Kinetics-400 weights
+    for UCF101)."""
+    preset = spec.preset
+    if spec.model or preset is None or classes in (None, preset.classes):
+        return spec.build(classes=classes)
+    source = spec.build()
+    model = spec.build(classes=classes, weights=None, graph=preset.graph, modality=preset.modality)
     copy_weights(source, model, skip=("fc",))
     log.info("%s: kept every layer but the classifier (%d -> %d classes)", preset.name, preset.classes, classes)
     return model
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="p3d-train", description="Fine-tune a P3D ResNet on TFRecord shards "
-                                "(from scratch, a weights preset, a checkpoint, or a saved .keras model).")
-    p.add_argument("--train", required=True, help="training shards: a p3d-tfrecords output folder or a glob")
-    p.add_argument("--val", help="validation shards (evaluated on one centre clip per video each epoch)")
-    p.add_argument("--out", required=True, help="output folder: last.keras, best.keras, logs, resume state")
-    p.add_argument("--classes", type=common.positive_int,
-                   help="number of classes (default: labels.txt beside the shards)")
-    common.add_model_arguments(p)
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=common.positive_int, default=10)
-    g.add_argument("--batch-size", type=common.positive_int, default=8)
-    g.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd",
-                   help="sgd: SGD with --momentum (default, as the authors); adamw: AdamW")
-    g.add_argument("--lr", type=common.positive_float, default=0.001, help="base learning rate (default 0.001)")
-    g.add_argument("--momentum", type=common.non_negative_float, default=0.9, help="SGD momentum")
-    g.add_argument("--weight-decay", type=common.non_negative_float, default=5e-4)
-    g.add_argument("--schedule", choices=SCHEDULES, default="step")
-    g.add_argument("--step-epochs", type=common.positive_int, nargs="*",
-                   help="epochs at which the step schedule divides by 10")
-    g.add_argument("--no-partial-bn", action="store_true", help="train every BatchNormalization layer")
-    g.add_argument("--precision", choices=PRECISIONS, default="float32")
-    g.add_argument("--jit-compile", action="store_true", help="XLA-compile the training step")
-    g.add_argument("--distribute", choices=DISTRIBUTIONS, default="none")
-    g.add_argument("--frame-stride", type=common.positive_int, default=1)
-    g.add_argument("--no-flip", action="store_true",
-                   help="no random horizontal flip (when left/right or cw/ccw are different classes)")
-    g.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
-    g.add_argument("--input-dtype", choices=INPUT_DTYPES, default="uint8",
-                   help="uint8 (default): the reader hands out uint8 clips and the model normalises them on "
-                        "its device; float32: the reader normalises on the CPU (slower)")
-    g.add_argument("--reads", choices=("auto", "records", "windows"), default="auto",
-                   help="windows: read only each clip's frames, at the offsets in the shards' window indexes "
-                        "(written by p3d-tfrecords convert or index; local uncompressed shards), much less reading "
-                        "for long videos; records: stream each training video's whole record; auto (default): "
-                        "windows when every training shard has an index, else records")
-    common.add_decoder_argument(g)
-    g.add_argument("--seed", type=common.non_negative_int,
-                   help="seed for the initial weights, dropout and a deterministic input pipeline")
-    g.add_argument("--verbose", type=common.non_negative_int, default=1, choices=(0, 1, 2),
-                   help="Keras progress output")
-    return p
+def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, optimizer="sgd", lr=0.001,
+          momentum=0.9, weight_decay=5e-4, schedule="step", step_epochs=None, partial_bn=True, precision="float32",
+          jit_compile=False, distribute="none", frame_stride=1, flip=True, normalization=None, input_dtype="uint8",
+          reads="auto", decoder="auto", seed=None, verbose=1):
+    """Fine-tune the network of `spec` (`models.ModelSpec`) on the shards `train` (a converter
+    output folder, a glob or a file) and return the Keras `History`, whose model is the network
+    as saved. Writes to the folder `out`: `last.keras`, `best.keras` (by validation accuracy on
+    one centre clip per video of `val`, else training accuracy), `log.csv`, TensorBoard logs and
+    the resume state (rerunning the same call resumes).
 
-
-def run(args):
-    """Train as `p3d-train` describes; returns the Keras History."""
-    from p3d_keras.tfrecords_tools import reader  # noqa: PLC0415
-
-    labels = common.collection_labels(args.train)
-    classes = args.classes or (len(labels) if labels else None)
-    if classes is None and not args.model:
-        raise ValueError("Expected --classes, or a labels.txt beside the training shards. Received neither for "
-                         f"--train={args.train!r}")
-    keras.mixed_precision.set_dtype_policy(args.precision)
-    if args.seed is not None:
-        keras.utils.set_random_seed(args.seed)
-    with distribution_scope(args.distribute):
-        model = model_for_classes(args, classes)
-        data = dict(batch_size=args.batch_size, output_dtype=args.input_dtype, **common.clip_options(model, args))
+    classes: default the number of names in `labels.txt` beside the shards (required without
+        one, unless `spec.model` is a saved model). A preset of another class count keeps every
+        layer but the classifier (`model_for_classes`).
+    optimizer, lr, momentum, weight_decay, schedule, step_epochs: `make_optimizer` and
+        `learning_rate_schedule`. partial_bn: freeze every BatchNormalization but the first.
+    precision: a Keras dtype policy (`PRECISIONS`). distribute: `DISTRIBUTIONS`.
+    frame_stride, flip, normalization, reads, decoder: the reader's (`reader.training_dataset`);
+        normalization None means the preset's or the modality's default.
+    input_dtype: `uint8` (the reader hands out uint8 clips, the model normalises them on its
+        device) or `float32` (the reader normalises). seed: initial weights, dropout and a
+        deterministic input pipeline.
+    Raises ValueError for bad arguments or shards (naming them).
+    """
+    labels = collection.collection_labels(train)
+    classes = classes or (len(labels) if labels else None)
+    if classes is None and not spec.model:
+        raise ValueError("Expected classes, or a labels.txt beside the training shards. Received neither for "
+                         f"train={train!r}")
+    keras.mixed_precision.set_dtype_policy(precision)
+    if seed is not None:
+        keras.utils.set_random_seed(seed)
+    with distribution_scope(distribute):
+        model = model_for_classes(spec, classes)
+        data = dict(batch_size=batch_size, output_dtype=input_dtype,
+                    **models.clip_options(model, spec, normalization=normalization, frame_stride=frame_stride,
+                                          decoder=decoder))
         trained = model
-        if args.input_dtype == "uint8":
+        if input_dtype == "uint8":
             trained = with_input_normalization(model, data.pop("normalization"))
-        train = reader.training_dataset(common.shard_files(args.train), deterministic=args.seed is not None,
-                                        seed=args.seed, flip=not args.no_flip, reads=args.reads, **data).repeat()
-        val = reader.evaluation_dataset(common.shard_files(args.val), num_clips=1, **data).map(
-            lambda clips, labels, ids: (clips, labels)) if args.val else None
-        steps = max(1, common.collection_size(args.train) // args.batch_size)
-        schedule = learning_rate_schedule(args.schedule, args.lr, steps, args.epochs, args.step_epochs)
-        compile_for_training(trained, schedule=schedule, optimizer=args.optimizer, momentum=args.momentum,
-                             weight_decay=args.weight_decay, jit_compile=args.jit_compile,
-                             partial_bn=not args.no_partial_bn)
-        log.info("training %s: %d steps per epoch, %d epochs, batch %d, %s input", model.name, steps, args.epochs,
-                 args.batch_size, args.input_dtype)
-        history = trained.fit(train, validation_data=val, epochs=args.epochs, steps_per_epoch=steps,
-                              callbacks=training_callbacks(args.out, monitor_val=val is not None, network=model),
-                              verbose=args.verbose)
+        train_data = reader.training_dataset(collection.shard_files(train), deterministic=seed is not None, seed=seed,
+                                             flip=flip, reads=reads, **data).repeat()
+        val_data = reader.evaluation_dataset(collection.shard_files(val), num_clips=1, **data).map(
+            lambda clips, labels, ids: (clips, labels)) if val else None
+        steps = max(1, collection.collection_size(train) // batch_size)
+        compile_for_training(trained, schedule=learning_rate_schedule(schedule, lr, steps, epochs, step_epochs),
+                             optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                             jit_compile=jit_compile, partial_bn=partial_bn)
+        log.info("training %s: %d steps per epoch, %d epochs, batch %d, %s input", model.name, steps, epochs,
+                 batch_size, input_dtype)
+        history = trained.fit(train_data, validation_data=val_data, epochs=epochs, steps_per_epoch=steps,
+                              callbacks=training_callbacks(out, monitor_val=val_data is not None, network=model),
+                              verbose=verbose)
     history.set_model(model)  # the network, as saved, not the training wrapper
     return history
-
-
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    common.setup_logging()
-    try:
-        history = common.run_program("p3d-train", run, args)
-    except common.ProgramError:
-        return 2
-    final = {k: round(v[-1], 4) for k, v in history.history.items() if v and not math.isnan(v[-1])}
-    log.info("done: %s; models in %s", final, args.out)
-    return 0

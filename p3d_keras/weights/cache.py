@@ -30,6 +30,7 @@ import uuid
 import h5py
 
 from p3d_keras.core.files import sha256_of
+from p3d_keras.weights.original import load_original_weights
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +90,6 @@ def load_weights(model, weights):
     if path.endswith(KERAS_WEIGHTS_SUFFIXES):
         model.load_weights(path)
         return
-    from p3d_keras.weights.original import load_original_weights  # noqa: PLC0415
-
     load_original_weights(model, path)
 
 

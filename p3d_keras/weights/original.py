@@ -1,19 +1,18 @@
 """Map original P3D checkpoints (the PyTorch port's state dicts, the authors' .caffemodel files)
-onto Keras P3D ResNets, and the `p3d-convert-weights` CLI.
+onto Keras P3D ResNets (`load_original_weights`; `p3d-convert-weights` saves the result).
 
 Both sources are first read into one flat form, `{name: array}` with the port's suffixes
 (`.weight`, `.bias`, `.running_mean`, `.running_var`) in torch's O, I, k... layout; the only
 difference between them is how a Keras layer's name becomes a checkpoint name (`NAMINGS`).
 """
-import argparse
 import logging
 import os
 
 import numpy as np
 from keras import layers
 
-from p3d_keras.cli import common
 from p3d_keras.core.layers import P3DBottleneck
+from p3d_keras.weights import caffemodel, pth
 from p3d_keras.weights.untrusted import MAX_BYTES, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -147,9 +146,6 @@ def read_original(path, max_bytes=MAX_BYTES):
     """Read an original checkpoint. Returns `(naming, tensors)`: naming is "pytorch" or "caffe".
     The file may declare at most `max_bytes` of tensors; everything the readers refuse raises
     CheckpointError naming the file (see `p3d_keras.weights.pth.read_state_dict`)."""
-    from p3d_keras.weights import caffemodel  # noqa: PLC0415 (only needed to convert)
-    from p3d_keras.weights import pth  # noqa: PLC0415 (only needed to convert)
-
     if pth.sniff_format(path) == "caffe":
         return "caffe", caffe_to_flat(caffemodel.read_caffemodel(path, max_bytes), source=os.fspath(path))
     return "pytorch", pth.read_state_dict(path, max_bytes)
@@ -214,45 +210,3 @@ def load_original_weights(model, path):
     tensor by tensor."""
     naming, tensors = read_original(path)
     assign_original(model, tensors, naming, source=os.fspath(path))
-
-
-def build_parser():
-    p = argparse.ArgumentParser(
-        prog="p3d-convert-weights",
-        description="Convert an original P3D checkpoint (PyTorch port .pth/.pth.tar/.npz, or the authors' "
-                    ".caffemodel; detected from the file) into a Keras weights file.")
-    p.add_argument("src", help="original checkpoint")
-    p.add_argument("dst", help="output Keras weights file, ending in .weights.h5")
-    p.add_argument("--depth", type=int, default=199, choices=(63, 131, 199))
-    p.add_argument("--modality", default="rgb", choices=("rgb", "flow"))
-    p.add_argument("--graph", default=None, choices=("caffe", "pytorch"),
-                   help="graph the weights were trained with (default: caffe for .caffemodel, else pytorch)")
-    p.add_argument("--classes", type=int, default=400)
-    return p
-
-
-def main(argv=None):
-    """`p3d-convert-weights SRC DST.weights.h5 --depth 199 --modality rgb --graph pytorch --classes 400`."""
-    from p3d_keras.applications import P3DResNet  # noqa: PLC0415
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if not args.dst.endswith(".weights.h5"):
-        parser.error(f"DST must end in .weights.h5. Received: dst={args.dst!r}")
-
-    def run(args):
-        naming, tensors = read_original(args.src)
-        model = P3DResNet(args.depth, classes=args.classes, modality=args.modality,
-                          graph=args.graph or naming, classifier_activation=None)
-        assign_original(model, tensors, naming, source=args.src)
-        return naming, model
-
-    try:
-        naming, model = common.run_program("p3d-convert-weights", run, args)
-    except common.ProgramError:
-        return 2
-    model.save_weights(args.dst)
-    log.info("wrote %s (depth %d, %s, graph %s, %d classes)", args.dst, args.depth, args.modality,
-             args.graph or naming, args.classes)
-    return 0

@@ -1,4 +1,8 @@
-"""Shared fixtures: the reference P3D checkpoints of ../shared/reference, and small clips."""
+"""Shared fixtures: the reference P3D checkpoints of ../shared/reference (the one place that knows
+where they are), torch for the tests that write torch checkpoints, and small clips.
+
+Something outside the repository that a test needs (the reference folder, torch) is skipped with
+the reason on a developer's machine and fails the test under `CI=true`, where it must be there."""
 import importlib.util
 import os
 import pathlib
@@ -12,10 +16,27 @@ REFERENCE_DIR = pathlib.Path(os.environ.get("P3D_REFERENCE_DIR", REPO.parent / "
 PARITY_TOLERANCE = {63: 2e-4, 199: 5e-3}
 
 
-def load_reference_module():
-    script = REFERENCE_DIR / "make_reference_checkpoint.py"
-    if not script.exists():
-        raise FileNotFoundError(f"The parity fixtures are missing: expected {script} (set P3D_REFERENCE_DIR)")
+def missing(what, why):
+    """Skip the test saying what is missing and why it is needed; fail it under CI=true."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing, but CI=true requires it: {why}")
+    pytest.skip(f"{what} is missing: {why}")
+
+
+def reference_dir():
+    """`REFERENCE_DIR` (`../shared/reference`, or `$P3D_REFERENCE_DIR`) when it holds the parity
+    fixtures; else the test is skipped (failed under CI=true) naming the path."""
+    if not (REFERENCE_DIR / "make_reference_checkpoint.py").exists():
+        missing(f"The parity fixtures folder {REFERENCE_DIR}", "it holds the original code's outputs these tests "
+                "compare against (set P3D_REFERENCE_DIR to where ../shared/reference is)")
+    return REFERENCE_DIR
+
+
+@pytest.fixture(scope="session")
+def reference():
+    """The reference folder's `make_reference_checkpoint` module (the original PyTorch graph's
+    weights and key layout, as numpy)."""
+    script = reference_dir() / "make_reference_checkpoint.py"
     spec = importlib.util.spec_from_file_location("make_reference_checkpoint", script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -23,13 +44,16 @@ def load_reference_module():
 
 
 @pytest.fixture(scope="session")
-def reference():
-    return load_reference_module()
+def expected():
+    """`expected(depth)`: the original code's outputs on the reference input (an npz)."""
+    folder = reference_dir()
+    return lambda depth: np.load(folder / f"expected_p3d{depth}_seed0.npz")
 
 
 @pytest.fixture(scope="session")
-def expected():
-    return lambda depth: np.load(REFERENCE_DIR / f"expected_p3d{depth}_seed0.npz")
+def parity_tolerance():
+    """Max |logit difference| a correct float32 implementation reaches, by depth."""
+    return PARITY_TOLERANCE
 
 
 def require_torch():
@@ -38,11 +62,7 @@ def require_torch():
     try:
         import torch  # noqa: PLC0415 (optional: only tests that write torch checkpoints need it)
     except ImportError:
-        if os.environ.get("CI") == "true":
-            pytest.fail("torch is not installed, but CI=true requires it: this test writes checkpoints with "
-                        "torch.save (pip install -e '.[test]')")
-        pytest.skip("torch is not installed: this test writes checkpoints with torch.save "
-                    "(pip install -e '.[test]' to run it)")
+        missing("torch", "this test writes checkpoints with torch.save (pip install -e '.[test]')")
     return torch
 
 
@@ -58,6 +78,13 @@ def write_torch_checkpoint(state, path, legacy=False, prefix=""):
     sd = {prefix + k: torch.from_numpy(v) for k, v in state.items()}
     torch.save({"state_dict": sd, "epoch": 0, "arch": "P3D"}, path, _use_new_zipfile_serialization=not legacy)
     return path
+
+
+@pytest.fixture
+def torch_checkpoint():
+    """`write_torch_checkpoint`, for the tests that write the port's checkpoints (needs torch)."""
+    require_torch()
+    return write_torch_checkpoint
 
 
 @pytest.fixture

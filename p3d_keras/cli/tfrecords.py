@@ -43,7 +43,7 @@ def _add_input_args(parser):
     group.add_argument("--size", type=_size, default=video.PAPER_SIZE,
                        help="HEIGHTxWIDTH to resize to (default 182x242, the paper's)")
     group.add_argument("--short-side", type=common.positive_int, help="resize the short side to N, keep aspect")
-    group.add_argument("--fps", type=_positive(float), help="resample to this frame rate")
+    group.add_argument("--fps", type=common.positive_float, help="resample to this frame rate")
     group.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality 1..95 (default 90)")
     group.add_argument("--max-frames", type=common.positive_int, help="keep at most N frames per video")
     group.add_argument("--min-frames", type=common.positive_int, default=1,

@@ -134,7 +134,7 @@ def test_dangling_symlink_folder_and_fifo_are_failed_videos_never_opened(tmp_pat
         "not a regular file (a folder, FIFO, socket or device)",
         "not a regular file (a folder, FIFO, socket or device)",
     ]
-    with pytest.raises(ValueError, match=r"Expected a readable video file. Received: '.*dangling.mp4': dangling"):
+    with pytest.raises(ValueError, match=r"Expected a video file that PyAV can decode. Received: '.*dangling.mp4': dangling"):
         predict.read_video(str(tmp_path / "dangling.mp4"))
 
 

@@ -13,9 +13,9 @@ import pytest
 import tensorflow as tf
 
 import tfrecords_fixtures as fx
-from p3d_keras.cli import common
 from p3d_keras.jobs import training
-from p3d_keras.tfrecords_tools import compression, framing, index, reader, schema, sources, video
+from p3d_keras.tfrecords_tools import collection, compression, framing, index, reader, schema, sources, video
+from p3d_keras.tfrecords_tools import shards as shards_lib
 from p3d_keras.cli import tfrecords
 from p3d_keras.tfrecords_tools import inspection
 from p3d_keras.tfrecords_tools import writer
@@ -99,13 +99,13 @@ def test_a_plain_shard_that_starts_like_gzip_is_read_as_plain(tmp_path):
     shard = ambiguous_shard(tmp_path / "train-00000-of-00001.tfrecord")
     with open(shard, "rb") as f:
         assert f.read(3) == compression.GZIP_HEADER
-    assert reader.shard_compression(shard) == ""
+    assert shards_lib.shard_compression(shard) == ""
     built = index.write_index(shard)  # today's main refused it as GZIP
     assert list(built.num_frames) == [3, 5]
     for reads in ("records", "windows"):
         ds = reader.training_dataset(shard, batch_size=2, reads=reads, deterministic=True, seed=0, **SMALL)
         assert sorted(np.concatenate([labels for _, labels in ds]).tolist()) == [0, 1]
-    assert common.collection_size(shard) == 2
+    assert collection.collection_size(shard) == 2
 
 
 def misnamed_folder(root):
@@ -126,14 +126,14 @@ def misnamed_folder(root):
 
 def test_misnamed_shards_are_read_by_their_bytes_everywhere(tmp_path, capsys):
     folder, gz, plain = misnamed_folder(tmp_path)
-    shards = common.shard_files(str(folder))
+    shards = collection.shard_files(str(folder))
     assert shards == [gz, plain]
-    assert [reader.shard_compression(p) for p in shards] == ["GZIP", ""]
+    assert [shards_lib.shard_compression(p) for p in shards] == ["GZIP", ""]
     train = reader.training_dataset(shards, batch_size=1, reads="records", deterministic=True, seed=0, **SMALL)
     assert sorted(np.concatenate([labels for _, labels in train]).tolist()) == [0, 1, 1, 2]
     evaluation = reader.evaluation_dataset(shards, batch_size=8, num_clips=1, **SMALL)
     assert sorted(np.concatenate([ids for _, _, ids in evaluation]).tolist()) == [b"v0", b"v0", b"v1", b"v1"]
-    assert common.collection_size(str(folder)) == 4  # no manifest: the records are counted
+    assert collection.collection_size(str(folder)) == 4  # no manifest: the records are counted
     summary = inspection.summarize(shards)
     assert summary["records"] == 4 and summary["frames"]["total"] == sum(n for n, _ in VIDEOS)
     assert tfrecords.main(["inspect", str(folder)]) == 0
@@ -186,7 +186,7 @@ def test_readme_kinetics_gzip_example_trains(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["compression"] == "GZIP"
     assert [s["file"] for s in manifest["shards"]] == names[:2]
-    assert all(reader.shard_compression(str(out / n)) == "GZIP" for n in names[:2])
+    assert all(shards_lib.shard_compression(str(out / n)) == "GZIP" for n in names[:2])
     run = tmp_path / "run"
     assert training.main(["--train", str(out), "--val", str(out), "--out", str(run), "--epochs", "1",
                           "--batch-size", "2", "--seed", "1", "--verbose", "0", "--decoder", "tf",
@@ -211,7 +211,7 @@ def test_a_run_resumed_from_one_with_the_old_gzip_names_keeps_them(tmp_path):
     assert summary.resumed_shards == 2
     assert [s["file"] for s in summary.manifest["shards"]] == ["data-00000-of-00002.tfrecord",
                                                               "data-00001-of-00002.tfrecord"]
-    shards = common.shard_files(str(out))
+    shards = collection.shard_files(str(out))
     assert [os.path.basename(p) for p in shards] == ["data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
     assert inspection.summarize(shards)["frames"]["total"] == 3 + 4 + 5
 

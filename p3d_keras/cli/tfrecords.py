@@ -12,7 +12,7 @@ import pathlib
 import sys
 import time
 
-from p3d_keras.cli.common import shard_files
+from p3d_keras.tfrecords_tools.collection import shard_files
 
 from . import sources
 from . import video

@@ -125,8 +125,9 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
 
 def load_module(path):
     """The Python module in the file `path` (`--baseline-reader`: another version of `reader.py`,
-    importing the rest of the package as it is now). Raises `FileNotFoundError` without one."""
-    spec = importlib.util.spec_from_file_location("baseline_reader", path)
+    importing the rest of the package as it is now, its relative imports too: it is loaded as a
+    module of `p3d_keras.tfrecords_tools`). Raises `FileNotFoundError` without one."""
+    spec = importlib.util.spec_from_file_location("p3d_keras.tfrecords_tools.baseline_reader", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

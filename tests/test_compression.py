@@ -16,6 +16,7 @@ import tfrecords_fixtures as fx
 from p3d_keras.cli import tfrecords
 from p3d_keras.cli import train as train_cli
 from p3d_keras.tfrecords_tools import collection, compression, framing, index, inspection, reader, schema, sources
+from p3d_keras.tfrecords_tools import shards as shards_lib
 from p3d_keras.tfrecords_tools import video, writer
 from shard_fixtures import frame, video_example, write_shards
 
@@ -97,7 +98,7 @@ def test_a_plain_shard_that_starts_like_gzip_is_read_as_plain(tmp_path):
     shard = ambiguous_shard(tmp_path / "train-00000-of-00001.tfrecord")
     with open(shard, "rb") as f:
         assert f.read(3) == compression.GZIP_HEADER
-    assert reader.shard_compression(shard) == ""
+    assert shards_lib.shard_compression(shard) == ""
     built = index.write_index(shard)  # today's main refused it as GZIP
     assert list(built.num_frames) == [3, 5]
     for reads in ("records", "windows"):
@@ -126,7 +127,7 @@ def test_misnamed_shards_are_read_by_their_bytes_everywhere(tmp_path, capsys):
     folder, gz, plain = misnamed_folder(tmp_path)
     shards = collection.shard_files(str(folder))
     assert shards == [gz, plain]
-    assert [reader.shard_compression(p) for p in shards] == ["GZIP", ""]
+    assert [shards_lib.shard_compression(p) for p in shards] == ["GZIP", ""]
     train = reader.training_dataset(shards, batch_size=1, reads="records", deterministic=True, seed=0, **SMALL)
     assert sorted(np.concatenate([labels for _, labels in train]).tolist()) == [0, 1, 1, 2]
     evaluation = reader.evaluation_dataset(shards, batch_size=8, num_clips=1, **SMALL)
@@ -184,7 +185,7 @@ def test_readme_kinetics_gzip_example_trains(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["compression"] == "GZIP"
     assert [s["file"] for s in manifest["shards"]] == names[:2]
-    assert all(reader.shard_compression(str(out / n)) == "GZIP" for n in names[:2])
+    assert all(shards_lib.shard_compression(str(out / n)) == "GZIP" for n in names[:2])
     run = tmp_path / "run"
     assert train_cli.main(["--train", str(out), "--val", str(out), "--out", str(run), "--epochs", "1",
                           "--batch-size", "2", "--seed", "1", "--verbose", "0", "--decoder", "tf",

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from p3d_keras.tfrecords_tools import framing, reader
+from p3d_keras.tfrecords_tools import reader
 from shard_fixtures import frame_indices, video_example, write_shards
 
 VIDEOS = [(10, 0), (3, 1), (20, 2), (6, 1)]
@@ -111,30 +111,6 @@ def test_corrupt_shard_raises_or_is_counted(tmp_path, compression):
     ds = reader.evaluation_dataset(paths, batch_size=8, num_clips=1, skip_corrupt=True, **SMALL)
     assert 4 <= len(np.concatenate([b[1] for b in epoch(ds)])) < 8 and ds.corrupt_records.count == 1
     assert reader.evaluation_dataset(paths, batch_size=8, **SMALL).corrupt_records is None
-
-
-def test_corrupt_record_inside_a_check_batch(tmp_path):
-    """A bad record in the middle of a shard, inside one of the check's batches of
-    `RECORDS_PER_CHECK` records: the records before it are read, then the error names the shard
-    (or, with a counter, the shard counts once)."""
-    videos = [(3, n % 3) for n in range(10)]
-    path = write_shards(tmp_path, videos)[0]
-    data = bytearray(open(path, "rb").read())
-    bad = reader.RECORDS_PER_CHECK + 1  # the second record of the second batch
-    offset = 0
-    for record in tf.data.TFRecordDataset(path).take(bad):
-        offset += len(record.numpy()) + framing.FRAMING_BYTES
-    data[offset + framing.HEADER_BYTES + 100] ^= 0xFF  # a byte of the bad record's data: its CRC fails
-    with open(path, "wb") as f:
-        f.write(bytes(data))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt or truncated record in shard=.*train-00000"):
-        list(reader.read_records([path]))
-    counter = reader.CorruptRecordCounter()
-    records = [serialized for _, serialized in reader.read_records([path], counter=counter)]
-    assert len(records) == bad and counter.count == 1
-    (tmp_path / "clean").mkdir()
-    clean = tf.data.TFRecordDataset(write_shards(tmp_path / "clean", videos)[0]).take(bad)
-    assert [r.numpy() for r in clean] == [r.numpy() for r in records]
 
 
 def test_bad_options_raise(shards):

@@ -15,6 +15,7 @@ import json
 from . import index
 from . import video as video_lib
 from . import writer
+from .sources import VideoItem
 
 
 class _ConvertFn:
@@ -24,8 +25,6 @@ class _ConvertFn:
         self.label_map, self.decode = label_map, decode
 
     def __call__(self, row):
-        from .sources import VideoItem
-
         item = VideoItem(*row)
         try:
             record, _ = writer.convert_item(item, self.label_map[item.label], self.decode)

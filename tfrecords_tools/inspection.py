@@ -1,22 +1,28 @@
-"""Look at shards: record count, label histogram, frame counts and sizes, and a contact sheet."""
+"""Look at shards: their records parsed as numpy values (`iter_records`), a summary (record count,
+label histogram, frame counts and sizes: `summarize`) and a contact sheet of one record's frames
+(`contact_sheet`), for `p3d-tfrecords inspect`. Every function takes what `collection.shard_files`
+takes (a folder, a glob, a shard file, or a list of these) and reads each shard as its bytes say
+(`compression="auto"`) or as the caller insists (`None` / `GZIP`).
+"""
 import collections
 import io
 import re
 
+import tensorflow as tf
+
 from . import schema
+from .collection import shard_files
+from .shards import shard_compression
+
+__all__ = ["contact_sheet", "iter_records", "summarize"]
 
 
 def _records(paths, compression="auto"):
-    """`(path, number, serialized)` of each record of the shards `paths`, shard after shard, each
-    read as its bytes say (`compression="auto"`, or `None` / `GZIP` to insist: `reader.shard_compression`).
-    A corrupt or truncated record raises a `ValueError` naming its shard and the record before it."""
-    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
-
-    from .reader import shard_compression  # noqa: PLC0415 (imports TensorFlow, as above)
-
-    paths = [str(p) for p in ([paths] if isinstance(paths, (str, bytes)) or hasattr(paths, "__fspath__")
-                              else paths)]
-    for path in paths:
+    """`(path, number, serialized)` of each record of the shards `paths` (`collection.shard_files`),
+    shard after shard, each read as its bytes say (`compression="auto"`, or `None` / `GZIP` to
+    insist: `shards.shard_compression`). A corrupt or truncated record raises a `ValueError`
+    naming its shard and the record before it."""
+    for path in shard_files(paths, argument="paths"):
         number = -1
         try:
             records = tf.data.TFRecordDataset(path, compression_type=shard_compression(path, compression))
@@ -37,8 +43,6 @@ def iter_records(paths, compression="auto"):
     """Yield each record parsed by `schema.parse_record`, as numpy values. A corrupt or truncated
     record, or one that is not a video of the schema, raises a `ValueError` naming the record and
     its shard."""
-    import tensorflow as tf  # here, not at the top: the converter's workers never import TF
-
     for path, number, serialized in _records(paths, compression):
         name = tf.constant(f"record {number} of shard={path}")
         try:
@@ -74,7 +78,7 @@ def summarize(paths, compression="auto"):
 def contact_sheet(paths, output_png, *, record=0, max_frames=16, columns=4, compression="auto"):
     """Save a grid of up to `max_frames` evenly spaced frames of record number `record` to
     `output_png`; returns that record's media id."""
-    from PIL import Image
+    from PIL import Image  # noqa: PLC0415 (optional extra: Pillow)
 
     for index, parsed in enumerate(iter_records(paths, compression)):
         if index == record:

@@ -56,6 +56,7 @@ import time
 from p3d_keras.core.files import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
 
 from .collection import FAILURES, LABELS, MANIFEST
+from .compression import WRITER_COMPRESSIONS as COMPRESSIONS
 from . import framing
 from . import index as index_lib
 from . import schema
@@ -64,7 +65,6 @@ from . import video as video_lib
 logger = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
-COMPRESSIONS = (None, "GZIP")
 COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
 # The layout of `.work/<item>.rec` files (2: frame count + a TFRecord frame). It is one of the
 # run's parameters, so a resume never copies work files of another layout into shards.

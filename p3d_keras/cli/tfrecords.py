@@ -157,15 +157,8 @@ def _beam(args, pipeline_args):
     return 0
 
 
-def _shard_paths(paths):
-    """The shards of each of `paths` (a shard, a glob, or a folder of `*.tfrecord` and
-    `*.tfrecord.gz` shards: `collection.shard_files`, so an interrupted write's `.tmp` file is
-    not one); raises a `ValueError` naming a path that holds none."""
-    return [pathlib.Path(shard) for path in paths for shard in collection.shard_files(str(path))]
-
-
 def _inspect(args):
-    paths = _shard_paths(args.paths)
+    paths = collection.shard_files(args.paths, argument="paths")
     compression = "GZIP" if args.gzip else "auto"
     print(json.dumps(inspection.summarize(paths, compression), indent=1, ensure_ascii=False))
     if args.contact_sheet:
@@ -177,7 +170,7 @@ def _inspect(args):
 def _index(args):
 
     failed = 0
-    for path in _shard_paths(args.paths):
+    for path in collection.shard_files(args.paths, argument="paths"):
         if index.is_index_file(path):
             logger.info("Not a shard, left as it is: %s", path)
             continue

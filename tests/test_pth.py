@@ -1,5 +1,6 @@
-"""p3d_keras.weights.pth: torch.save files of both serialization formats (written by torch where it
-is installed, else the committed fixtures of tests/data), and hostile files of every kind."""
+"""p3d_keras.weights.pth, read through p3d_keras.weights.formats (with pickle_scan and npz): torch.save
+files of both serialization formats (written by torch where it is installed, else the committed
+fixtures of tests/data), and hostile files of every kind."""
 import collections
 import io
 import json
@@ -15,9 +16,11 @@ import pytest
 
 import checkpoint_fixtures as cf
 from conftest import require_torch
-from p3d_keras.weights import pth
+from p3d_keras.weights import caffemodel, pth
 from p3d_keras.weights.caffemodel import write_caffemodel
-from p3d_keras.weights.pth import CheckpointError, UnsafeCheckpointError, read_state_dict, sniff_format
+from p3d_keras.weights.formats import read_state_dict, sniff_format
+from p3d_keras.weights.pickle_scan import Refused
+from p3d_keras.weights.untrusted import CheckpointError, UnsafeCheckpointError
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 FORMATS = pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -66,7 +69,7 @@ def tricky_state_dict(torch):
 
 def write_committed_fixtures(torch, folder=DATA):
     """Write tests/data/tricky_{zip,legacy}.pth and their expected arrays (run by hand with torch:
-    `python tests/test_checkpoints.py`)."""
+    `python tests/test_pth.py`)."""
     state = tricky_state_dict(torch)
     for legacy in (False, True):
         save({"state_dict": state, "epoch": 1}, folder / f"tricky_{'legacy' if legacy else 'zip'}.pth", legacy)
@@ -310,11 +313,11 @@ READER = r"""
 import json, resource, sys, time
 import numpy as np
 from p3d_keras.weights import caffemodel
-from p3d_keras.weights import pth
+from p3d_keras.weights.formats import read_state_dict
 from p3d_keras.weights.untrusted import CheckpointError
 
 def read(path):
-    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else pth.read_state_dict(path)
+    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else read_state_dict(path)
 
 spec = json.loads(sys.argv[1])
 if spec["limit"]:
@@ -390,7 +393,7 @@ def test_a_clean_file_after_each_hostile_one_loads_as_in_a_fresh_process(tmp_pat
 def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case):
     build, fragment = cf.HOSTILE[case]
     path = build(str(tmp_path))
-    reader = pth.caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
+    reader = caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
     with pytest.raises(CheckpointError, match=fragment) as info:
         reader(path)
     assert path in str(info.value)
@@ -408,7 +411,7 @@ def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case)
 def test_stand_ins_refuse_changes_even_past_the_scan(tmp_path, target, state):
     """The scan refuses BUILD on a global first; the stand-ins refuse it too, and each load has its own."""
     unpickler = pth._RestrictedUnpickler(io.BytesIO(b"\x80\x02" + target + state + b"b."))
-    with pytest.raises(pth._Refused, match="modify the reader's stand-in"):
+    with pytest.raises(Refused, match="modify the reader's stand-in"):
         unpickler.load()
     assert pth._allowed_globals() == pth._RestrictedUnpickler(io.BytesIO(b"")).allowed
     assert unpickler.allowed is not pth._RestrictedUnpickler(io.BytesIO(b"")).allowed

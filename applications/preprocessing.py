@@ -5,9 +5,10 @@ import importlib.resources
 import numpy as np
 from keras import ops
 
-from p3d_keras.applications.presets import get_preset
 from p3d_keras.core.labels import parse_labels
 from p3d_keras.core.normalization import normalize
+
+from .presets import get_preset
 
 
 @functools.lru_cache(maxsize=None)

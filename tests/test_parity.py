@@ -10,6 +10,8 @@ import pytest
 
 from conftest import PARITY_TOLERANCE, write_torch_checkpoint
 from p3d_keras.applications import P3DResNet
+from p3d_keras.weights import original
+from p3d_keras.weights.caffemodel import write_caffemodel
 
 STAGE_FACTOR = 4
 # Reference stage name -> the last Keras layer of that stage (None: the model output).
@@ -74,3 +76,28 @@ def test_p3d199_parity(graph, tmp_path_factory, reference, expected):
         write_torch_checkpoint(reference.build_state_dict(0, depth=199), path, legacy=True)
     model = P3DResNet(199, graph=graph, classifier_activation=None, weights=path)
     check_parity(model, graph, 199, reference, expected)
+
+
+def caffe_blobs(state, model):
+    """The port-named reference tensors as Caffe layers with their blobs (BN: scale, shift,
+    mean, variance, stored as (1, C) blobs)."""
+    original.assign_original(model, state, "pytorch")
+    flat = original.original_tensors(model, "caffe")
+    layers = {}
+    for name, value in flat.items():
+        layer = name.rsplit(".", 1)[0]
+        is_bn = f"{layer}.running_mean" in flat
+        layers.setdefault(layer, []).append(value.reshape(1, -1) if is_bn else value)
+    return layers
+
+
+@pytest.mark.parametrize("depth", [63, pytest.param(199, marks=pytest.mark.slow)])
+def test_caffemodel_reproduces_the_caffe_graph(depth, reference, expected, tmp_path):
+    model = P3DResNet(depth, classifier_activation=None)
+    path = tmp_path / f"p3d{depth}.caffemodel"
+    write_caffemodel(path, caffe_blobs(reference.build_state_dict(0, depth=depth), model))
+    model = P3DResNet(depth, classifier_activation=None)  # fresh weights: only the file can make it pass
+    assert original.main([str(path), str(tmp_path / "c.weights.h5"), "--depth", str(depth)]) == 0
+    model.load_weights(tmp_path / "c.weights.h5")
+    logits = model.predict(reference.reference_input(0), verbose=0)
+    np.testing.assert_allclose(logits, expected(depth)["logits_caffe"], rtol=0, atol=PARITY_TOLERANCE[depth])

@@ -125,6 +125,16 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
 
     Returns:
         A `keras.Model`.
+
+    Raises:
+        ValueError: an argument outside its choices, an input shape the network cannot take,
+            arguments that contradict the preset named by `weights`, a `weights` that is neither a
+            preset nor an existing file, or a weights file that does not fit the network (naming
+            the file). CheckpointError (a ValueError) for an original file that is refused.
+
+    Example:
+        model = P3DResNet(199, weights="kinetics400", include_top=False, pooling="avg")
+        features = model.predict(preprocess_input(clips))  # clips: (N, 16, 160, 160, 3), 0-255
     """
     stage_blocks = resolve_stage_blocks(depth)
     args, preset = preset_arguments(weights, include_top, depth, width, classes=classes, modality=modality,

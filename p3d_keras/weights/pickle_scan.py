@@ -95,7 +95,7 @@ class PickleScan:
         self.count += items
         if self.count > MAX_PICKLE_ITEMS:
             raise Refused(f"its pickle has more than {MAX_PICKLE_ITEMS} opcodes, objects and entries. "
-                           f"Expected a state dict (a P3D-199 training checkpoint has about 200 000)")
+                          f"Expected a state dict (a P3D-199 training checkpoint has about 200 000)")
 
     def _new(self, kind, items=(), value=None):
         self._spend(1 + len(items))
@@ -126,7 +126,7 @@ class PickleScan:
     def _reduce(self, func, args):
         if func.kind != "global" or args.kind != "tuple":
             raise Refused(f"its pickle calls a {func.kind} with a {args.kind}. Expected an allowed "
-                           "torch function or OrderedDict called with a tuple")
+                          "torch function or OrderedDict called with a tuple")
         if func.value != ORDERED_DICT:
             return self._new("call", [func, args])
         # Python 2 pickles an OrderedDict as OrderedDict([[key, value], ...]).
@@ -135,7 +135,7 @@ class PickleScan:
                 pair.kind not in ("list", "tuple") or len(pair.items) != 2 or pair.items[0].kind not in _HASHED_KINDS
                 for pair in pairs):
             raise Refused("its pickle calls OrderedDict with arguments other than key-value pairs "
-                           "keyed by strings or numbers")
+                          "keyed by strings or numbers")
         return self._new("odict", [args])
 
     def step(self, name, arg):
@@ -145,7 +145,7 @@ class PickleScan:
         if name in _ATOM_OPS:
             if isinstance(arg, int) and arg.bit_length() > _MAX_INT_BITS:
                 raise Refused(f"its pickle holds an integer of {arg.bit_length()} bits. "
-                               f"Expected at most {_MAX_INT_BITS}")
+                              f"Expected at most {_MAX_INT_BITS}")
             stack.append(self._new("atom", value=arg))
         elif name in ("PROTO", "FRAME"):
             pass
@@ -191,7 +191,7 @@ class PickleScan:
             index = len(self.memo) if name == "MEMOIZE" else arg
             if not 0 <= index <= len(self.memo) or not stack:
                 raise Refused(f"its pickle stores memo entry {index} while it has {len(self.memo)}. "
-                               f"Expected the next free entry or an earlier one")
+                              f"Expected the next free entry or an earlier one")
             self.memo[index] = stack[-1]
         elif name in ("GET", "BINGET", "LONG_BINGET"):
             if arg not in self.memo:
@@ -213,7 +213,7 @@ class PickleScan:
             (state,) = self._pop()
             if not stack or stack[-1].kind != "odict":
                 raise Refused(f"its pickle sets the state of a {stack[-1].kind if stack else 'nothing'}. "
-                               f"Expected only OrderedDicts' attributes")
+                              f"Expected only OrderedDicts' attributes")
             self._add(stack[-1], ("odict",), [state])
         elif name == "BINPERSID":
             stack.append(self._new("storage", self._pop()))
@@ -224,10 +224,10 @@ class PickleScan:
         elif name in _CONSTRUCTORS:
             cls = self._constructed_class(name, arg)
             raise Refused(f"it constructs a {cls} object (pickle opcode {name}), which a state dict never needs. "
-                           f"Only tensors, dicts and numbers are allowed. Received: global={cls}")
+                          f"Only tensors, dicts and numbers are allowed. Received: global={cls}")
         else:  # PERSID, EXT1/2/4, BYTEARRAY8, NEXT_BUFFER, READONLY_BUFFER
             raise Refused(f"its pickle uses the {name} opcode, which a torch state dict never needs. "
-                           f"Received: opcode {name}")
+                          f"Received: opcode {name}")
         return None
 
     def _constructed_class(self, name, arg):
@@ -256,10 +256,10 @@ def _check_walk(root):
             depth[key] = 1 + max((depth[id(child)] for child in node.items), default=0)
             if size[key] > MAX_PICKLE_ITEMS:
                 raise Refused(f"its pickle's objects, counted along every path, exceed {MAX_PICKLE_ITEMS} "
-                               f"(shared containers that multiply). Expected a state dict")
+                              f"(shared containers that multiply). Expected a state dict")
             if depth[key] > MAX_NESTING:
                 raise Refused(f"its pickle nests containers more than {MAX_NESTING} deep. "
-                               f"Expected a state dict (about 8 deep)")
+                              f"Expected a state dict (about 8 deep)")
         elif key not in size:
             if key in open_nodes:
                 raise Refused("its pickle holds a container that contains itself. Expected a state dict")

@@ -74,7 +74,7 @@ _STORAGE_DTYPES = {
 
 def _refuse_setstate(self, state):
     raise Refused(f"its pickle tries to modify the reader's stand-in for a torch object "
-                   f"({type(self).__name__.lstrip('_')}), which a state dict never does")
+                  f"({type(self).__name__.lstrip('_')}), which a state dict never does")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -210,13 +210,13 @@ class _RestrictedUnpickler(pickle.Unpickler):
             return self.allowed[(module, name)]
         except KeyError:
             raise Refused(f"it references {module}.{name}, which a state dict never needs. Only tensors, "
-                           f"dicts and numbers are allowed. Received: global={module}.{name}") from None
+                          f"dicts and numbers are allowed. Received: global={module}.{name}") from None
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or len(pid) not in (5, 6) or _ascii(pid[0]) != "storage":
             kind = describe(_ascii(pid[0]) if isinstance(pid, tuple) and pid else type(pid).__name__)
             raise Refused(f"it holds a pickled {kind} object (a whole module or another non-tensor object), "
-                           f"which a state dict never needs. Received: persistent id {kind}")
+                          f"which a state dict never needs. Received: persistent id {kind}")
         storage_type, key, location, numel = pid[1:5]
         view = pid[5] if len(pid) == 6 else None
         if not (isinstance(storage_type, _StorageType) and _is_text(key) and _is_text(location)

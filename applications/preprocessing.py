@@ -5,18 +5,21 @@ import importlib.resources
 import numpy as np
 from keras import ops
 
-from p3d_keras.applications.presets import get_preset
 from p3d_keras.core.labels import parse_labels
 from p3d_keras.core.normalization import normalize
+
+from .presets import get_preset
 
 
 @functools.lru_cache(maxsize=None)
 def load_labels(name):
-    """Class names of a label set shipped with the package ("kinetics400", "sports1m")."""
+    """Class names (a tuple, in index order) of a label set shipped with the package
+    ("kinetics400", "sports1m"); raises ValueError for any other name."""
     try:
         text = (importlib.resources.files("p3d_keras.applications") / "labels" / f"{name}.txt").read_text("utf-8")
     except FileNotFoundError:
-        raise ValueError(f"Unknown label set. Expected 'kinetics400' or 'sports1m'. Received: labels={name!r}") from None
+        raise ValueError(f"Unknown label set. Expected 'kinetics400' or 'sports1m'. "
+                         f"Received: labels={name!r}") from None
     return tuple(parse_labels(text, f"the shipped label set {name!r}"))
 
 
@@ -42,7 +45,11 @@ def preprocess_input(x, preset="kinetics400", normalization=None):
 
 def decode_predictions(preds, top=5, preset="kinetics400"):
     """The `top` classes of each prediction: a list (one per sample) of
-    `(class_index, class_name, score)` tuples, best first."""
+    `(class_index, class_name, score)` tuples, best first, named by the label set of `preset`.
+
+    Raises ValueError when `preds` is not `(samples, classes)` for that label set. Example:
+        decode_predictions(model.predict(clips), top=3)[0]  # the 3 best (index, name, score) of clip 0
+    """
     preds = np.asarray(ops.convert_to_numpy(preds))
     labels = load_labels(get_preset(preset).labels)
     if preds.ndim != 2 or preds.shape[1] != len(labels):

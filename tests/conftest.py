@@ -10,17 +10,12 @@ import pathlib
 import numpy as np
 import pytest
 
+from needs import missing, require_torch, write_torch_checkpoint
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_DIR = pathlib.Path(os.environ.get("P3D_REFERENCE_DIR", REPO.parent / "shared" / "reference"))
 # Float32 tolerances derived in the reference README (max |logit difference|).
 PARITY_TOLERANCE = {63: 2e-4, 199: 5e-3}
-
-
-def missing(what, why):
-    """Skip the test saying what is missing and why it is needed; fail it under CI=true."""
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is missing, but CI=true requires it: {why}")
-    pytest.skip(f"{what} is missing: {why}")
 
 
 def reference_dir():
@@ -56,34 +51,15 @@ def parity_tolerance():
     return PARITY_TOLERANCE
 
 
-def require_torch():
-    """The torch module, for the tests that write checkpoints with torch.save. Without torch such
-    a test is skipped, saying why; under CI=true (where the [test] extra installs torch) it fails."""
-    try:
-        import torch  # noqa: PLC0415 (optional: only tests that write torch checkpoints need it)
-    except ImportError:
-        missing("torch", "this test writes checkpoints with torch.save (pip install -e '.[test]')")
-    return torch
-
-
 @pytest.fixture
 def torch():
     return require_torch()
 
 
-def write_torch_checkpoint(state, path, legacy=False, prefix=""):
-    """Write `state` as the 2017-style training checkpoint the port released (needs torch; see
-    `require_torch`)."""
-    torch = require_torch()
-    sd = {prefix + k: torch.from_numpy(v) for k, v in state.items()}
-    torch.save({"state_dict": sd, "epoch": 0, "arch": "P3D"}, path, _use_new_zipfile_serialization=not legacy)
-    return path
-
-
-@pytest.fixture
+@pytest.fixture(scope="session")
 def torch_checkpoint():
-    """`write_torch_checkpoint`, for the tests that write the port's checkpoints (needs torch)."""
-    require_torch()
+    """`write_torch_checkpoint`, for the tests that write the port's checkpoints: a call without
+    torch skips the test (fails it under CI=true)."""
     return write_torch_checkpoint
 
 

@@ -1,4 +1,6 @@
 """P3DResNet family: structure, arguments, input rules, mixed precision, bad input."""
+import inspect
+
 import keras
 import numpy as np
 import pytest
@@ -147,3 +149,13 @@ def test_family_members_take_no_depth():
         P3DResNet199(199)
     assert P3DResNet199.__doc__.startswith("P3D ResNet-199 (from ResNet-152 with 47 temporal convs)")
     assert P3DResNet199.__name__ == "P3DResNet199"
+
+
+def test_family_members_share_one_keyword_only_signature_and_docstring():
+    signatures = {inspect.signature(build) for build in (P3DResNet63, P3DResNet131, P3DResNet199)}
+    assert len(signatures) == 1
+    (signature,) = signatures
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in signature.parameters.values())
+    assert set(signature.parameters) == set(inspect.signature(P3DResNet).parameters) - {"depth", "width", "temporal"}
+    assert P3DResNet63.__doc__.startswith("P3D ResNet-63 (from ResNet-50 with 13 temporal convs)")
+    assert P3DResNet131.__doc__.startswith("P3D ResNet-131 (from ResNet-101 with 30 temporal convs)")

@@ -1,4 +1,5 @@
-"""Small file helpers shared by the weights cache, the TFRecord writer and the window index:\nsha256, atomic files, and advisory locks that work on POSIX and Windows."""
+"""Small file helpers shared by the weights cache, the TFRecord writer and the window index:
+sha256, atomic files, and advisory locks that work on POSIX and Windows."""
 import contextlib
 import hashlib
 import os
@@ -41,6 +42,8 @@ def atomic_file(path):
 
 
 def write_atomic(path, *chunks):
+    """Write the bytes `chunks` to `path` through `atomic_file`: all of them or, if a write
+    raises, nothing (`path` keeps its old content)."""
     with atomic_file(path) as f:
         for chunk in chunks:
             f.write(chunk)

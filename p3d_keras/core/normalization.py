@@ -6,11 +6,11 @@ set of weights was trained on. `normalize` works on NumPy arrays, TensorFlow ten
 `tf.data`) and JAX arrays alike, using slicing and arithmetic with NumPy constants; the caller casts
 to a float dtype first.
 
-Speed (TensorFlow, a 16x160x160x3 float32 clip on one core): a negative-stride slice `x[..., ::-1]`
-is a StridedSlice that takes ~25 ms, so TensorFlow tensors are reversed with `tf.reverse` (~3 ms;
-`reverse_channels` dispatches on the type explicitly); and a `[C]` mean or std broadcast over the
-last axis takes ~5-9 ms, so the constants are tiled to `[W, C]` when the width is static (~1 ms;
-the values are the same).
+Two choices are made for TensorFlow's speed (measurements in bench/README.md): TensorFlow tensors
+are reversed with `tf.reverse` rather than a negative-stride slice `x[..., ::-1]`
+(`reverse_channels` dispatches on the type explicitly), and per-channel constants are tiled to
+`[W, C]` when the width is static rather than broadcast from `[C]` (`per_channel`; the values are
+the same).
 """
 import dataclasses
 import sys
@@ -90,7 +90,7 @@ def normalize(x, normalization):
 
 def reverse_channels(x):
     """`x` with its last axis reversed (RGB <-> BGR): `tf.reverse` for TensorFlow tensors, whose
-    negative-stride slice is ~8x slower; `x[..., ::-1]` for NumPy (a view), JAX and other arrays."""
+    negative-stride slice is slower (see bench/README.md); `x[..., ::-1]` for NumPy (a view), JAX and other arrays."""
     tf = sys.modules.get("tensorflow")  # a TensorFlow tensor implies TensorFlow is imported
     if tf is not None and tf.is_tensor(x):
         return tf.reverse(x, axis=[-1])
@@ -99,7 +99,8 @@ def reverse_channels(x):
 
 def per_channel(values, x):
     """Per-channel constants as float32 to combine with `x[..., C]`: tiled to `[W, C]` when `x` has
-    a static width (second-to-last axis), which TensorFlow broadcasts ~5x faster than `[C]`."""
+    a static width (second-to-last axis), which TensorFlow broadcasts faster than `[C]` (see
+    bench/README.md); else `[C]`."""
     row = np.asarray(values, dtype="float32")
     shape = getattr(x, "shape", None)
     try:

@@ -2,17 +2,17 @@
 
 A preset (`P3DResNet199(weights="kinetics400")`) is resolved in this order:
 
-1. the converted file `p3d_keras_<preset>.weights.h5` in the Keras cache
+1. the Keras weights file `p3d_keras_<preset>.weights.h5` in the Keras cache
    (`$KERAS_HOME/models`, default `~/.keras/models`): loaded, no network. Without a published
    sha256 the file is only checked to be a complete HDF5 file; a truncated or foreign file is
-   reported (naming it) and replaced by a download or a conversion when either is possible;
+   reported (naming it) and replaced by a download or by mapping the original when either is possible;
 2. else, if the preset has a published URL and sha256: downloaded (base URL overridable with
    `$P3D_KERAS_WEIGHTS_URL` for mirrors; a server silent for `$P3D_KERAS_DOWNLOAD_TIMEOUT` seconds,
    default 60, fails the download), hash-checked, then moved into the cache. A failed or
    mismatching download never leaves a file under the cache name and never replaces a good one;
-   the partial files of killed downloads are removed by the next download or conversion;
-3. else the original checkpoint, found in the cache as `<cache>/<original_file>`: converted once,
-   the converted file cached, then loaded.
+   the partial files of killed downloads are removed by the next download or mapping;
+3. else the original checkpoint, found in the cache as `<cache>/<original_file>`: loaded into the
+   full model once (`map_original_once`), saved into the cache as the Keras weights file, then loaded.
 
 A cache that cannot be written (read-only, or `$KERAS_HOME` under a file) is reported with the
 folder and how to move it (`KERAS_HOME`) before anything is downloaded.
@@ -39,13 +39,13 @@ ORIGINAL_SUFFIXES = (".pth", ".pth.tar", ".tar", ".npz", ".caffemodel")
 MIRROR_ENV = "P3D_KERAS_WEIGHTS_URL"
 TIMEOUT_ENV = "P3D_KERAS_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
-PARTIAL_MARK = ".part-"  # `<cache name>.part-<pid>-<random>`: a download or conversion being written
+PARTIAL_MARK = ".part-"  # `<cache name>.part-<pid>-<random>`: a download or mapped file being written
 STALE_PARTIAL_S = 600.0  # a partial untouched this long (and longer than the timeout) was left by a killed run
 CHUNK = 1 << 20
 
 
 def cache_dir():
-    """Where converted and original weights are looked for: `$KERAS_HOME/models`."""
+    """Where Keras weights files and original checkpoints are looked for: `$KERAS_HOME/models`."""
     return os.path.join(os.environ.get("KERAS_HOME") or os.path.expanduser("~/.keras"), "models")
 
 
@@ -82,7 +82,8 @@ def download_timeout():
 
 def load_weights(model, weights):
     """Load `weights` into `model`: a `.weights.h5` file saved by Keras, or an original
-    checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) converted on the fly."""
+    checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) mapped onto the model's layers.
+    Raises ValueError naming `weights` when the file does not exist."""
     path = os.fspath(weights)
     if not os.path.exists(path):
         raise ValueError("weights must be None, a preset name, a Keras weights file (.weights.h5) or an original "
@@ -94,7 +95,7 @@ def load_weights(model, weights):
 
 
 def preset_url(preset):
-    """The download URL of a preset's converted file (mirror base URL from the environment)."""
+    """The download URL of a preset's Keras weights file (mirror base URL from the environment)."""
     base = os.environ.get(MIRROR_ENV)
     if base:
         return f"{base.rstrip('/')}/{preset.filename}"
@@ -111,7 +112,7 @@ def unreadable_reason(path):
 
 
 def cached_file_state(cached, sha256):
-    """`None` if the converted file at `cached` can be used, else what is wrong with it."""
+    """`None` if the Keras weights file at `cached` can be used, else what is wrong with it."""
     if not os.path.exists(cached):
         return "absent"
     if sha256 is not None:
@@ -124,10 +125,11 @@ def cached_file_state(cached, sha256):
 
 
 def fetch_preset(preset, build_full_model):
-    """Path of the converted Keras file of `preset`, downloading or converting it if needed.
+    """Path of the Keras weights file of `preset` in the cache, downloading it or mapping it from
+    the original checkpoint if needed (see the module docstring for the order).
 
     `build_full_model()` builds the preset's architecture with its classifier; it is only called
-    when an original checkpoint has to be converted. Raises ValueError listing everything tried
+    (once) when an original checkpoint has to be mapped. Raises ValueError listing everything tried
     and where to put a file to work offline; also when the cache cannot be written.
     """
     cached = os.path.join(cache_dir(), preset.filename)
@@ -146,7 +148,7 @@ def fetch_preset(preset, build_full_model):
         tried.append(f"download: no published URL and sha256 for this preset (a mirror can be set with ${MIRROR_ENV})")
     original = os.path.join(cache_dir(), preset.original_file)
     if os.path.exists(original):
-        return convert_original(preset, original, build_full_model)
+        return map_original_once(preset, original, build_full_model)
     tried.append(f"original checkpoint in the cache: {original} (absent)")
     raise ValueError(
         f"Could not load weights preset {preset.name!r}. Tried:\n  - " + "\n  - ".join(tried) +
@@ -154,8 +156,10 @@ def fetch_preset(preset, build_full_model):
         f"(published on the {preset.published_at}) at {original}, or pass weights=<a local .weights.h5 file>.")
 
 
-def convert_original(preset, original, build_full_model):
-    """Convert an original checkpoint of `preset` once and cache the Keras file; returns its path."""
+def map_original_once(preset, original, build_full_model):
+    """Load the original checkpoint of `preset` (the file `original`) into `build_full_model()`
+    and save it as the preset's Keras weights file in the cache, atomically; returns its path.
+    Raises what `load_weights` raises for a file that does not fit."""
     model = build_full_model()
     load_weights(model, original)
     cached = os.path.join(writable_cache_dir(), preset.filename)
@@ -167,7 +171,7 @@ def convert_original(preset, original, build_full_model):
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-    log.info("converted %s into %s", original, cached)
+    log.info("mapped %s into %s", original, cached)
     return cached
 
 
@@ -176,7 +180,7 @@ def _partial_name(cached):
 
 
 def remove_stale_partials(folder, now=None):
-    """Remove the partial files (`p3d_keras_*.part-*`) of downloads or conversions that were killed:
+    """Remove the partial files (`p3d_keras_*.part-*`) of downloads or mappings that were killed:
     those not written for `STALE_PARTIAL_S` seconds (and for at least twice the download timeout, so
     a live download, which writes at least once per timeout, is never taken). Returns their paths."""
     now = time.time() if now is None else now

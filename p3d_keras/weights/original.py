@@ -12,7 +12,8 @@ import numpy as np
 from keras import layers
 
 from p3d_keras.core.layers import P3DBottleneck
-from p3d_keras.weights import caffemodel, pth
+from p3d_keras.weights.caffemodel import read_caffemodel
+from p3d_keras.weights.formats import read_state_dict, sniff_format
 from p3d_keras.weights.untrusted import MAX_BYTES, CheckpointError
 
 log = logging.getLogger(__name__)
@@ -145,10 +146,10 @@ def caffe_to_flat(blobs_by_layer, source="caffemodel"):
 def read_original(path, max_bytes=MAX_BYTES):
     """Read an original checkpoint. Returns `(naming, tensors)`: naming is "pytorch" or "caffe".
     The file may declare at most `max_bytes` of tensors; everything the readers refuse raises
-    CheckpointError naming the file (see `p3d_keras.weights.pth.read_state_dict`)."""
-    if pth.sniff_format(path) == "caffe":
-        return "caffe", caffe_to_flat(caffemodel.read_caffemodel(path, max_bytes), source=os.fspath(path))
-    return "pytorch", pth.read_state_dict(path, max_bytes)
+    CheckpointError naming the file (see `p3d_keras.weights.formats.read_state_dict`)."""
+    if sniff_format(path) == "caffe":
+        return "caffe", caffe_to_flat(read_caffemodel(path, max_bytes), source=os.fspath(path))
+    return "pytorch", read_state_dict(path, max_bytes)
 
 
 def _keras_values(targets, tensors, source):
@@ -204,7 +205,7 @@ def _mismatch_message(model, source, naming, missing, unexpected, misshaped, sho
 
 
 def load_original_weights(model, path):
-    """Convert an original checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) into `model`,
+    """Load an original checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) into `model`,
     all or nothing (see `assign_original`). The file is read within `MAX_BYTES` (the largest
     architecture), not the model's size, so that a checkpoint of a larger network is reported
     tensor by tensor."""

@@ -1,3 +1,4 @@
+"""p3d_keras.core.files: atomic files, sha256, and the run lock."""
 import os
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def test_shared_locks_coexist_and_exclude_an_exclusive_one(tmp_path):
 
 def test_a_killed_holders_lock_is_free(tmp_path):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import os, sys, time; from p3d_keras import fileutil; "
+        [sys.executable, "-c", "import os, sys, time; from p3d_keras.core import files; "
          f"fd = os.open({str(tmp_path / 'lock')!r}, os.O_RDWR | os.O_CREAT); assert files.try_lock(fd); "
          "print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:

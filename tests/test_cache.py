@@ -1,5 +1,5 @@
-"""Weight presets: download (local HTTP server), hash check, cache, mirrors, offline use, the
-Caffe converter, preprocess_input and decode_predictions."""
+"""p3d_keras.weights.cache, through `P3DResNet(weights=<preset>)`: download (local HTTP server),
+hash check, the cache, mirrors, offline use, an original mapped once, and `include_top=False`."""
 import dataclasses
 import functools
 import http.server
@@ -11,14 +11,9 @@ import time
 import numpy as np
 import pytest
 
-from conftest import PARITY_TOLERANCE
-from p3d_keras.cli import convert_weights
-from p3d_keras.weights import original
-from p3d_keras.weights import cache
-from p3d_keras.applications import (PRESETS, P3DResNet, P3DResNet199, decode_predictions, get_preset,
-                                    preprocess_input)
-from p3d_keras.weights.caffemodel import write_caffemodel
+from p3d_keras.applications import PRESETS, P3DResNet, P3DResNet199, p3d_resnet
 from p3d_keras.core.files import sha256_of
+from p3d_keras.weights import cache, original
 
 TINY = dict(depth=(1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3))
 CLIP = np.random.default_rng(0).normal(size=(1, 16, 32, 32, 3)).astype("float32")
@@ -274,6 +269,49 @@ def test_include_top_false_takes_all_but_the_classifier(keras_home, tiny_preset)
     np.testing.assert_allclose(trunk(CLIP), probe(CLIP), atol=1e-6)
 
 
+def count_full_builds(monkeypatch):
+    """A list that gets one entry per full model built for a preset (`P3DResNet` as `load_preset`'s
+    builder calls it, through the module's global name)."""
+    builds, real = [], p3d_resnet.P3DResNet
+
+    def spy(*args, **kwargs):
+        builds.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(p3d_resnet, "P3DResNet", spy)
+    return builds
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["cached", "mapped-from-original"])
+def test_include_top_false_builds_the_full_model_at_most_once(keras_home, tiny_preset, monkeypatch, mapped):
+    preset, _ = tiny_preset
+    source = P3DResNet(**TINY, classes=5, classifier_activation=None)
+    if mapped:
+        monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
+        keras_home.mkdir(parents=True)
+        np.savez(keras_home / "tiny_original.npz", **original.original_tensors(source))
+    else:
+        build()  # downloaded into the cache
+        source = build()
+    builds = count_full_builds(monkeypatch)
+    trunk = P3DResNet(**TINY, weights="tiny", include_top=False, pooling="avg")
+    assert len(builds) <= 1
+    probe = P3DResNet(**TINY, include_top=False, pooling="avg")
+    probe.set_weights([w for layer in source.layers if layer.name != "fc" for w in layer.get_weights()])
+    np.testing.assert_allclose(trunk(CLIP), probe(CLIP), atol=1e-5)
+
+
+def test_include_top_true_maps_an_original_with_one_full_build(keras_home, tiny_preset, monkeypatch):
+    preset, _ = tiny_preset
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
+    source = P3DResNet(**TINY, classes=5, classifier_activation=None)
+    keras_home.mkdir(parents=True)
+    np.savez(keras_home / "tiny_original.npz", **original.original_tensors(source))
+    builds = count_full_builds(monkeypatch)
+    np.testing.assert_allclose(build()(CLIP), source(CLIP), atol=1e-5)
+    assert len(builds) == 1
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(classes=10), r"weights='tiny' is a classes=5 model .*Received: classes=10"),
     (dict(graph="pytorch"), r"graph='caffe' model. Received: graph='pytorch'"),
@@ -283,13 +321,6 @@ def test_conflicting_arguments_raise(keras_home, tiny_preset, kwargs, match):
         build(**kwargs)
 
 
-def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"Expected one of \['kinetics400', .*'sports1m'\].*Received: weights='ucf'"):
-        P3DResNet199(weights="ucf")
-    with pytest.raises(ValueError, match="is a depth=199 model. Received: depth=63"):
-        P3DResNet(63, weights="kinetics400")
-
-
 def test_missing_everything_says_how_to_work_offline(keras_home):
     with pytest.raises(ValueError) as info:
         P3DResNet199(weights="kinetics400_pytorch")
@@ -297,63 +328,3 @@ def test_missing_everything_says_how_to_work_offline(keras_home):
     assert "no published URL" in message
     assert str(keras_home / "p3d_rgb_199.checkpoint.pth.tar") in message
     assert str(keras_home / "p3d_keras_kinetics400_pytorch.weights.h5") in message
-
-
-def caffe_blobs(state, model):
-    """The port-named reference tensors as Caffe layers with their blobs (BN: scale, shift,
-    mean, variance, stored as (1, C) blobs)."""
-    original.assign_original(model, state, "pytorch")
-    flat = original.original_tensors(model, "caffe")
-    layers = {}
-    for name, value in flat.items():
-        layer = name.rsplit(".", 1)[0]
-        is_bn = f"{layer}.running_mean" in flat
-        layers.setdefault(layer, []).append(value.reshape(1, -1) if is_bn else value)
-    return layers
-
-
-@pytest.mark.parametrize("depth", [63, pytest.param(199, marks=pytest.mark.slow)])
-def test_caffemodel_reproduces_the_caffe_graph(depth, reference, expected, tmp_path):
-    model = P3DResNet(depth, classifier_activation=None)
-    path = tmp_path / f"p3d{depth}.caffemodel"
-    write_caffemodel(path, caffe_blobs(reference.build_state_dict(0, depth=depth), model))
-    model = P3DResNet(depth, classifier_activation=None)  # fresh weights: only the file can make it pass
-    assert convert_weights.main([str(path), str(tmp_path / "c.weights.h5"), "--depth", str(depth)]) == 0
-    model.load_weights(tmp_path / "c.weights.h5")
-    logits = model.predict(reference.reference_input(0), verbose=0)
-    np.testing.assert_allclose(logits, expected(depth)["logits_caffe"], rtol=0, atol=PARITY_TOLERANCE[depth])
-
-
-def test_preprocess_input_matches_each_preset():
-    frames = np.random.default_rng(1).integers(0, 256, (2, 16, 8, 8, 3), dtype=np.uint8)
-    caffe = preprocess_input(frames, preset="kinetics400")
-    np.testing.assert_allclose(caffe, frames[..., ::-1].astype("float32") - [104, 117, 123])
-    assert caffe.dtype == np.float32
-    port = preprocess_input(frames, preset="kinetics400_pytorch")
-    np.testing.assert_allclose(port, (frames / 255.0 - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225], atol=1e-5)
-    flow = preprocess_input(frames[..., :2], preset="kinetics400_flow")
-    np.testing.assert_allclose(flow, frames[..., :2] - 128.0)
-    assert preprocess_input(frames, normalization="unit").max() <= 1.0
-
-
-def test_decode_predictions_names():
-    preds = np.zeros((2, 400), "float32")
-    preds[0, [0, 399, 161]] = [0.5, 0.3, 0.2]
-    preds[1, 208] = 1.0
-    top = decode_predictions(preds, top=3)
-    assert top[0] == [(0, "abseiling", 0.5), (399, "zumba", pytest.approx(0.3)), (161, "hurling (sport)",
-                                                                                  pytest.approx(0.2))]
-    assert top[1][0] == (208, "passing American football (in game)", 1.0)
-    sports = decode_predictions(np.eye(487, dtype="float32")[[0, 486]], top=1, preset="sports1m")
-    assert sports == [[(0, "boomerang", 1.0)], [(486, "model aircraft", 1.0)]]
-    with pytest.raises(ValueError, match=r"shape \(samples, 487\).*Received: preds.shape=\(1, 400\)"):
-        decode_predictions(preds[:1], preset="sports1m")
-
-
-def test_preset_table_is_complete():
-    assert set(PRESETS) == {"sports1m", "kinetics400", "kinetics400_flow", "kinetics400_pytorch",
-                            "kinetics400_flow_pytorch"}
-    for preset in PRESETS.values():
-        assert preset.graph in ("caffe", "pytorch") and preset.modality in ("rgb", "flow")
-        assert preset.input_shape[-1] == (3 if preset.modality == "rgb" else 2)
-        assert get_preset(preset.name) is preset

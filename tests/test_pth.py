@@ -1,5 +1,6 @@
-"""p3d_keras.weights.pth: torch.save files of both serialization formats (written by torch where it
-is installed, else the committed fixtures of tests/data), and hostile files of every kind."""
+"""p3d_keras.weights.pth and pickle_scan, read through `read_state_dict`: torch.save files of both
+serialization formats (written by torch where it is installed, else the committed fixtures of
+tests/data), and hostile files of every kind (torch, .npz and .caffemodel)."""
 import collections
 import io
 import json
@@ -8,16 +9,16 @@ import pathlib
 import pickle
 import subprocess
 import sys
-import zipfile
 
 import numpy as np
 import pytest
 
 import checkpoint_fixtures as cf
-from conftest import require_torch
-from p3d_keras.weights import pth
-from p3d_keras.weights.caffemodel import write_caffemodel
-from p3d_keras.weights.pth import CheckpointError, UnsafeCheckpointError, read_state_dict, sniff_format
+from needs import require_torch
+from p3d_keras.weights import caffemodel, pth
+from p3d_keras.weights.formats import read_state_dict, sniff_format
+from p3d_keras.weights.pickle_scan import Refused
+from p3d_keras.weights.untrusted import CheckpointError, UnsafeCheckpointError
 
 DATA = pathlib.Path(__file__).resolve().parent / "data"
 FORMATS = pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
@@ -66,7 +67,7 @@ def tricky_state_dict(torch):
 
 def write_committed_fixtures(torch, folder=DATA):
     """Write tests/data/tricky_{zip,legacy}.pth and their expected arrays (run by hand with torch:
-    `python tests/test_checkpoints.py`)."""
+    `python tests/test_pth.py`)."""
     state = tricky_state_dict(torch)
     for legacy in (False, True):
         save({"state_dict": state, "epoch": 1}, folder / f"tricky_{'legacy' if legacy else 'zip'}.pth", legacy)
@@ -228,80 +229,6 @@ def test_checkpoint_without_tensors_raises(torch, tmp_path):
         read_state_dict(path)
 
 
-# --- npz and format detection ---------------------------------------------------------------
-
-
-def test_npz_round_trip(tmp_path):
-    state = {"module.conv.weight": np.random.default_rng(0).standard_normal((2, 3, 1, 3, 3)).astype("f4"),
-             "module.bn.running_var": np.ones(2, "f4")}
-    np.savez(tmp_path / "w.npz", **state)
-    assert sniff_format(tmp_path / "w.npz") == "npz"
-    loaded = read_state_dict(tmp_path / "w.npz")
-    assert sorted(loaded) == ["bn.running_var", "conv.weight"]
-    np.testing.assert_array_equal(loaded["conv.weight"], state["module.conv.weight"])
-
-
-def test_npz_with_objects_is_refused(tmp_path):
-    np.savez(tmp_path / "obj.npz", a=np.array([{"x": 1}], dtype=object))
-    with pytest.raises(ValueError, match="obj.npz"):
-        read_state_dict(tmp_path / "obj.npz")
-
-
-def test_sniff_caffe_by_extension_and_content(tmp_path):
-    write_caffemodel(tmp_path / "net.caffemodel", {"conv1": [np.ones((2, 1, 1, 1, 1), "f4")]})
-    assert sniff_format(tmp_path / "net.caffemodel") == "caffe"
-    os.rename(tmp_path / "net.caffemodel", tmp_path / "net.bin")
-    assert sniff_format(tmp_path / "net.bin") == "caffe"
-    with pytest.raises(ValueError, match="read_caffemodel"):
-        read_state_dict(tmp_path / "net.bin")
-
-
-@pytest.mark.parametrize("content", [b"", b"epoch 3\nstate_dict: lots of weights\n",
-                                     b"\x89PNG\r\n\x1a\n" + bytes(range(64)), pickle.dumps({"a": 1})],
-                         ids=["empty", "text", "png", "plain-pickle"])
-def test_sniff_rejects_other_files(tmp_path, content):
-    path = tmp_path / "weights.pth"
-    path.write_bytes(content)
-    with pytest.raises(ValueError, match=r"weights\.pth.*Expected one of \['pytorch-zip'"):
-        sniff_format(path)
-    with pytest.raises(ValueError, match=r"weights\.pth"):
-        read_state_dict(path)
-
-
-def test_sniff_rejects_other_zips(tmp_path):
-    with zipfile.ZipFile(tmp_path / "notes.pth", "w") as zf:
-        zf.writestr("notes.txt", "hello")
-    with pytest.raises(ValueError, match="notes.pth.*neither"):
-        sniff_format(tmp_path / "notes.pth")
-
-
-def test_missing_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        read_state_dict(tmp_path / "nope.pth")
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
-        sniff_format(tmp_path / "nope.pth")
-
-
-def test_truncated_zip_raises(tmp_path):
-    path = tmp_path / "cut.pth"
-    path.write_bytes((DATA / "tricky_zip.pth").read_bytes())
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # cuts the central directory
-    with pytest.raises(ValueError, match="cut.pth.*truncated or corrupt"):
-        sniff_format(path)
-    with pytest.raises(ValueError, match="cut.pth.*truncated or corrupt"):
-        read_state_dict(path)
-
-
-@pytest.mark.parametrize("keep", [0.3, 0.9, 0.999])
-def test_truncated_legacy_raises(tmp_path, keep):
-    path = tmp_path / "cut.pth"
-    data = (DATA / "tricky_legacy.pth").read_bytes()
-    path.write_bytes(data[: int(len(data) * keep)])
-    assert sniff_format(path) == "pytorch-legacy"
-    with pytest.raises(ValueError, match="cut.pth: truncated or corrupt pytorch-legacy"):
-        read_state_dict(path)
-
-
 # --- hostile files: refused with one error naming the file, changing nothing, within limits -------
 
 # Run in a subprocess without TensorFlow: read each hostile file (CheckpointError expected, its
@@ -310,11 +237,11 @@ READER = r"""
 import json, resource, sys, time
 import numpy as np
 from p3d_keras.weights import caffemodel
-from p3d_keras.weights import pth
+from p3d_keras.weights.formats import read_state_dict
 from p3d_keras.weights.untrusted import CheckpointError
 
 def read(path):
-    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else pth.read_state_dict(path)
+    return caffemodel.read_caffemodel(path) if path.endswith(".caffemodel") else read_state_dict(path)
 
 spec = json.loads(sys.argv[1])
 if spec["limit"]:
@@ -390,7 +317,7 @@ def test_a_clean_file_after_each_hostile_one_loads_as_in_a_fresh_process(tmp_pat
 def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case):
     build, fragment = cf.HOSTILE[case]
     path = build(str(tmp_path))
-    reader = pth.caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
+    reader = caffemodel.read_caffemodel if path.endswith(".caffemodel") else read_state_dict
     with pytest.raises(CheckpointError, match=fragment) as info:
         reader(path)
     assert path in str(info.value)
@@ -408,7 +335,7 @@ def test_hostile_files_are_refused_in_process_and_change_nothing(tmp_path, case)
 def test_stand_ins_refuse_changes_even_past_the_scan(tmp_path, target, state):
     """The scan refuses BUILD on a global first; the stand-ins refuse it too, and each load has its own."""
     unpickler = pth._RestrictedUnpickler(io.BytesIO(b"\x80\x02" + target + state + b"b."))
-    with pytest.raises(pth._Refused, match="modify the reader's stand-in"):
+    with pytest.raises(Refused, match="modify the reader's stand-in"):
         unpickler.load()
     assert pth._allowed_globals() == pth._RestrictedUnpickler(io.BytesIO(b"")).allowed
     assert unpickler.allowed is not pth._RestrictedUnpickler(io.BytesIO(b"")).allowed
@@ -438,22 +365,6 @@ def test_a_budget_smaller_than_the_file_is_refused(tmp_path):
     np.savez(tmp_path / "w.npz", a=np.zeros(30, "f4"))
     with pytest.raises(CheckpointError, match=r"w.npz: its 1 arrays declare 120 bytes, more than the 100"):
         read_state_dict(tmp_path / "w.npz", max_bytes=100)
-
-
-@pytest.mark.parametrize("array, received", [(np.array(["a", "b"]), "<U1"), (np.zeros(2, "f4,i4"), "[('f0'")],
-                         ids=["strings", "structured"])
-def test_npz_of_non_numbers_is_refused(tmp_path, array, received):
-    np.savez(tmp_path / "s.npz", w=array)
-    with pytest.raises(CheckpointError, match=r"s.npz: member w.npy holds .* Expected an .npz of numeric arrays"):
-        read_state_dict(tmp_path / "s.npz")
-
-
-def test_npz_member_size_must_match_its_header(tmp_path):
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (1000,)})
-    cf.write_zip(tmp_path / "short.npz", [("w.npy", header.getvalue() + bytes(8))])
-    with pytest.raises(CheckpointError, match=r"short.npz: corrupt .npz \(member w.npy declares \(1000,\)"):
-        read_state_dict(tmp_path / "short.npz")
 
 
 @pytest.mark.parametrize("zip64", [False, True], ids=["zip", "zip64"])

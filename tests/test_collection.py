@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from p3d_keras.tfrecords_tools import shards as shards_lib
 from p3d_keras.tfrecords_tools import collection, index
 from shard_fixtures import write_shards
 
@@ -51,9 +52,9 @@ def test_shard_files_reads_urls_through_tf_io_gfile(folder):
 def test_labels_and_size(folder):
     root, plain, gz = folder
     assert collection.collection_labels(str(root)) == ["jump", "run"]
-    assert collection.collection_size(str(root)) == 3  # no manifest: the records are counted
+    assert shards_lib.count_records(str(root)) == 3  # no manifest: the records are counted
     (root / collection.MANIFEST).write_text(json.dumps({"totals": {"records": 7}}))
-    assert collection.collection_size(str(root)) == 7
+    assert shards_lib.count_records(str(root)) == 7
 
 
 def test_the_converters_modules_do_not_import_tensorflow():

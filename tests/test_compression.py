@@ -104,7 +104,7 @@ def test_a_plain_shard_that_starts_like_gzip_is_read_as_plain(tmp_path):
     for reads in ("records", "windows"):
         ds = reader.training_dataset(shard, batch_size=2, reads=reads, deterministic=True, seed=0, **SMALL)
         assert sorted(np.concatenate([labels for _, labels in ds]).tolist()) == [0, 1]
-    assert collection.collection_size(shard) == 2
+    assert shards_lib.count_records(shard) == 2
 
 
 def misnamed_folder(root):
@@ -132,7 +132,7 @@ def test_misnamed_shards_are_read_by_their_bytes_everywhere(tmp_path, capsys):
     assert sorted(np.concatenate([labels for _, labels in train]).tolist()) == [0, 1, 1, 2]
     evaluation = reader.evaluation_dataset(shards, batch_size=8, num_clips=1, **SMALL)
     assert sorted(np.concatenate([ids for _, _, ids in evaluation]).tolist()) == [b"v0", b"v0", b"v1", b"v1"]
-    assert collection.collection_size(str(folder)) == 4  # no manifest: the records are counted
+    assert shards_lib.count_records(str(folder)) == 4  # no manifest: the records are counted
     summary = inspection.summarize(shards)
     assert summary["records"] == 4 and summary["frames"]["total"] == sum(n for n, _ in VIDEOS)
     assert tfrecords.main(["inspect", str(folder)]) == 0

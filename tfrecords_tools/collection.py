@@ -7,12 +7,11 @@ paths are listed with `glob` and `os`; paths with a scheme (`gs://...`) with `tf
 imported then.
 """
 import glob
-import json
 import os
 
 from p3d_keras.core.labels import read_label_file
 
-__all__ = ["FAILURES", "LABELS", "MANIFEST", "SHARD_SUFFIXES", "collection_labels", "collection_size",
+__all__ = ["FAILURES", "LABELS", "MANIFEST", "SHARD_SUFFIXES", "collection_labels",
            "shard_files"]
 
 MANIFEST = "manifest.json"  # beside the shards: parameters, per-shard counts and sha256, totals
@@ -70,16 +69,3 @@ def collection_labels(path):
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     labels = os.path.join(folder, LABELS)
     return read_label_file(labels) if os.path.exists(labels) else None
-
-
-def collection_size(path):
-    """Number of records (videos) in the shards of `path`: from the converter's manifest when
-    present, else by counting records (each shard read as its bytes say, GZIP or not)."""
-    folder = path if os.path.isdir(path) else os.path.dirname(path)
-    manifest = os.path.join(folder, MANIFEST)
-    if os.path.isdir(path) and os.path.exists(manifest):
-        with open(manifest, encoding="utf-8") as f:
-            return int(json.load(f)["totals"]["records"])
-    from .shards import read_records  # noqa: PLC0415 (TensorFlow: never in the converter's processes)
-
-    return int(read_records(shard_files(path)).reduce(0, lambda n, _: n + 1))

@@ -1,7 +1,7 @@
 """How a shard is compressed: the names callers pass (`WRITER_COMPRESSIONS`,
 `READER_COMPRESSIONS`), and the compression told from a shard's first bytes, never from its name:
 the one test every reader of shards uses (`shards.shard_compression`, `index.build_index`, and
-through them the reader, `inspection`, `collection_size` and the programs).
+through them the reader, `inspection`, `shards.count_records` and the programs).
 
 A plain TFRecord file starts with its first record's header: the length (8 bytes, little-endian)
 and the masked CRC32C of those 8 bytes (`framing`). A GZIP file starts with gzip's magic `1f 8b`

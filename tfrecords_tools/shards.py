@@ -12,17 +12,19 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 the next shard. With a counter, records whose bytes are not a protocol buffer are counted and
 skipped too (`_skip_unparsable`). The check runs once per `RECORDS_PER_CHECK` records.
 """
+import json
 import os
 import struct
 
 import numpy as np
 import tensorflow as tf
 
+from . import collection
 from . import compression as compression_lib
 from . import framing
 from . import schema
 
-__all__ = ["CorruptRecordCounter", "RECORDS_PER_CHECK", "drop_invalid", "enforce", "enforced",
+__all__ = ["CorruptRecordCounter", "RECORDS_PER_CHECK", "count_records", "drop_invalid", "enforce", "enforced",
            "expected_record_bytes", "read_records", "read_window", "read_window_or_raise", "record_name",
            "shard_compression"]
 
@@ -244,3 +246,14 @@ def drop_invalid(dataset, counter):
     """`dataset` (elements `(..., ok)`, from `enforced`) without the elements whose `ok` is false:
     only when counting (`skip_corrupt=True`); otherwise `ok` is always true."""
     return dataset if counter is None else dataset.filter(lambda *element: element[-1])
+
+
+def count_records(path):
+    """Number of records (videos) in the shards of `path`: from the converter's manifest when
+    present, else by counting records (each shard read as its bytes say, GZIP or not)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    manifest = os.path.join(folder, collection.MANIFEST)
+    if os.path.isdir(path) and os.path.exists(manifest):
+        with open(manifest, encoding="utf-8") as f:
+            return int(json.load(f)["totals"]["records"])
+    return int(read_records(collection.shard_files(path)).reduce(0, lambda n, _: n + 1))

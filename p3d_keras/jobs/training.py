@@ -23,7 +23,7 @@ import tensorflow as tf
 from p3d_keras.applications.p3d_resnet import copy_weights
 from p3d_keras.core.layers import Normalize
 from p3d_keras.jobs import models
-from p3d_keras.tfrecords_tools import collection, reader
+from p3d_keras.tfrecords_tools import collection, reader, shards
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
                                              flip=flip, reads=reads, **data).repeat()
         val_data = reader.evaluation_dataset(collection.shard_files(val), num_clips=1, **data).map(
             lambda clips, labels, ids: (clips, labels)) if val else None
-        steps = max(1, collection.collection_size(train) // batch_size)
+        steps = max(1, shards.count_records(train) // batch_size)
         compile_for_training(trained, schedule=learning_rate_schedule(schedule, lr, steps, epochs, step_epochs),
                              optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
                              jit_compile=jit_compile, partial_bn=partial_bn)

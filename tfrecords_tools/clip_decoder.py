@@ -10,7 +10,7 @@ flip, reverse_channels) -> [T, h, w, 3] uint8`) has libjpeg-turbo write each row
 place in the clip and flips the row while it is in the cache: the same values (checked when the
 op is loaded, `verify`), with less CPU per clip (how much: `bench/README.md`).
 
-The native op is compiled on first use (~10 s) against the running TensorFlow (`tf.sysconfig`)
+The native op is compiled on first use (seconds) against the running TensorFlow (`tf.sysconfig`)
 and the system's libjpeg-turbo, with `$CXX` (default `c++`), into `$XDG_CACHE_HOME/p3d_keras/`
 (default `~/.cache/p3d_keras/`), once per TensorFlow version, compiler and source. It needs a
 C++17 compiler, libjpeg-turbo's headers (Debian/Ubuntu: `libjpeg-turbo8-dev` or
@@ -167,6 +167,6 @@ def resolve(decoder):
     except NativeDecoderUnavailable as error:
         if decoder == "native":
             raise NativeDecoderUnavailable(f"decoder='native': {error}; use decoder='tf' or 'auto'") from error
-        logger.warning("decoder='auto': decoding with TensorFlow's ops (the same clips, 9-24 %% more CPU per clip); "
+        logger.warning("decoder='auto': decoding with TensorFlow's ops (the same clips, more CPU per clip); "
                        "the native clip decoder is unavailable: %s", error)
         return None

@@ -1,6 +1,7 @@
 """A converter output folder as a whole: its shards (`shard_files`, the one shard discovery of the
-package), its class names (`labels.txt`) and its size (`manifest.json`), as `p3d-tfrecords convert`
-writes them and every program reads them.
+package), its class names (`labels.txt`) and the names of the files beside them, as
+`p3d-tfrecords convert` writes them and every program reads them (`shards.count_records` reads
+the record count in `manifest.json`).
 
 No TensorFlow at import (the converter's workers import this module for the file names): local
 paths are listed with `glob` and `os`; paths with a scheme (`gs://...`) with `tf.io.gfile`,

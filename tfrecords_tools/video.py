@@ -36,8 +36,7 @@ class DecodeOptions:
     threads: threads per video for the decoder and the scaler; 0 = automatic: cores/N in each
         of the converter's N worker processes, else FFmpeg picks (up to all cores). FFmpeg's own
         choice in every worker would oversubscribe the cores (the scaler alone starts a thread
-        per core) and, measured on 2 cores, made even a single process 1.35x slower per frame
-        (`bench/README.md`). Does not change the output.
+        per core), which is slower per frame (`bench/README.md`). Does not change the output.
     """
     size: tuple = PAPER_SIZE
     short_side: int | None = None
@@ -90,15 +89,15 @@ class Clip(ClipInfo):
     encoded_frames: list = dataclasses.field(kw_only=True)
 
 
-def iter_frames(path, options, start=None, end=None):
+def iter_frames(path, decode, start=None, end=None):
     """Yield `(timestamp_us from the clip start, av.VideoFrame)`, after segment selection, fps
     resampling and the frame cap. Also returns the source frame rate through `.frame_rate`."""
-    return _FrameIterator(path, options, start, end)
+    return _FrameIterator(path, decode, start, end)
 
 
 class _FrameIterator:
-    def __init__(self, path, options, start, end):
-        self.path, self.options = str(path), options
+    def __init__(self, path, decode, start, end):
+        self.path, self.decode = str(path), decode
         self.start_us = int(round((start or 0.0) * 1e6))
         self.end_us = None if end is None else int(round(end * 1e6))
         self.frame_rate = None
@@ -127,7 +126,7 @@ class _FrameIterator:
                 raise VideoError("not a video: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self.options.threads
+            stream.codec_context.thread_count = self.decode.threads
             self.frame_rate = float(stream.average_rate or stream.guessed_rate or 0) or None
             self.duration_us = _duration_us(container, stream)
             yield from self._select(self._decode(container, stream))
@@ -154,7 +153,7 @@ class _FrameIterator:
 
     def _select(self, frames):
         """Fps resampling (each target time takes the first frame at or after it) + frame cap."""
-        fps, cap = self.options.fps, self.options.max_frames
+        fps, cap = self.decode.fps, self.decode.max_frames
         count = 0
         target = 0
         for t_us, frame in frames:
@@ -269,7 +268,7 @@ def encode_jpeg(frame, height, width, quality, threads=0):
     return buffer.getvalue()
 
 
-def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
+def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
     """Decode `path` (optionally the segment `[start, end)` seconds), call `on_frame(jpeg)` with
     each frame's JPEG bytes in order as soon as it is encoded, and return a `ClipInfo`.
 
@@ -277,37 +276,37 @@ def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
     `on_frame` keeps them. Raises `VideoError` (with the reason) for unreadable, non-video,
     truncated, empty or too short inputs (possibly after some frames went to `on_frame`); an
     OSError raised here is `on_frame`'s (e.g. the converter's disk is full), never the video's."""
-    frames = iter_frames(path, options, start, end)
+    frames = iter_frames(path, decode, start, end)
     timestamps = []
     size = None
     last_jpeg, last_frame = None, None
     for t_us, frame in frames:
         if size is None:
-            size = options.output_size(*display_size(frame))
+            size = decode.output_size(*display_size(frame))
         if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
-            last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality, options.threads), frame
+            last_jpeg, last_frame = encode_jpeg(frame, *size, decode.jpeg_quality, decode.threads), frame
         on_frame(last_jpeg)
         timestamps.append(t_us)
-    _check_complete(frames, options, timestamps, end)
-    frame_rate = options.fps or frames.frame_rate or 0.0
+    _check_complete(frames, decode, timestamps, end)
+    frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
     end_us = start_us + (timestamps[-1] + round(1e6 / frame_rate) if frame_rate else timestamps[-1])
     return ClipInfo(timestamps, size[0], size[1], float(frame_rate), start_us, end_us)
 
 
-def encode_clip(path, options=DecodeOptions(), start=None, end=None):
+def encode_clip(path, decode=DecodeOptions(), start=None, end=None):
     """`stream_clip` keeping the JPEGs: a `Clip` with `encoded_frames`."""
     encoded = []
-    info = stream_clip(path, encoded.append, options, start, end)
+    info = stream_clip(path, encoded.append, decode, start, end)
     return Clip(**vars(info), encoded_frames=encoded)
 
 
-def _check_complete(frames, options, timestamps, end):
+def _check_complete(frames, decode, timestamps, end):
     if not timestamps:
         raise VideoError("zero frames decoded")
-    if len(timestamps) < options.min_frames:
-        raise VideoError(f"too short: {len(timestamps)} frames < min_frames={options.min_frames}")
-    capped = options.max_frames is not None and len(timestamps) >= options.max_frames
+    if len(timestamps) < decode.min_frames:
+        raise VideoError(f"too short: {len(timestamps)} frames < min_frames={decode.min_frames}")
+    capped = decode.max_frames is not None and len(timestamps) >= decode.max_frames
     expected_us = frames.duration_us if end is None else None
     if capped or not expected_us or not frames.frame_rate:
         return

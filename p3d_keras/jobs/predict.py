@@ -17,9 +17,9 @@ def read_video(path, max_frames=None):
     """All frames of a video file as uint8 RGB `[T, H, W, 3]`, upright as displayed (a phone
     video's rotation applied, as the converter does: `tfrecords_tools.video.upright_image`).
     Raises ValueError naming `path` for a file that is not a readable video."""
-    options = video.DecodeOptions(max_frames=max_frames)
+    decode = video.DecodeOptions(max_frames=max_frames)
     try:
-        frames = [np.asarray(video.upright_image(frame)) for _, frame in video.iter_frames(path, options)]
+        frames = [np.asarray(video.upright_image(frame)) for _, frame in video.iter_frames(path, decode)]
     except video.VideoError as error:
         raise ValueError(f"Expected a video file that PyAV can decode. Received: {path!r}: {error}") from error
     if not frames:

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import tfrecords_fixtures as fx
-from p3d_keras.core import files
+from p3d_keras.core import files as core_files
 from p3d_keras.tfrecords_tools import framing, schema, sources, video, writer
 from p3d_keras.cli import tfrecords
 
@@ -86,7 +86,7 @@ class _Disk:
 
     def install(self, monkeypatch):
         real_open, real_temporary = open, writer.tempfile.TemporaryFile
-        monkeypatch.setattr(fileutil, "open", lambda *a, **k: _DiskFile(real_open(*a, **k), self), raising=False)
+        monkeypatch.setattr(core_files, "open", lambda *a, **k: _DiskFile(real_open(*a, **k), self), raising=False)
         monkeypatch.setattr(writer.tempfile, "TemporaryFile", lambda *a, **k: _DiskFile(real_temporary(*a, **k), self))
 
 

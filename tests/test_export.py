@@ -189,7 +189,7 @@ def test_main_exports_the_next_version(model, exported, tmp_path):
 
 def test_main_unknown_preset(tmp_path, caplog):
     assert main(["--weights", "no-such-preset", "--depth", "63", "--base-dir", str(tmp_path)]) == 2
-    assert "Expected weights to be a preset name" in caplog.text and "Received: weights='no-such-preset'" in caplog.text
+    assert "Unknown weights. Expected one of" in caplog.text and "Received: weights='no-such-preset'" in caplog.text
     assert not any(tmp_path.iterdir())
 
 

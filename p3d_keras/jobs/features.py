@@ -2,13 +2,11 @@
 video representation (`extract_features`; the `p3d-extract-features` program calls it)."""
 import logging
 
-import keras
 import numpy as np
 
 from p3d_keras.jobs import metrics, models
 
 log = logging.getLogger(__name__)
-
 
 
 def features_of(model, dataset):

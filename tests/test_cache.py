@@ -64,6 +64,18 @@ def keras_home(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def original_only(keras_home, tiny_preset, monkeypatch):
+    """The tiny preset with no published file and only its original (an .npz) in the cache;
+    returns the preset and the network the original holds."""
+    preset, _ = tiny_preset
+    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
+    source = P3DResNet(**TINY, classes=5, classifier_activation=None)
+    keras_home.mkdir(parents=True)
+    np.savez(keras_home / "tiny_original.npz", **original.original_tensors(source))
+    return preset, source
+
+
+@pytest.fixture
 def tiny_preset(server, monkeypatch):
     """A preset of a tiny architecture whose converted file is published on the local server."""
     root, base = server
@@ -217,12 +229,8 @@ def test_a_damaged_cached_file_without_sha256_is_named(keras_home, tiny_preset, 
     assert f"delete {cached} and download or convert it again" in message
 
 
-def test_a_truncated_cached_file_is_replaced_by_converting_the_original(keras_home, tiny_preset, monkeypatch):
-    preset, _ = tiny_preset
-    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
-    source = P3DResNet(**TINY, classes=5, classifier_activation=None)
-    keras_home.mkdir(parents=True)
-    np.savez(keras_home / "tiny_original.npz", **original.original_tensors(source))
+def test_a_truncated_cached_file_is_replaced_by_converting_the_original(keras_home, original_only):
+    preset, source = original_only
     (keras_home / preset.filename).write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(100))  # an HDF5 signature, then nothing
     np.testing.assert_allclose(build()(CLIP), source(CLIP), atol=1e-5)
     assert cache.unreadable_reason(keras_home / preset.filename) is None
@@ -301,12 +309,8 @@ def test_include_top_false_builds_the_full_model_at_most_once(keras_home, tiny_p
     np.testing.assert_allclose(trunk(CLIP), probe(CLIP), atol=1e-5)
 
 
-def test_include_top_true_maps_an_original_with_one_full_build(keras_home, tiny_preset, monkeypatch):
-    preset, _ = tiny_preset
-    monkeypatch.setitem(PRESETS, "tiny", dataclasses.replace(preset, url=None, sha256=None))
-    source = P3DResNet(**TINY, classes=5, classifier_activation=None)
-    keras_home.mkdir(parents=True)
-    np.savez(keras_home / "tiny_original.npz", **original.original_tensors(source))
+def test_include_top_true_maps_an_original_with_one_full_build(original_only, monkeypatch):
+    _, source = original_only
     builds = count_full_builds(monkeypatch)
     np.testing.assert_allclose(build()(CLIP), source(CLIP), atol=1e-5)
     assert len(builds) == 1

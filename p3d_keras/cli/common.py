@@ -37,9 +37,12 @@ def dropout_rate(text):
     return value
 
 
-def add_model_arguments(parser):
-    """`--model` (a saved .keras model) or an architecture with optional `--weights`."""
+def add_model_arguments(parser, *, classes=False):
+    """`--model` (a saved .keras model) or an architecture with optional `--weights`; with
+    `classes`, also `--classes` (of a new network)."""
     group = parser.add_argument_group("model")
+    if classes:
+        group.add_argument("--classes", type=positive_int, help="classes of a new network (default 400, or the preset's)")
     group.add_argument("--model", help="a whole saved Keras model (.keras), e.g. the output of p3d-train")
     group.add_argument("--depth", default="199",
                        help="63, 131, 199, or four comma-separated block counts (default 199)")
@@ -71,6 +74,22 @@ def add_clip_arguments(parser, *, batch_size=8):
     add_normalization_argument(group)
     add_decoder_argument(group)
     return group
+
+
+def add_shard_reading_arguments(parser, *, out_help):
+    """The flags of the programs that read clips of the shards' videos with a model: `--data`,
+    `--out` (`out_help`), `--num-clips`, the clip flags and the model flags."""
+    parser.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--num-clips", type=positive_int, default=20, help="clips per video (default 20, as the paper)")
+    add_clip_arguments(parser)
+    add_model_arguments(parser)
+
+
+def shard_reading_arguments(args):
+    """The keyword arguments of `add_shard_reading_arguments`' flags but the model's (`model_spec`)."""
+    return dict(data=args.data, out=args.out, num_clips=args.num_clips, batch_size=args.batch_size,
+                **clip_arguments(args))
 
 
 def add_normalization_argument(parser):

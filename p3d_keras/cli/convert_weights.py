@@ -10,10 +10,9 @@ log = logging.getLogger("p3d-convert-weights")
 
 
 def build_parser():
-    p = argparse.ArgumentParser(
-        prog="p3d-convert-weights",
-        description="Load an original P3D checkpoint (PyTorch port .pth/.pth.tar/.npz, or the authors' "
-                    ".caffemodel; detected from the file) into a P3D ResNet and save a Keras weights file.")
+    p = argparse.ArgumentParser(prog="p3d-convert-weights", description="Load an original P3D checkpoint (PyTorch "
+                                "port .pth/.pth.tar/.npz, or the authors' .caffemodel; detected from the file) into "
+                                "a P3D ResNet and save a Keras weights file.")
     p.add_argument("src", help="original checkpoint")
     p.add_argument("dst", help="output Keras weights file, ending in .weights.h5")
     p.add_argument("--depth", type=int, default=199, choices=(63, 131, 199))

@@ -11,15 +11,10 @@ log = logging.getLogger("p3d-evaluate")
 def build_parser():
     p = argparse.ArgumentParser(prog="p3d-evaluate", description="Clip and video hit@1/5 of a P3D ResNet on "
                                 "TFRecord shards (N clips per video, scores averaged per video as in the paper).")
-    p.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
-    p.add_argument("--out", required=True,
-                   help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
     common.add_labels_argument(p, "labels.txt beside the shards")
-    p.add_argument("--num-clips", type=common.positive_int, default=20,
-                   help="clips per video (default 20, as the paper)")
     p.add_argument("--crops", choices=("center", "three"), default="center")
-    common.add_clip_arguments(p)
-    common.add_model_arguments(p)
+    common.add_shard_reading_arguments(
+        p, out_help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
     return p
 
 
@@ -27,9 +22,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
 
     def job():
-        return evaluation.evaluate(common.model_spec(args), data=args.data, out=args.out, labels=args.labels,
-                                   num_clips=args.num_clips, crops=args.crops, batch_size=args.batch_size,
-                                   **common.clip_arguments(args))
+        return evaluation.evaluate(common.model_spec(args), labels=args.labels, crops=args.crops,
+                                   **common.shard_reading_arguments(args))
 
     def done(report):
         log.info("%d videos, %d clips: clip hit@1 %.4f, hit@5 %.4f; video hit@1 %.4f, hit@5 %.4f; report in %s",

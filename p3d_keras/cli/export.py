@@ -13,9 +13,6 @@ def build_parser():
         prog="p3d-export",
         description="Export a P3D ResNet classifier as a SavedModel for TF Serving under "
                     "BASE_DIR/NAME/VERSION (uint8 frames in; probabilities, top-k and features out).")
-    common.add_model_arguments(p)
-    p.add_argument("--classes", type=common.positive_int,
-                   help="classes of a new network (default 400, or the preset's)")
     p.add_argument("--base-dir", required=True, help="model base directory (TF Serving's model_base_path parent)")
     p.add_argument("--name", default="p3d", help="model name (default: p3d)")
     p.add_argument("--version", type=common.non_negative_int, default=None, help="version (default: next integer)")
@@ -26,6 +23,7 @@ def build_parser():
     p.add_argument("--top-k", type=common.positive_int,
                    help="top classes the serving signature returns (default: 5, or every class if fewer)")
     p.add_argument("--no-warmup", action="store_true", help="do not write assets.extra warmup requests")
+    common.add_model_arguments(p, classes=True)
     return p
 
 

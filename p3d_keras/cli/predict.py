@@ -15,9 +15,7 @@ def build_parser():
                    help="windows averaged over the video (default 5)")
     p.add_argument("--top", type=common.positive_int, default=5, help="classes printed (default 5)")
     p.add_argument("--max-frames", type=common.positive_int, default=None, help="decode at most N frames")
-    p.add_argument("--classes", type=common.positive_int,
-                   help="classes of a new network (default 400, or the preset's)")
-    common.add_model_arguments(p)
+    common.add_model_arguments(p, classes=True)
     return p
 
 

@@ -42,7 +42,8 @@ def add_model_arguments(parser, *, classes=False):
     `classes`, also `--classes` (of a new network)."""
     group = parser.add_argument_group("model")
     if classes:
-        group.add_argument("--classes", type=positive_int, help="classes of a new network (default 400, or the preset's)")
+        group.add_argument("--classes", type=positive_int,
+                           help="classes of a new network (default 400, or the preset's)")
     group.add_argument("--model", help="a whole saved Keras model (.keras), e.g. the output of p3d-train")
     group.add_argument("--depth", default="199",
                        help="63, 131, 199, or four comma-separated block counts (default 199)")

@@ -99,7 +99,8 @@ def draw_prediction(frames, title, path, shown=8):
     scale = 2
     sheet = Image.new("RGB", (shown * w * scale + (shown + 1) * 4, h * scale + 34), "white")
     for i, f in enumerate(picks):
-        sheet.paste(Image.fromarray(frames[f]).resize((w * scale, h * scale), Image.NEAREST), (4 + i * (w * scale + 4), 30))
+        tile = Image.fromarray(frames[f]).resize((w * scale, h * scale), Image.NEAREST)
+        sheet.paste(tile, (4 + i * (w * scale + 4), 30))
     ImageDraw.Draw(sheet).text((6, 8), title, fill="black")
     sheet.save(path)
     return path
@@ -148,7 +149,8 @@ def format_summary(summary):
              f"{'video accuracy (8 classes)':28}{summary['p3d']['video_accuracy']:8.1%}"
              f"{summary['control_2d']['video_accuracy']:12.1%}"]
     for pair in summary["p3d"]["pairs"]:
-        lines.append(f"{'  ' + pair:28}{summary['p3d']['pairs'][pair]:8.1%}{summary['control_2d']['pairs'][pair]:12.1%}")
+        p3d, control = summary["p3d"]["pairs"][pair], summary["control_2d"]["pairs"][pair]
+        lines.append(f"{'  ' + pair:28}{p3d:8.1%}{control:12.1%}")
     index, label, p = summary["sample_top3"][0]
     lines.append(f"SavedModel {summary['saved_model']} classifies {os.path.basename(summary['sample'])} "
                  f"as {label} ({p:.1%}); picture: {summary['picture']}")

@@ -10,7 +10,8 @@ import functools
 import keras
 from keras import layers
 
-from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
+from p3d_keras.core.checks import check_choice
+from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck
 from p3d_keras.core.normalization import MODALITY_CHANNELS
 from p3d_keras.weights.cache import fetch_preset, load_weights
 

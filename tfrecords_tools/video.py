@@ -13,6 +13,8 @@ import os
 import stat
 import struct
 
+from p3d_keras.core.checks import expect
+
 PAPER_SIZE = (182, 242)  # (height, width) the P3D paper resizes frames to
 INTERPOLATION = "BILINEAR"
 # FFmpeg demuxers that turn files which are not videos into frames: `tty` renders a .txt/.nfo/.asc
@@ -47,16 +49,16 @@ class DecodeOptions:
     threads: int = 0
 
     def __post_init__(self):
-        _check(self.size is not None and len(self.size) == 2 and min(self.size) > 0,
+        expect(self.size is not None and len(self.size) == 2 and min(self.size) > 0,
                "size to be (height, width) with positive sides", size=self.size)
-        _check(self.short_side is None or self.short_side > 0,
+        expect(self.short_side is None or self.short_side > 0,
                "short_side to be a positive int or None", short_side=self.short_side)
-        _check(self.fps is None or self.fps > 0, "fps to be positive or None", fps=self.fps)
-        _check(1 <= self.jpeg_quality <= 95, "jpeg_quality in 1..95", jpeg_quality=self.jpeg_quality)
-        _check(self.max_frames is None or self.max_frames > 0,
+        expect(self.fps is None or self.fps > 0, "fps to be positive or None", fps=self.fps)
+        expect(1 <= self.jpeg_quality <= 95, "jpeg_quality in 1..95", jpeg_quality=self.jpeg_quality)
+        expect(self.max_frames is None or self.max_frames > 0,
                "max_frames to be a positive int or None", max_frames=self.max_frames)
-        _check(self.min_frames >= 1, "min_frames >= 1", min_frames=self.min_frames)
-        _check(self.threads >= 0, "threads >= 0", threads=self.threads)
+        expect(self.min_frames >= 1, "min_frames >= 1", min_frames=self.min_frames)
+        expect(self.threads >= 0, "threads >= 0", threads=self.threads)
 
     def output_size(self, height, width):
         """`(height, width)` of the encoded frames for a source of `height x width`."""
@@ -64,12 +66,6 @@ class DecodeOptions:
             return tuple(int(s) for s in self.size)
         scale = self.short_side / min(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _check(ok, expected, **received):
-    if not ok:
-        shown = ", ".join(f"{k}={v!r}" for k, v in received.items())
-        raise ValueError(f"Expected {expected}. Received: {shown}")
 
 
 @dataclasses.dataclass

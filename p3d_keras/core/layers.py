@@ -22,6 +22,7 @@ import keras
 from keras import layers, ops
 
 from p3d_keras.core import normalization as norm_lib
+from p3d_keras.core.checks import check_choice
 
 KINDS = ("A", "B", "C", "2D")
 GRAPHS = ("caffe", "pytorch")
@@ -45,12 +46,6 @@ MERGES = {
 
 BN_EPSILON = 1e-5
 BN_MOMENTUM = 0.9
-
-
-def check_choice(name, value, choices):
-    """Raise the project's ValueError when `value` is not one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"Invalid {name}. Expected one of {list(choices)}. Received: {name}={value!r}")
 
 
 @keras.saving.register_keras_serializable(package="p3d_keras")

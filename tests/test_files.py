@@ -66,3 +66,17 @@ def test_rewrite_and_read_head(tmp_path):
     files.rewrite(fd, b"pid 1")
     assert files.read_head(fd, 100) == b"pid 1" and (tmp_path / "note").read_bytes() == b"pid 1"
     os.close(fd)
+
+
+def test_atomic_path_unique_names_are_recognisable_and_kept_apart(tmp_path):
+    target = tmp_path / "p3d_keras_x.weights.h5"
+    with files.atomic_path(target, unique=True, suffix=".weights.h5") as first, \
+            files.atomic_path(target, unique=True, suffix=".weights.h5") as second:
+        assert first != second and files.PARTIAL_MARK in first.name and first.name.endswith(".weights.h5")
+        first.write_bytes(b"one")
+        second.write_bytes(b"two")
+    assert target.read_bytes() == b"one" and sorted(os.listdir(tmp_path)) == [target.name]  # the last to finish wins
+    with pytest.raises(OSError), files.atomic_path(target, unique=True) as partial:
+        partial.write_bytes(b"half")
+        raise OSError("disk full")
+    assert target.read_bytes() == b"one" and sorted(os.listdir(tmp_path)) == [target.name]

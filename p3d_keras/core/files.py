@@ -4,6 +4,7 @@ import contextlib
 import hashlib
 import os
 import pathlib
+import uuid
 
 try:
     import fcntl
@@ -24,21 +25,38 @@ def sha256_of(path, chunk=1 << 20):
     return digest.hexdigest()
 
 
+PARTIAL_MARK = ".part-"  # in the unique temporary names of `atomic_path(..., unique=True)`
+
+
 @contextlib.contextmanager
-def atomic_file(path):
-    """A binary file that replaces `path`, synced, once the block has finished; if the block
-    raises, `path` is left as it was and the partial file is removed."""
+def atomic_path(path, *, unique=False, suffix=""):
+    """A temporary path beside `path` for the block to write: it replaces `path` once the block
+    has finished; if the block raises, `path` is left as it was and the temporary file removed.
+
+    The temporary name is `<name>.tmp<suffix>`, for a writer that holds its folder alone (the
+    converter's lock); with `unique`, where several processes may write `path` at once (the
+    weights cache), `<name>.part-<pid>-<random><suffix>`, which a later run can recognise
+    (`PARTIAL_MARK`) and remove when a killed one left it. `suffix` keeps a name a writer
+    insists on (Keras: `.weights.h5`)."""
     path = pathlib.Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    middle = f"{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex}" if unique else ".tmp"
+    tmp = path.with_name(f"{path.name}{middle}{suffix}")
     try:
-        with open(tmp, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_file(path, *, unique=False):
+    """A binary file (`atomic_path`) that replaces `path`, synced, once the block has finished;
+    if the block raises, `path` is left as it was and the partial file is removed."""
+    with atomic_path(path, unique=unique) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def write_atomic(path, *chunks):

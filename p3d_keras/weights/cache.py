@@ -25,11 +25,10 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import uuid
 
 import h5py
 
-from p3d_keras.core.files import sha256_of
+from p3d_keras.core.files import PARTIAL_MARK, atomic_file, atomic_path, sha256_of
 from p3d_keras.weights.original import load_original_weights
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,6 @@ ORIGINAL_SUFFIXES = (".pth", ".pth.tar", ".tar", ".npz", ".caffemodel")
 MIRROR_ENV = "P3D_KERAS_WEIGHTS_URL"
 TIMEOUT_ENV = "P3D_KERAS_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 60.0
-PARTIAL_MARK = ".part-"  # `<cache name>.part-<pid>-<random>`: a download or mapped file being written
 STALE_PARTIAL_S = 600.0  # a partial untouched this long (and longer than the timeout) was left by a killed run
 CHUNK = 1 << 20
 
@@ -164,19 +162,10 @@ def map_original_once(preset, original, build_full_model):
     load_weights(model, original)
     cached = os.path.join(writable_cache_dir(), preset.filename)
     remove_stale_partials(os.path.dirname(cached))
-    partial = _partial_name(cached) + ".weights.h5"
-    try:
+    with atomic_path(cached, unique=True, suffix=".weights.h5") as partial:
         model.save_weights(partial)
-        os.replace(partial, cached)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     log.info("mapped %s into %s", original, cached)
     return cached
-
-
-def _partial_name(cached):
-    return f"{cached}{PARTIAL_MARK}{os.getpid()}-{uuid.uuid4().hex}"
 
 
 def remove_stale_partials(folder, now=None):
@@ -203,11 +192,10 @@ def _download(url, sha256, cached):
     atomically into place. Any read that waits longer than `download_timeout()` raises."""
     timeout = download_timeout()
     remove_stale_partials(os.path.dirname(cached))
-    partial = _partial_name(cached)
     digest = hashlib.sha256()
-    try:
+    with atomic_file(cached, unique=True) as f:
         try:
-            with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as f:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
                 for block in iter(lambda: response.read(CHUNK), b""):  # a short body raises IncompleteRead
                     f.write(block)
                     digest.update(block)
@@ -218,8 +206,4 @@ def _download(url, sha256, cached):
                                f"${TIMEOUT_ENV} to wait longer)") from e
         if digest.hexdigest() != sha256:
             raise ValueError(f"sha256 mismatch: got {digest.hexdigest()}")
-        os.replace(partial, cached)
-    finally:
-        if os.path.exists(partial):
-            os.remove(partial)
     return cached

@@ -42,6 +42,7 @@ is 1 GB).
 
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3
     git show REF:tfrecords_tools/reader.py > /tmp/baseline_reader.py  # a change to the reader against REF's
+    # (REF from after the layout move: an older reader.py imports modules that have moved since)
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rows "uint8 windows" --baseline-reader /tmp/baseline_reader.py
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3 --frames 20 --videos 4096 --unique-videos 256 --steady-skip 768
 

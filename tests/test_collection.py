@@ -58,9 +58,13 @@ def test_labels_and_size(folder):
 
 
 def test_the_converters_modules_do_not_import_tensorflow():
-    modules = ["collection", "compression", "framing", "index", "schema", "sources", "video", "writer"]
-    code = ("import sys\n" + "".join(f"import p3d_keras.tfrecords_tools.{m}\n" for m in modules)
+    # The converter's program and every module its spawned workers import (a console script's
+    # workers import the script's module, p3d_keras.cli.tfrecords, again).
+    modules = [f"p3d_keras.tfrecords_tools.{m}" for m in
+               ("beam", "collection", "compression", "framing", "index", "schema", "sources", "video", "writer")]
+    modules += ["p3d_keras.cli.common", "p3d_keras.cli.tfrecords"]
+    code = ("import sys\n" + "".join(f"import {m}\n" for m in modules)
             + "from p3d_keras.tfrecords_tools.collection import shard_files\n"
             + f"shard_files({str(pathlib.Path(__file__).parent)!r} + '/*.py')\n"
-            + "assert 'tensorflow' not in sys.modules, 'tensorflow imported'\n")
+            + "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow or Keras imported'\n")
     subprocess.run([sys.executable, "-c", code], check=True)

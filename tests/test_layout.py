@@ -1,5 +1,7 @@
-"""The code base's layers (p3d_keras/__init__.py): imports point down, programs alone see argparse,
-and a function-level import of p3d_keras is left only in the programs' package."""
+"""The code base's layers (p3d_keras/__init__.py): imports point down, peers never import each
+other, programs alone see argparse, a function-level import of p3d_keras is left only in the
+programs' package, and any other function-level import is an optional extra (or TensorFlow kept out
+of the converter's processes) with a comment saying so."""
 import ast
 import pathlib
 
@@ -28,6 +30,12 @@ def modules():
     return sorted(found)
 
 
+# Optional extras a module may import inside a function (so that the package works without them),
+# and TensorFlow where the converter's worker processes must not load it.
+LATE_IMPORTS = {"av", "PIL", "apache_beam", "matplotlib", "jax", "google_crc32c", "torch", "fcntl", "msvcrt"}
+LATE_TENSORFLOW = ("p3d_keras.tfrecords_tools.", "p3d_keras.cli.")
+
+
 def layer(name):
     return max((prefix for prefix in RANKS if name == prefix or name.startswith(prefix + ".")), key=len)
 
@@ -38,7 +46,9 @@ def imported(name, path):
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     top_level = {id(node) for node in tree.body}
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
+        if isinstance(node, ast.ImportFrom) and node.module == "p3d_keras" and not node.level:
+            targets = [f"p3d_keras.{alias.name}" for alias in node.names if alias.name != "__version__"]
+        elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
                 base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
@@ -66,6 +76,40 @@ def test_imports_point_down(name, path):
         other = layer(target)
         if other != own and (RANKS[other] >= RANKS[own]) and target != "p3d_keras.version":
             wrong.append(f"line {line}: {target} ({other}, rank {RANKS[other]} >= {own}, rank {RANKS[own]})")
+    assert wrong == []
+
+
+def test_peer_layers_never_import_each_other():
+    """weights and tfrecords_tools share a rank; applications (above both) never needs the reader."""
+    forbidden = {("p3d_keras.weights", "p3d_keras.tfrecords_tools"), ("p3d_keras.tfrecords_tools", "p3d_keras.weights"),
+                 ("p3d_keras.applications", "p3d_keras.tfrecords_tools"),
+                 ("p3d_keras.tfrecords_tools", "p3d_keras.applications")}
+    found = [f"{name} line {line}: {target}" for name, path in modules() for target, line, _ in imported(name, path)
+             if (layer(name), layer(target)) in forbidden]
+    assert found == []
+
+
+def late_imports(path):
+    """`(line, top-level module, the comment on that line or the line above)` of each import
+    inside a function or block of the module at `path`."""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    top_level = {id(node) for node in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in top_level and not getattr(node, "level", 0):
+            modules_ = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+            comment = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            for module in modules_:
+                yield node.lineno, module.split(".")[0], comment
+
+
+@pytest.mark.parametrize("name, path", modules(), ids=[name for name, _ in modules()])
+def test_late_imports_are_optional_extras_and_say_so(name, path):
+    if layer(name) == "p3d_keras.cli":
+        return  # checked by test_only_programs_... (p3d_keras) and by review
+    wrong = [f"line {line}: {module}{'' if comment else ' (no comment)'}" for line, module, comment in late_imports(path)
+             if not comment or not (module in LATE_IMPORTS or (module == "tensorflow" and name.startswith(LATE_TENSORFLOW)))]
     assert wrong == []
 
 

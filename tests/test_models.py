@@ -48,6 +48,8 @@ def test_outputs_probabilities_is_one_answer_for_every_job():
     assert models.outputs_probabilities(wrapped)
     with pytest.raises(ValueError, match="Received: classifier_activation='sigmoid'"):
         models.outputs_probabilities(TINY.build(classes=3, classifier_activation="sigmoid"))
+    softmax_layer = keras.Sequential([keras.Input((16, 32, 32, 3)), logits, keras.layers.Softmax()])
+    assert models.outputs_probabilities(softmax_layer)
 
 
 def test_normalization_and_class_names_follow_the_preset_unless_given(tmp_path):
@@ -59,4 +61,6 @@ def test_normalization_and_class_names_follow_the_preset_unless_given(tmp_path):
     labels = tmp_path / "labels.txt"
     labels.write_text("a\nb\n")
     assert models.class_names(spec, str(labels)) == ["a", "b"]
+    fine_tuned = ModelSpec(model="ft.keras", weights="kinetics400_pytorch")  # a model fine-tuned from a preset
+    assert models.normalization_for(fine_tuned, "rgb") == "imagenet" and models.class_names(fine_tuned)
     assert os.path.exists(labels)

@@ -18,7 +18,8 @@ __all__ = ["FAILURES", "LABELS", "MANIFEST", "SHARD_SUFFIXES", "collection_label
 MANIFEST = "manifest.json"  # beside the shards: parameters, per-shard counts and sha256, totals
 LABELS = "labels.txt"  # beside the shards: class names in index order
 FAILURES = "failures.jsonl"  # beside the shards: the inputs that could not be converted, and why
-SHARD_SUFFIXES = (".tfrecord", ".tfrecord.gz")  # the shards of a folder (GZIP or not: told by their bytes)
+PLAIN_SUFFIX, GZIP_SUFFIX = ".tfrecord", ".tfrecord.gz"  # as the converter names shards (readers go by the bytes)
+SHARD_SUFFIXES = (PLAIN_SUFFIX, GZIP_SUFFIX)  # the shards of a folder, GZIP or not
 # Never shards, whatever a glob matches: window indexes, unfinished atomic writes, the collection's files.
 _NOT_SHARDS = (".tfindex", ".tmp", MANIFEST, LABELS, FAILURES)
 

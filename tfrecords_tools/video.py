@@ -108,7 +108,7 @@ class _FrameIterator:
             raise VideoError(f"unreadable: {error}") from error
 
     def _open_and_decode(self):
-        import av
+        import av  # noqa: PLC0415 (optional extra: [video])
 
         _check_regular_file(self.path)
         try:
@@ -129,7 +129,7 @@ class _FrameIterator:
 
     def _decode(self, container, stream):
         """(timestamp from the clip start in us, frame) of every decoded frame in the segment."""
-        import av
+        import av  # noqa: PLC0415 (optional extra: [video])
 
         origin = stream.start_time or 0
         try:
@@ -211,7 +211,7 @@ def orientation(frame):
     `AV_FRAME_DATA_DISPLAYMATRIX`: a point `(x, y)` of the frame is displayed at
     `(a*x + c*y, b*x + d*y)` plus a translation); as decoded when there is none. Raises
     `VideoError` for a matrix that is not a right-angle rotation and/or mirror."""
-    import av
+    import av  # noqa: PLC0415 (optional extra: [video])
 
     for side_data in frame.side_data:
         if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:

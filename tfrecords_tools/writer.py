@@ -55,8 +55,8 @@ import time
 
 from p3d_keras.core.files import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
 
-from .collection import FAILURES, LABELS, MANIFEST
-from .compression import WRITER_COMPRESSIONS as COMPRESSIONS
+from .collection import FAILURES, GZIP_SUFFIX, LABELS, MANIFEST, PLAIN_SUFFIX
+from .compression import GZIP, WRITER_COMPRESSIONS as COMPRESSIONS
 from . import framing
 from . import index as index_lib
 from . import schema
@@ -113,8 +113,8 @@ class Summary:
 
 
 def shard_suffix(compression):
-    """`.tfrecord`, or `.tfrecord.gz` for GZIP shards (readers tell GZIP by the bytes, not the name)."""
-    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+    """`collection.PLAIN_SUFFIX`, or `GZIP_SUFFIX` for GZIP shards (readers go by the bytes, not the name)."""
+    return GZIP_SUFFIX if compression == GZIP else PLAIN_SUFFIX
 
 
 def shard_name(prefix, index, num_shards, compression=None):

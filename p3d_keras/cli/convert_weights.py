@@ -1,6 +1,7 @@
 """`p3d-convert-weights`: an original P3D checkpoint as a Keras weights file
 (`jobs.original_weights.save_as_keras_weights`)."""
 import argparse
+import sys
 import logging
 
 from p3d_keras.cli import common
@@ -39,3 +40,7 @@ def main(argv=None):
                  args.classes)
 
     return common.run("p3d-convert-weights", job, done=done)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

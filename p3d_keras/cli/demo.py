@@ -1,5 +1,6 @@
 """`p3d-demo` (`make demo`): the whole job on a synthetic motion dataset (`jobs.demo.run_demo`)."""
 import argparse
+import sys
 import dataclasses
 import logging
 import os
@@ -33,3 +34,7 @@ def main(argv=None):
         return demo.run_demo(args.out, cfg)
 
     return common.run("p3d-demo", job, done=lambda summary: print(demo.format_summary(summary)))  # noqa: T201
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """`p3d-evaluate`: clip and video hit@1/5 of a P3D ResNet on TFRecord shards (`jobs.evaluation.evaluate`)."""
 import argparse
+import sys
 import logging
 
 from p3d_keras.cli import common
@@ -22,7 +23,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
 
     def job():
-        return evaluation.evaluate(common.model_spec(args), labels=args.labels, crops=args.crops,
+        return evaluation.evaluate(common.model_spec(args), labels_file=args.labels, crops=args.crops,
                                    **common.shard_reading_arguments(args))
 
     def done(report):
@@ -31,3 +32,7 @@ def main(argv=None):
                  report["video_hit@1"], report["video_hit@5"], args.out)
 
     return common.run("p3d-evaluate", job, done=done)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """`p3d-export`: export a P3D ResNet classifier as a SavedModel for TF Serving (`jobs.export.export_model`)."""
 import argparse
+import sys
 import logging
 
 from p3d_keras.cli import common
@@ -33,8 +34,12 @@ def main(argv=None):
 
     def job():
         return export.export_model(common.model_spec(args), base_dir=args.base_dir, classes=args.classes,
-                                   labels=args.labels, normalization=args.normalization, name=args.name,
+                                   labels_file=args.labels, normalization=args.normalization, name=args.name,
                                    version=args.version, resize_short_side=args.resize_short_side, top_k=args.top_k,
                                    warmup=not args.no_warmup)
 
     return common.run("p3d-export", job, done=lambda path: log.info("p3d-export: wrote %s", path))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

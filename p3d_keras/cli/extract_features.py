@@ -1,6 +1,7 @@
 """`p3d-extract-features`: pool5 features per clip and per video into an .npz file
 (`jobs.features.extract_features`)."""
 import argparse
+import sys
 import logging
 
 from p3d_keras.cli import common
@@ -27,3 +28,7 @@ def main(argv=None):
                  result["video_features"].shape[1], args.out)
 
     return common.run("p3d-extract-features", job, done=done)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,6 @@
 """`p3d-predict`: classify a video file and print the top classes (`jobs.predict.predict_video`)."""
 import argparse
+import sys
 
 from p3d_keras.cli import common
 from p3d_keras.jobs import predict
@@ -24,7 +25,7 @@ def main(argv=None):
 
     def job():
         return predict.predict_video(args.video, spec=None if args.saved_model else common.model_spec(args),
-                                     saved_model=args.saved_model, labels=args.labels,
+                                     saved_model=args.saved_model, labels_file=args.labels,
                                      normalization=args.normalization, classes=args.classes,
                                      num_clips=args.num_clips, max_frames=args.max_frames, top=args.top)
 
@@ -34,3 +35,7 @@ def main(argv=None):
             print(f"  {rank}. {label:<40} {probability:7.2%}  (class {index})")  # noqa: T201
 
     return common.run("p3d-predict", job, done=done, log_level="WARNING")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

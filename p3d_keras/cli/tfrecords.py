@@ -13,7 +13,7 @@ import sys
 import time
 
 from p3d_keras.cli import common
-from p3d_keras.tfrecords_tools import beam, collection, index, inspection, sources, video, writer
+from p3d_keras.tfrecords_tools import beam, collection, index, sources, video, writer
 
 logger = logging.getLogger("p3d_keras.tfrecords_tools")
 
@@ -158,6 +158,9 @@ def _beam(args, pipeline_args):
 
 
 def _inspect(args):
+    # imports TensorFlow: kept out of `convert`, whose spawned workers import this module
+    from p3d_keras.tfrecords_tools import inspection  # noqa: PLC0415
+
     paths = collection.shard_files(args.paths, argument="paths")
     compression = "GZIP" if args.gzip else "auto"
     print(json.dumps(inspection.summarize(paths, compression), indent=1, ensure_ascii=False))
@@ -168,7 +171,6 @@ def _inspect(args):
 
 
 def _index(args):
-
     failed = 0
     for path in collection.shard_files(args.paths, argument="paths"):
         if index.is_index_file(path):
@@ -194,3 +196,7 @@ def main(argv=None):
     commands = {"convert": _convert, "beam": lambda a: _beam(a, pipeline_args), "index": _index, "inspect": _inspect}
     return common.run("p3d-tfrecords", lambda: commands[args.command](args), done=lambda code: code,
                       expected=(writer.OutputError,), log_level=args.log_level)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

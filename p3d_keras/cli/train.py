@@ -1,5 +1,6 @@
 """`p3d-train`: fine-tune a P3D ResNet on TFRecord shards (`jobs.training.train`)."""
 import argparse
+import sys
 import logging
 import math
 
@@ -68,3 +69,7 @@ def main(argv=None):
         log.info("done: %s; models in %s", final, args.out)
 
     return common.run("p3d-train", job, done=done)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

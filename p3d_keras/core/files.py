@@ -7,10 +7,10 @@ import pathlib
 import uuid
 
 try:
-    import fcntl
+    import fcntl  # POSIX
 except ImportError:  # Windows: byte-range locks (msvcrt), exclusive only
     fcntl = None
-    import msvcrt
+    import msvcrt  # Windows
 
 SHARED_LOCKS = fcntl is not None  # whether try_lock(fd, shared=True) is available
 _WINDOWS_LOCK_OFFSET = 1 << 40  # the byte Windows locks: past any content, which stays readable

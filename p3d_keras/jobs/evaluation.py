@@ -75,22 +75,19 @@ def save_confusion_png(matrix, class_names, path):
     return path
 
 
-
-
-
-def evaluate(spec, *, data, out=None, labels=None, num_clips=20, crops="center", batch_size=8, frame_stride=1,
+def evaluate(spec, *, data, out=None, labels_file=None, num_clips=20, crops="center", batch_size=8, frame_stride=1,
              normalization=None, decoder="auto"):
     """Evaluate the network of `spec` (`models.ModelSpec`) on the shards `data` with `num_clips`
     clips per video (`crops`: "center" or "three") and return the report: clip and video hit@1/5,
     per-class accuracy, the video-level confusion matrix. With `out`, also writes
     `out/report.json` and `out/confusion_matrix.png` (the PNG needs the [plots] extra).
 
-    labels: a class-name file (default: `labels.txt` beside the shards, else class numbers).
+    labels_file: a class-name file (default: `labels.txt` beside the shards, else class numbers).
     frame_stride, normalization, decoder, batch_size: the reader's; normalization None means the
         preset's or the modality's default. Raises ValueError when the class names do not match
         the model, or for bad shards (naming them).
     """
-    class_names = read_label_file(labels) if labels else collection.collection_labels(data)
+    class_names = read_label_file(labels_file) if labels_file else collection.collection_labels(data)
     model = spec.build(classes=len(class_names) if class_names else None)
     classes = model.output_shape[-1]
     class_names = class_names or [str(i) for i in range(classes)]

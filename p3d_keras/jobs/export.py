@@ -60,8 +60,6 @@ MAP_ENTRY_KEY, MAP_ENTRY_VALUE = 1, 2
 # The serving graph
 
 
-
-
 def build_serving_module(model, *, labels, normalization, resize_short_side, top_k):
     """A `tf.Module` holding the model's variables and the two serving functions."""
     t_model, height, width, channels = model.input_shape[1:]
@@ -236,14 +234,14 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
 # p3d-export
 
 
-def export_model(spec, *, base_dir, classes=None, labels=None, normalization=None, **options):
+def export_model(spec, *, base_dir, classes=None, labels_file=None, normalization=None, **options):
     """Build the network of `spec` (`models.ModelSpec`, with `classes`) and export it with
     `export_saved_model(model, base_dir, labels=..., normalization=..., **options)`.
 
-    labels: a class-name file (default: the preset's class names, else class numbers).
+    labels_file: a class-name file (default: the preset's class names, else class numbers).
     normalization: default the preset's, else the modality's default.
     """
     model = spec.build(classes=classes)
-    return export_saved_model(model, base_dir, labels=models.class_names(spec, labels),
+    return export_saved_model(model, base_dir, labels=models.class_names(spec, labels_file),
                               normalization=models.normalization_for(spec, models.model_modality(model), normalization),
                               **options)

@@ -31,8 +31,10 @@ class ModelSpec:
 
     @property
     def preset(self):
-        """The `WeightPreset` that `weights` names, or None (`applications.find_preset`)."""
-        return None if self.model else find_preset(self.weights)
+        """The `WeightPreset` that `weights` names, or None (`applications.find_preset`). With a
+        saved `model` too, the preset still says its labels and normalisation (a model fine-tuned
+        from it)."""
+        return find_preset(self.weights)
 
     def build(self, classes=None, **overrides):
         """The `keras.Model`: the saved `model`, or a new P3DResNet with `classes` (None: the
@@ -60,10 +62,10 @@ def model_modality(model):
     return modality_of_channels(model.input_shape[-1])
 
 
-def class_names(spec, labels=None):
-    """Class names from the file `labels`, else the preset's of `spec`, else None."""
-    if labels:
-        return read_label_file(labels)
+def class_names(spec, labels_file=None):
+    """Class names from the file `labels_file`, else the preset's of `spec`, else None."""
+    if labels_file:
+        return read_label_file(labels_file)
     preset = spec.preset
     return list(load_labels(preset.labels)) if preset else None
 
@@ -100,7 +102,10 @@ def output_layer(model):
 
 
 def outputs_probabilities(model):
-    """True if `model` ends in softmax, False if it returns logits; raises for anything else."""
+    """True if `model` ends in softmax (an activation or a `Softmax` layer), False if it returns
+    logits; raises ValueError for anything else."""
+    if isinstance(output_layer(model), keras.layers.Softmax):
+        return True
     activation = getattr(output_layer(model), "activation", None)
     name = getattr(activation, "__name__", None)
     if name not in ("softmax", "linear"):

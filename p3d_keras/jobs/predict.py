@@ -55,12 +55,12 @@ def saved_model_probabilities(frames, saved_model_dir):
     return out["probabilities"].numpy()[0], [b.decode("utf-8") for b in out["top_k_labels"].numpy()[0]]
 
 
-def predict_video(path, *, spec=None, saved_model=None, labels=None, normalization=None, classes=None, num_clips=5,
+def predict_video(path, *, spec=None, saved_model=None, labels_file=None, normalization=None, classes=None, num_clips=5,
                   max_frames=None, top=5):
     """The `top` classes of the video file `path` as `(index, label, probability)`, best first:
     mean probabilities over `num_clips` windows of a Keras network (`spec`, a `models.ModelSpec`,
     with `classes`; normalisation default the preset's), or the centre window through an exported
-    SavedModel version folder (`saved_model`). Give one of the two. labels: a class-name file
+    SavedModel version folder (`saved_model`). Give one of the two. labels_file: a class-name file
     (default: the preset's names; numbers without one). Raises ValueError naming `path` for a
     video that cannot be read or is too short for the SavedModel."""
     if (spec is None) == (saved_model is None):
@@ -72,10 +72,10 @@ def predict_video(path, *, spec=None, saved_model=None, labels=None, normalizati
             probabilities, _ = saved_model_probabilities(frames, saved_model)
         except ValueError as e:
             raise ValueError(f"{path!r}: {e}") from e
-        names = read_label_file(labels) if labels else None
+        names = read_label_file(labels_file) if labels_file else None
     else:
         model = spec.build(classes=classes)
-        names = models.class_names(spec, labels)
+        names = models.class_names(spec, labels_file)
         probabilities = video_probabilities(
             frames, model, normalization=models.normalization_for(spec, models.model_modality(model), normalization),
             num_clips=num_clips)

@@ -165,9 +165,6 @@ def training_callbacks(out_dir, monitor_val, network=None):
     ]
 
 
-
-
-
 def model_for_classes(spec, classes):
     """The model to fine-tune (`spec.build`). A weights preset trained on another number of
     classes keeps every layer but the classifier, which starts afresh (e.g. Kinetics-400 weights

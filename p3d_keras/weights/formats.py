@@ -8,10 +8,10 @@ a `.caffemodel` (read by `p3d_keras.weights.caffemodel`).
 import os
 import zipfile
 
-from . import caffemodel
-from .npz import read_npz
-from .pth import LEGACY_MAGIC_NUMBER, read_torch_file, unpickle, zip_pickle_name
-from .untrusted import MAX_BYTES, CheckpointError, UnsafeCheckpointError, describe, open_zip
+from p3d_keras.weights import caffemodel
+from p3d_keras.weights.npz import read_npz
+from p3d_keras.weights.pth import LEGACY_MAGIC_NUMBER, read_torch_file, unpickle, zip_pickle_name
+from p3d_keras.weights.untrusted import MAX_BYTES, CheckpointError, UnsafeCheckpointError, describe, open_zip
 
 FORMATS = ("pytorch-zip", "pytorch-legacy", "npz", "caffe")
 DATA_PARALLEL_PREFIX = "module."

@@ -9,7 +9,7 @@ import zipfile
 
 import numpy as np
 
-from .untrusted import CheckpointError, open_zip, too_large
+from p3d_keras.weights.untrusted import CheckpointError, open_zip, too_large
 
 
 def _npy_header(f, name, path):

@@ -12,7 +12,7 @@ import _compat_pickle
 import pickle
 import pickletools
 
-from .untrusted import MAX_NESTING, MAX_PICKLE_ITEMS
+from p3d_keras.weights.untrusted import MAX_NESTING, MAX_PICKLE_ITEMS
 
 # The one global a pickle may call with arguments other than torch's rebuild functions.
 ORDERED_DICT = ("collections", "OrderedDict")

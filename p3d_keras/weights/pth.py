@@ -32,8 +32,8 @@ import zipfile
 
 import numpy as np
 
-from .pickle_scan import ORDERED_DICT, BoundedReader, PickleTooLong, Refused, python3_name, scan_pickle
-from .untrusted import (
+from p3d_keras.weights.pickle_scan import ORDERED_DICT, BoundedReader, PickleTooLong, Refused, python3_name, scan_pickle
+from p3d_keras.weights.untrusted import (
     MAX_BYTES,
     MAX_PICKLE_BYTES,
     CheckpointError,

@@ -47,7 +47,8 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
-    packages=["p3d_keras", "p3d_keras.applications", "p3d_keras.tfrecords_tools"],
+    packages=["p3d_keras", "p3d_keras.core", "p3d_keras.weights", "p3d_keras.jobs", "p3d_keras.cli",
+              "p3d_keras.applications", "p3d_keras.tfrecords_tools"],
     package_dir={
         "p3d_keras": "p3d_keras",
         "p3d_keras.applications": "applications",
@@ -61,14 +62,14 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "p3d-convert-weights=p3d_keras.convert:main",
-            "p3d-tfrecords=p3d_keras.tfrecords_tools.cli:main",
-            "p3d-train=p3d_keras.training:main",
-            "p3d-evaluate=p3d_keras.evaluation:main",
-            "p3d-extract-features=p3d_keras.features:main",
-            "p3d-export=p3d_keras.export:main",
-            "p3d-predict=p3d_keras.predict:main",
-            "p3d-demo=p3d_keras.demo:main",
+            "p3d-convert-weights=p3d_keras.cli.convert_weights:main",
+            "p3d-tfrecords=p3d_keras.cli.tfrecords:main",
+            "p3d-train=p3d_keras.cli.train:main",
+            "p3d-evaluate=p3d_keras.cli.evaluate:main",
+            "p3d-extract-features=p3d_keras.cli.extract_features:main",
+            "p3d-export=p3d_keras.cli.export:main",
+            "p3d-predict=p3d_keras.cli.predict:main",
+            "p3d-demo=p3d_keras.cli.demo:main",
         ],
     },
 )

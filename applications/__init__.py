@@ -1,7 +1,8 @@
 """The P3D ResNet family in the style of keras.applications (installed as p3d_keras.applications)."""
-from p3d_keras.applications.p3d_resnet import P3DResNet, P3DResNet63, P3DResNet131, P3DResNet199
-from p3d_keras.applications.preprocessing import decode_predictions, load_labels, preprocess_input
-from p3d_keras.applications.presets import PRESETS, WeightPreset, get_preset
+from .p3d_resnet import P3DResNet, P3DResNet63, P3DResNet131, P3DResNet199
+from .preprocessing import decode_predictions, load_labels, preprocess_input, top_classes
+from .presets import PRESETS, WeightPreset, find_preset, get_preset
 
-__all__ = ["P3DResNet", "P3DResNet63", "P3DResNet131", "P3DResNet199", "PRESETS", "WeightPreset", "get_preset",
-           "preprocess_input", "decode_predictions", "load_labels"]
+__all__ = ["P3DResNet", "P3DResNet63", "P3DResNet131", "P3DResNet199", "PRESETS", "WeightPreset", "find_preset",
+           "get_preset",
+           "preprocess_input", "decode_predictions", "load_labels", "top_classes"]

@@ -4,15 +4,18 @@ res2-res4 are P3D stages whose blocks cycle A, B, C (numbered continuously acros
 res5 is a plain 2D ResNet stage applied to each remaining time step. Time is reduced 16x by pool1
 and a (2, 1, 1) max pool after res2, res3 and res4; the head averages over time and space.
 """
-import os
+
+import functools
 
 import keras
 from keras import layers
 
-from p3d_keras.applications.presets import get_preset
-from p3d_keras.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck, check_choice
-from p3d_keras.normalization import MODALITY_CHANNELS
-from p3d_keras.weights import fetch_preset, load_weights
+from p3d_keras.core.checks import check_choice
+from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck
+from p3d_keras.core.normalization import MODALITY_CHANNELS
+from p3d_keras.weights.cache import fetch_preset, load_weights
+
+from .presets import find_preset
 
 STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
 POOLINGS = (None, "avg", "max")
@@ -76,8 +79,7 @@ ARCHITECTURE_DEFAULTS = dict(classes=400, modality="rgb", graph="caffe", dropout
 def preset_arguments(weights, include_top, depth, width, **given):
     """The architecture arguments: those given (not None), else the preset's (when `weights`
     names one) or the defaults. Arguments that contradict the preset raise."""
-    is_preset = isinstance(weights, str) and not os.path.exists(weights)
-    preset = get_preset(weights) if is_preset else None
+    preset = find_preset(weights)
     if preset is None:
         return {k: ARCHITECTURE_DEFAULTS[k] if v is None else v for k, v in given.items()}, None
     fixed = dict(depth=depth, width=width, graph=given["graph"], modality=given["modality"])
@@ -103,7 +105,7 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         weights: `None` (random initialisation), a preset name (see `PRESETS`; it sets the
             defaults of `classes`, `modality`, `graph` and `dropout_rate`, and conflicting values
             raise), a Keras weights file (`.weights.h5`), or an original checkpoint (`.pth`,
-            `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), converted on load.
+            `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), mapped onto the model on load.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: `(T, H, W, C)`, default `(16, 160, 160, C)`. T must be a multiple of 16,
             H and W at least 32; C is 3 for RGB and 2 for flow.
@@ -124,6 +126,16 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
 
     Returns:
         A `keras.Model`.
+
+    Raises:
+        ValueError: an argument outside its choices, an input shape the network cannot take,
+            arguments that contradict the preset named by `weights`, a `weights` that is neither a
+            preset nor an existing file, or a weights file that does not fit the network (naming
+            the file). CheckpointError (a ValueError) for an original file that is refused.
+
+    Example:
+        model = P3DResNet(199, weights="kinetics400", include_top=False, pooling="avg")
+        features = model.predict(preprocess_input(clips))  # clips: (N, 16, 160, 160, 3), 0-255
     """
     stage_blocks = resolve_stage_blocks(depth)
     args, preset = preset_arguments(weights, include_top, depth, width, classes=classes, modality=modality,
@@ -183,13 +195,19 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
 
 
 def load_preset(model, preset, build_full_model):
-    """Load a preset's converted file into `model`; a model without the classifier takes every
-    layer but the classifier from the full model."""
-    path = fetch_preset(preset, build_full_model)
+    """Load the Keras weights file of `preset` into `model` (fetched, or mapped from the original
+    file, by `p3d_keras.weights.cache.fetch_preset`).
+
+    `build_full_model()` builds the preset's architecture with its classifier. It is called at
+    most once: to map an original file, and for a `model` without the classifier, which takes every
+    layer but the classifier from that full model (by layer name).
+    """
+    full_model = functools.cache(build_full_model)
+    path = fetch_preset(preset, full_model)
     if any(layer.name == "fc" for layer in model.layers):
         model.load_weights(path)
         return
-    full = build_full_model()
+    full = full_model()
     full.load_weights(path)
     copy_weights(full, model)
 
@@ -202,22 +220,44 @@ def copy_weights(source, target, skip=()):
             layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
-def _family_member(depth):
-    def build(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-              classes=None, classifier_activation="softmax", modality=None, graph=None,
-              dropout_rate=None, name=None):
-        return P3DResNet(depth, include_top=include_top, weights=weights, input_tensor=input_tensor,
-                         input_shape=input_shape, pooling=pooling, classes=classes,
-                         classifier_activation=classifier_activation, modality=modality, graph=graph,
-                         dropout_rate=dropout_rate, name=name)
+FAMILY_DOC = """P3D ResNet-{depth} (from ResNet-{resnet} with {temporal} temporal convs).
 
-    build.__name__ = build.__qualname__ = f"P3DResNet{depth}"
-    build.__doc__ = (f"P3D ResNet-{depth} (from ResNet-{depth - sum(STAGE_BLOCKS[depth][:3])} with "
-                     f"{sum(STAGE_BLOCKS[depth][:3])} temporal convs). Arguments as `P3DResNet`, "
-                     "without `depth`, `width` and `temporal`.\n\n" + P3DResNet.__doc__.split("Args:")[1])
-    return build
+Takes the arguments of `P3DResNet` except `depth`, `width` and `temporal`, all by keyword, and
+returns `P3DResNet({depth}, ...)`, a `keras.Model`; see `P3DResNet` for their meaning, defaults
+and the ValueErrors they raise.
+
+Example:
+    model = P3DResNet{depth}(weights=None, input_shape=(16, 160, 160, 3), classes=10)
+"""
 
 
-P3DResNet63 = _family_member(63)
-P3DResNet131 = _family_member(131)
-P3DResNet199 = _family_member(199)
+def P3DResNet63(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
+                name=None):
+    return P3DResNet(63, include_top=include_top, weights=weights, input_tensor=input_tensor,
+                     input_shape=input_shape, pooling=pooling, classes=classes,
+                     classifier_activation=classifier_activation, modality=modality, graph=graph,
+                     dropout_rate=dropout_rate, name=name)
+
+
+def P3DResNet131(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                 classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
+                 name=None):
+    return P3DResNet(131, include_top=include_top, weights=weights, input_tensor=input_tensor,
+                     input_shape=input_shape, pooling=pooling, classes=classes,
+                     classifier_activation=classifier_activation, modality=modality, graph=graph,
+                     dropout_rate=dropout_rate, name=name)
+
+
+def P3DResNet199(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
+                 classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
+                 name=None):
+    return P3DResNet(199, include_top=include_top, weights=weights, input_tensor=input_tensor,
+                     input_shape=input_shape, pooling=pooling, classes=classes,
+                     classifier_activation=classifier_activation, modality=modality, graph=graph,
+                     dropout_rate=dropout_rate, name=name)
+
+
+P3DResNet63.__doc__ = FAMILY_DOC.format(depth=63, resnet=50, temporal=13)
+P3DResNet131.__doc__ = FAMILY_DOC.format(depth=131, resnet=101, temporal=30)
+P3DResNet199.__doc__ = FAMILY_DOC.format(depth=199, resnet=152, temporal=47)

@@ -17,7 +17,7 @@ sees, GPU included).
     python bench/model_throughput.py --backends jax --dtype float32,mixed_bfloat16   # on a GPU
     python bench/model_throughput.py ... --input uint8   # uint8 clips, normalised in the model
 
-`--input uint8` feeds uint8 clips to `uint8 -> p3d_keras.layers.Normalize("caffe") -> network`,
+`--input uint8` feeds uint8 clips to `uint8 -> p3d_keras.core.layers.Normalize("caffe") -> network`,
 what `p3d-train` trains by default (the reader's `output_dtype="uint8"`): a quarter of the bytes
 to copy to the device per step. `--input float32` (default) feeds normalised float32 clips.
 """
@@ -140,7 +140,7 @@ def build_model(args, jit_compile):
     model = P3DResNet(parse_depth(args.depth), width=args.width, classes=args.classes,
                       input_shape=(args.frames, args.size, args.size, 3))
     if args.input == "uint8":
-        from p3d_keras.training import with_input_normalization  # noqa: PLC0415
+        from p3d_keras.jobs.training import with_input_normalization  # noqa: PLC0415
 
         model = with_input_normalization(model, "caffe")
     model.compile(optimizer=keras.optimizers.SGD(learning_rate=1e-3, momentum=0.9),

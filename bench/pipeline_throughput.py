@@ -42,6 +42,7 @@ is 1 GB).
 
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3
     git show REF:tfrecords_tools/reader.py > /tmp/baseline_reader.py  # a change to the reader against REF's
+    # (REF from after the layout move: an older reader.py imports modules that have moved since)
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rows "uint8 windows" --baseline-reader /tmp/baseline_reader.py
     TF_CPU_ALLOCATOR_USE_BFC=true python bench/pipeline_throughput.py --rounds 3 --frames 20 --videos 4096 --unique-videos 256 --steady-skip 768
 
@@ -125,8 +126,9 @@ def decode_limit_dataset(paths, *, num_clips, clip_length, seed=0):
 
 def load_module(path):
     """The Python module in the file `path` (`--baseline-reader`: another version of `reader.py`,
-    importing the rest of the package as it is now). Raises `FileNotFoundError` without one."""
-    spec = importlib.util.spec_from_file_location("baseline_reader", path)
+    importing the rest of the package as it is now, its relative imports too: it is loaded as a
+    module of `p3d_keras.tfrecords_tools`). Raises `FileNotFoundError` without one."""
+    spec = importlib.util.spec_from_file_location("p3d_keras.tfrecords_tools.baseline_reader", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

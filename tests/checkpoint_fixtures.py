@@ -13,9 +13,9 @@ import zlib
 
 import numpy as np
 
-from p3d_keras import checkpoints
-from p3d_keras.caffemodel import encode_net
-from p3d_keras.protowire import length_delimited, packed_varints
+from p3d_keras.weights import pth
+from p3d_keras.weights.caffemodel import encode_net
+from p3d_keras.core.protowire import length_delimited, packed_varints
 
 GB2 = 2 << 30  # what each memory bomb claims or expands to
 
@@ -122,8 +122,8 @@ def write_torch_zip(path, pickled, storages, byteorder=b"little"):
 def write_torch_legacy(path, pickled, storages, header=None):
     """A legacy torch checkpoint: magic number, protocol, sys_info, `pickled`, the storage keys,
     then each storage (`storages` maps keys to `(numel, bytes)`)."""
-    header = header or [pickle.dumps(checkpoints.LEGACY_MAGIC_NUMBER, 2),
-                        pickle.dumps(checkpoints.LEGACY_PROTOCOL_VERSION, 2),
+    header = header or [pickle.dumps(pth.LEGACY_MAGIC_NUMBER, 2),
+                        pickle.dumps(pth.LEGACY_PROTOCOL_VERSION, 2),
                         pickle.dumps({"protocol_version": 1001, "little_endian": True}, 2)]
     body = b"".join(struct.pack("<q", numel) + data for numel, data in storages.values())
     with open(path, "wb") as f:
@@ -294,7 +294,7 @@ def nesting_bomb(folder):
     """A legacy file whose protocol-version pickle is a list 200 000 deep."""
     depth = 200_000
     nested = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
-    header = [pickle.dumps(checkpoints.LEGACY_MAGIC_NUMBER, 2), nested, pickle.dumps({}, 2)]
+    header = [pickle.dumps(pth.LEGACY_MAGIC_NUMBER, 2), nested, pickle.dumps({}, 2)]
     return write_torch_legacy(os.path.join(folder, "deep.pth"), _one_tensor(b""), {"0": (1, bytes(4))},
                               header=header)
 

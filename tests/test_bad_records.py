@@ -100,14 +100,14 @@ def test_whole_record_reads_name_the_record_and_count_it(tmp_path, case):
 def test_indexing_refuses_the_shard_naming_the_record(tmp_path, caplog, case):
     """So `reads="windows"` never reads such a record; `reads="auto"` reads the shard's whole
     records, where `skip_corrupt` counts and skips it."""
-    from p3d_keras.tfrecords_tools import cli
+    from p3d_keras.cli import tfrecords
 
     path = bad_shard(tmp_path, BAD_RECORDS[case][0])
     second = len(video_example(10, 0, "v0")) + 16  # the byte the bad record starts at
     with pytest.raises(ValueError, match=rf"{INDEX_ERRORS[case]}.* \(record at byte {second} of shard=.*bad-00000"):
         index.write_index(path)
     with caplog.at_level(logging.INFO, logger="p3d_keras.tfrecords_tools"):
-        assert cli.main(["index", path]) == 1
+        assert tfrecords.main(["index", path]) == 1
     assert f"record at byte {second} of shard={path}" in caplog.text
     dataset = reader.training_dataset(path, batch_size=1, skip_corrupt=True, **SMALL)  # reads="auto"
     assert sorted(batch[1].tolist() for batch in epoch(dataset)) == [[0], [2]]
@@ -172,12 +172,12 @@ def test_bytes_that_are_not_a_protocol_buffer_are_counted_and_skipped(tmp_path):
     ("foreign record", r"Expected a SequenceExample .* in record 1 of shard=\S*bad-00000-of-00001\.tfrecord$"),
 ])
 def test_cli_inspect_names_a_damaged_shard_and_exits_2(tmp_path, capsys, caplog, damage, error):
-    from p3d_keras.tfrecords_tools import cli
+    from p3d_keras.cli import tfrecords
 
     path = bad_shard(tmp_path, foreign_example() if damage == "foreign record" else video_example(4, 1, "v1"))
     if damage == "truncated":
         os.truncate(path, os.path.getsize(path) - 100)  # inside its last record
     with caplog.at_level(logging.ERROR, logger="p3d_keras.tfrecords_tools"):
-        assert cli.main(["inspect", path]) == 2
+        assert tfrecords.main(["inspect", path]) == 2
     assert re.search(error, caplog.text, re.MULTILINE)
     assert "Traceback" not in capsys.readouterr().err

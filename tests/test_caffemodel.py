@@ -1,12 +1,12 @@
-"""p3d_keras.caffemodel: round trips, and cross-checks against the protobuf package."""
+"""p3d_keras.weights.caffemodel: round trips, and cross-checks against the protobuf package."""
 import time
 
 import numpy as np
 import pytest
 
-from p3d_keras.caffemodel import encode_net, is_caffemodel, read_caffemodel, write_caffemodel
-from p3d_keras.protowire import field_key, length_delimited, packed_varints
-from p3d_keras.untrusted import MAX_PROTOBUF_FIELDS, CheckpointError
+from p3d_keras.weights.caffemodel import encode_net, is_caffemodel, read_caffemodel, write_caffemodel
+from p3d_keras.core.protowire import field_key, length_delimited, packed_varints
+from p3d_keras.weights.untrusted import MAX_PROTOBUF_FIELDS, CheckpointError
 
 
 def p3d_like_layers(seed=0):

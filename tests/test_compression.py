@@ -13,9 +13,11 @@ import pytest
 import tensorflow as tf
 
 import tfrecords_fixtures as fx
-from p3d_keras import cli_common, training
-from p3d_keras.tfrecords_tools import cli, compression, framing, index, inspect, reader, schema, sources, video
-from p3d_keras.tfrecords_tools import writer
+from p3d_keras.cli import tfrecords
+from p3d_keras.cli import train as train_cli
+from p3d_keras.tfrecords_tools import collection, compression, framing, index, inspection, reader, schema, sources
+from p3d_keras.tfrecords_tools import shards as shards_lib
+from p3d_keras.tfrecords_tools import video, writer
 from shard_fixtures import frame, video_example, write_shards
 
 VIDEOS = [(6, 0), (4, 1), (9, 2), (5, 1)]
@@ -96,13 +98,13 @@ def test_a_plain_shard_that_starts_like_gzip_is_read_as_plain(tmp_path):
     shard = ambiguous_shard(tmp_path / "train-00000-of-00001.tfrecord")
     with open(shard, "rb") as f:
         assert f.read(3) == compression.GZIP_HEADER
-    assert reader.shard_compression(shard) == ""
+    assert shards_lib.shard_compression(shard) == ""
     built = index.write_index(shard)  # today's main refused it as GZIP
     assert list(built.num_frames) == [3, 5]
     for reads in ("records", "windows"):
         ds = reader.training_dataset(shard, batch_size=2, reads=reads, deterministic=True, seed=0, **SMALL)
         assert sorted(np.concatenate([labels for _, labels in ds]).tolist()) == [0, 1]
-    assert cli_common.collection_size(shard) == 2
+    assert shards_lib.count_records(shard) == 2
 
 
 def misnamed_folder(root):
@@ -123,17 +125,17 @@ def misnamed_folder(root):
 
 def test_misnamed_shards_are_read_by_their_bytes_everywhere(tmp_path, capsys):
     folder, gz, plain = misnamed_folder(tmp_path)
-    shards = cli_common.shard_files(str(folder))
+    shards = collection.shard_files(str(folder))
     assert shards == [gz, plain]
-    assert [reader.shard_compression(p) for p in shards] == ["GZIP", ""]
+    assert [shards_lib.shard_compression(p) for p in shards] == ["GZIP", ""]
     train = reader.training_dataset(shards, batch_size=1, reads="records", deterministic=True, seed=0, **SMALL)
     assert sorted(np.concatenate([labels for _, labels in train]).tolist()) == [0, 1, 1, 2]
     evaluation = reader.evaluation_dataset(shards, batch_size=8, num_clips=1, **SMALL)
     assert sorted(np.concatenate([ids for _, _, ids in evaluation]).tolist()) == [b"v0", b"v0", b"v1", b"v1"]
-    assert cli_common.collection_size(str(folder)) == 4  # no manifest: the records are counted
-    summary = inspect.summarize(shards)
+    assert shards_lib.count_records(str(folder)) == 4  # no manifest: the records are counted
+    summary = inspection.summarize(shards)
     assert summary["records"] == 4 and summary["frames"]["total"] == sum(n for n, _ in VIDEOS)
-    assert cli.main(["inspect", str(folder)]) == 0
+    assert tfrecords.main(["inspect", str(folder)]) == 0
     assert json.loads(capsys.readouterr().out)["records"] == 4
     # The window index refuses the GZIP shard by its bytes and indexes the plain one whatever its name.
     with pytest.raises(ValueError, match=r"uncompressed shard.*Received: a GZIP-compressed "
@@ -153,7 +155,7 @@ def test_a_compression_that_contradicts_the_bytes_is_an_error_naming_the_shard(t
     with pytest.raises(ValueError, match=r"Expected an uncompressed shard.*Received: a GZIP-compressed "
                                          r"shard=.*a-00000-of-00002\.tfrecord"):
         reader.evaluation_dataset([gz, plain], batch_size=1, compression=None, **SMALL)
-    assert cli.main(["inspect", "--gzip", str(folder)]) == 2  # one message, exit 2
+    assert tfrecords.main(["inspect", "--gzip", str(folder)]) == 2  # one message, exit 2
 
 
 def make_kinetics(root, videos_per_class=2):
@@ -173,7 +175,7 @@ def test_readme_kinetics_gzip_example_trains(tmp_path):
     `p3d-train` on its output: GZIP shards named `.tfrecord.gz`, read by their bytes."""
     make_kinetics(tmp_path)
     out = tmp_path / "shards" / "k400-train"
-    assert cli.main(["convert", "--layout", "kinetics", "--csv", str(tmp_path / "train.csv"),
+    assert tfrecords.main(["convert", "--layout", "kinetics", "--csv", str(tmp_path / "train.csv"),
                      "--root", str(tmp_path / "train"), "--split", "train", "--short-side", "36", "--fps", "10",
                      "--max-frames", "30", "--gzip", "--output", str(out), "--shards", "2", "--workers", "0",
                      "--no-progress"]) == 0
@@ -183,9 +185,9 @@ def test_readme_kinetics_gzip_example_trains(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"]["compression"] == "GZIP"
     assert [s["file"] for s in manifest["shards"]] == names[:2]
-    assert all(reader.shard_compression(str(out / n)) == "GZIP" for n in names[:2])
+    assert all(shards_lib.shard_compression(str(out / n)) == "GZIP" for n in names[:2])
     run = tmp_path / "run"
-    assert training.main(["--train", str(out), "--val", str(out), "--out", str(run), "--epochs", "1",
+    assert train_cli.main(["--train", str(out), "--val", str(out), "--out", str(run), "--epochs", "1",
                           "--batch-size", "2", "--seed", "1", "--verbose", "0", "--decoder", "tf",
                           "--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]) == 0
     assert (run / "last.keras").exists()
@@ -208,9 +210,9 @@ def test_a_run_resumed_from_one_with_the_old_gzip_names_keeps_them(tmp_path):
     assert summary.resumed_shards == 2
     assert [s["file"] for s in summary.manifest["shards"]] == ["data-00000-of-00002.tfrecord",
                                                               "data-00001-of-00002.tfrecord"]
-    shards = cli_common.shard_files(str(out))
+    shards = collection.shard_files(str(out))
     assert [os.path.basename(p) for p in shards] == ["data-00000-of-00002.tfrecord", "data-00001-of-00002.tfrecord"]
-    assert inspect.summarize(shards)["frames"]["total"] == 3 + 4 + 5
+    assert inspection.summarize(shards)["frames"]["total"] == 3 + 4 + 5
 
 
 def test_gzip_shard_names():

@@ -18,8 +18,9 @@ import pytest
 from PIL import Image
 
 import tfrecords_fixtures as fx
-from p3d_keras import fileutil
-from p3d_keras.tfrecords_tools import cli, framing, schema, sources, video, writer
+from p3d_keras.core import files as core_files
+from p3d_keras.tfrecords_tools import framing, schema, sources, video, writer
+from p3d_keras.cli import tfrecords
 
 DECODE = video.DecodeOptions(size=(32, 48), max_frames=6)
 SHARDS = 3
@@ -77,7 +78,7 @@ def test_every_listed_input_is_a_record_or_a_failure(reference, dataset):
 
 class _Disk:
     """The output side's disk with `left` bytes free: every file the converter writes (through
-    `fileutil.atomic_file`, and the workers' spool files) counts, and a write that does not fit
+    `files.atomic_file`, and the workers' spool files) counts, and a write that does not fit
     raises OSError(ENOSPC), as a full disk does."""
 
     def __init__(self, left):
@@ -85,7 +86,7 @@ class _Disk:
 
     def install(self, monkeypatch):
         real_open, real_temporary = open, writer.tempfile.TemporaryFile
-        monkeypatch.setattr(fileutil, "open", lambda *a, **k: _DiskFile(real_open(*a, **k), self), raising=False)
+        monkeypatch.setattr(core_files, "open", lambda *a, **k: _DiskFile(real_open(*a, **k), self), raising=False)
         monkeypatch.setattr(writer.tempfile, "TemporaryFile", lambda *a, **k: _DiskFile(real_temporary(*a, **k), self))
 
 
@@ -160,7 +161,7 @@ def test_a_second_run_exits_2_naming_the_holder_and_a_killed_holders_lock_is_rec
     first, args, workers = _start_a_long_run(tmp_path, workers=1)  # holds the output folder
     try:
         with caplog.at_level(logging.ERROR):
-            assert cli.main([*args, "--output", str(tmp_path / "out")]) == 2
+            assert tfrecords.main([*args, "--output", str(tmp_path / "out")]) == 2
         assert (f"Expected no other conversion running on {tmp_path / 'out'}. Received: it is locked by pid "
                 f"{first.pid} on host ") in caplog.text
         items, label_map = sources.list_videos("folder", tmp_path / "videos")
@@ -169,9 +170,9 @@ def test_a_second_run_exits_2_naming_the_holder_and_a_killed_holders_lock_is_rec
     finally:
         first.kill()  # SIGKILL: a crashed run, its lock file left behind
         first.wait(timeout=30)
-    assert cli.main([*args, "--output", str(tmp_path / "out")]) == 0
+    assert tfrecords.main([*args, "--output", str(tmp_path / "out")]) == 0
     assert (tmp_path / "out" / writer.WORK_DIR / writer.LOCK).read_text().startswith(f"pid {os.getpid()} on host ")
-    assert cli.main([*args, "--output", str(tmp_path / "uninterrupted"), "--workers", "0"]) == 0
+    assert tfrecords.main([*args, "--output", str(tmp_path / "uninterrupted"), "--workers", "0"]) == 0
     assert _outputs(tmp_path / "out") == _outputs(tmp_path / "uninterrupted")
 
 
@@ -195,9 +196,10 @@ def test_a_run_waits_for_the_workers_of_a_killed_run(reference, tmp_path, monkey
 LONG_RUN = """
 import sys
 import tfrecords_fixtures as fx
-from p3d_keras.tfrecords_tools import cli, writer
+from p3d_keras.tfrecords_tools import writer
+from p3d_keras.cli import tfrecords
 writer._convert_task = fx.sleeping_task  # the videos named sleep-* take a minute each
-sys.exit(cli.main(sys.argv[1:]))
+sys.exit(tfrecords.main(sys.argv[1:]))
 """
 
 
@@ -243,8 +245,8 @@ def test_kill_9_of_the_main_process_kills_its_workers_and_the_rerun_is_byte_iden
     while any(map(_alive, workers)) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(map(_alive, workers)), "a worker outlived its killed run"
-    assert cli.main([*args, "--output", str(tmp_path / "out")]) == 0  # at once, in this process
-    assert cli.main([*args, "--output", str(tmp_path / "uninterrupted"), "--workers", "0"]) == 0
+    assert tfrecords.main([*args, "--output", str(tmp_path / "out")]) == 0  # at once, in this process
+    assert tfrecords.main([*args, "--output", str(tmp_path / "uninterrupted"), "--workers", "0"]) == 0
     assert _outputs(tmp_path / "out") == _outputs(tmp_path / "uninterrupted")
 
 
@@ -252,8 +254,8 @@ def test_an_output_that_is_a_file_exits_2_naming_it(dataset, tmp_path, caplog):
     (tmp_path / "file").write_text("not a folder")
     args = ["convert", "--root", str(dataset), "--workers", "0", "--no-progress", "--output"]
     with caplog.at_level(logging.ERROR):
-        assert cli.main([*args, str(tmp_path / "file")]) == 2
-        assert cli.main([*args, str(tmp_path / "file" / "under")]) == 2
+        assert tfrecords.main([*args, str(tmp_path / "file")]) == 2
+        assert tfrecords.main([*args, str(tmp_path / "file" / "under")]) == 2
     assert f"Expected output_dir to be a folder (new or existing). Received: output_dir={str(tmp_path / 'file')!r}, " \
            f"an existing file" in caplog.text
     assert f"Expected to write the conversion's files in {tmp_path / 'file' / 'under'}. Received: [Errno 20] Not a " \
@@ -298,8 +300,8 @@ def test_the_program_exits_2_on_a_full_disk_and_a_rerun_succeeds(dataset, refere
             "--shards", str(SHARDS), "--workers", "0", "--no-progress"]
     with monkeypatch.context() as patch, caplog.at_level(logging.ERROR):
         _Disk(5000).install(patch)
-        assert cli.main(args) == 2
+        assert tfrecords.main(args) == 2
     assert f"Expected to write the conversion's files in {tmp_path}. Received: [Errno 28] No space left on device" \
         in caplog.text
-    assert cli.main(args) == 0
+    assert tfrecords.main(args) == 0
     assert _outputs(tmp_path) == expected

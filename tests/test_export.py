@@ -12,8 +12,9 @@ import pytest
 import tensorflow as tf
 
 from p3d_keras.applications import P3DResNet
-from p3d_keras.export import export_saved_model, main, read_warmup_requests
-from p3d_keras.normalization import normalize
+from p3d_keras.cli.export import main
+from p3d_keras.jobs.export import export_saved_model, read_warmup_requests
+from p3d_keras.core.normalization import normalize
 
 LABELS = ["archery", "bowling", "curling", "diving", "fencing"]
 CLIPS = {"long": (2, 20, 50, 70, 3), "exact": (1, 16, 32, 32, 3)}
@@ -188,7 +189,7 @@ def test_main_exports_the_next_version(model, exported, tmp_path):
 
 def test_main_unknown_preset(tmp_path, caplog):
     assert main(["--weights", "no-such-preset", "--depth", "63", "--base-dir", str(tmp_path)]) == 2
-    assert "Unknown weights preset" in caplog.text and "Received: weights='no-such-preset'" in caplog.text
+    assert "Unknown weights. Expected one of" in caplog.text and "Received: weights='no-such-preset'" in caplog.text
     assert not any(tmp_path.iterdir())
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from p3d_keras import protowire as pw
-from p3d_keras.tfrecords_tools import cli, framing, index, reader, schema
+from p3d_keras.core import protowire as pw
+from p3d_keras.tfrecords_tools import framing, index, reader, schema
+from p3d_keras.cli import tfrecords
 from shard_fixtures import jpeg_frames, video_example, write_shards
 
 # Frame counts chosen so that windows of 4 (stride 1 and 3) cover short videos that loop.
@@ -210,12 +211,12 @@ def test_cli_index_skips_and_reports_a_bad_shard(tmp_path, caplog):
     with open(bad, "r+b") as f:
         f.truncate(100)
     with caplog.at_level(logging.INFO, logger="p3d_keras.tfrecords_tools"):
-        assert cli.main(["index", str(tmp_path)]) == 1
+        assert tfrecords.main(["index", str(tmp_path)]) == 1
     assert os.path.exists(index.index_path(good)) and not os.path.exists(index.index_path(bad))
     assert "Skipped" in caplog.text and "train-00001-of-00002.tfrecord" in caplog.text
     assert index.load_index(good).num_frames.tolist() == [n for n, _ in VIDEOS[::2]]
     os.remove(bad)
-    assert cli.main(["index", str(tmp_path)]) == 0  # the index files in the folder are not shards
+    assert tfrecords.main(["index", str(tmp_path)]) == 0  # the index files in the folder are not shards
 
 
 def _rewrite(path, edit):

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from p3d_keras.layers import GRAPHS, KINDS, Normalize, P3DBottleneck
-from p3d_keras.normalization import NORMALIZATIONS, normalize
+from p3d_keras.core.layers import GRAPHS, KINDS, Normalize, P3DBottleneck
+from p3d_keras.core.normalization import NORMALIZATIONS, normalize
 
 
 def _block(kind, graph="caffe", **kw):
@@ -66,7 +66,7 @@ def test_graphs_differ_only_for_b_and_c(kind):
 
 def test_caffe_c_is_half_half():
     """Caffe's C: u = ReLU(0.5 s + 0.5 BN(T s)); the port's C: u = s + ReLU(BN(T s))."""
-    from p3d_keras.layers import MERGES
+    from p3d_keras.core.layers import MERGES
 
     s = np.array([1.0, -2.0, 3.0], "float32")
     t = np.array([-3.0, 1.0, 1.0], "float32")

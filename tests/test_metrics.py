@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from p3d_keras.tfrecords_tools.metrics import clip_and_video_hits
+from p3d_keras.jobs.metrics import clip_and_video_hits
 
 
 def test_hits_against_hand_computed_values():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from p3d_keras.normalization import NORMALIZATIONS, get_normalization, normalize
+from p3d_keras.core.normalization import NORMALIZATIONS, get_normalization, normalize
 
 
 def test_caffe_is_bgr_minus_mean():
@@ -57,7 +57,7 @@ def test_same_values_on_numpy_tf_and_jax_with_static_and_dynamic_width():
 def test_tf_channel_reversal_is_a_reverse_not_a_strided_slice():
     # A negative-stride StridedSlice costs ~25 ms per 16x160x160x3 clip, tf.reverse ~3 ms.
     tf = pytest.importorskip("tensorflow")
-    from p3d_keras.normalization import reverse_channels
+    from p3d_keras.core.normalization import reverse_channels
 
     graph = tf.function(lambda t: normalize(t, "caffe")).get_concrete_function(
         tf.TensorSpec([None, None, None, 3])).graph
@@ -69,7 +69,7 @@ def test_tf_channel_reversal_is_a_reverse_not_a_strided_slice():
 
 
 def test_per_channel_constants_are_tiled_only_over_a_static_width():
-    from p3d_keras.normalization import per_channel
+    from p3d_keras.core.normalization import per_channel
 
     assert per_channel((1.0, 2.0, 3.0), np.zeros((4, 5, 3))).shape == (5, 3)
     assert per_channel((1.0, 2.0, 3.0), np.zeros(3)).shape == (3,)

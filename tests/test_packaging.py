@@ -1,6 +1,8 @@
 """setup.py's requirements, read by running setup.py with `setuptools.setup` replaced: the version
 floors, and which TensorFlow distribution each extra installs on each platform."""
+import importlib
 import importlib.metadata
+import inspect
 import pathlib
 import runpy
 
@@ -75,3 +77,16 @@ def test_beam_extra_brings_what_its_workers_need(setup_kwargs):
     beam = resolve(setup_kwargs["extras_require"]["beam"], "linux-x86_64")
     assert {"apache-beam", "av", "pillow", "google-crc32c"} <= set(beam)
     assert beam["apache-beam"].extras == set()  # [tfrecord] only added crcmod; the writer uses google-crc32c
+
+
+def test_every_console_script_is_a_thin_program(setup_kwargs):
+    """Each entry point is `main(argv=None)` beside `build_parser()` in a module of p3d_keras.cli."""
+    scripts = dict(entry.split("=") for entry in setup_kwargs["entry_points"]["console_scripts"])
+    assert set(scripts) == {"p3d-convert-weights", "p3d-tfrecords", "p3d-train", "p3d-evaluate",
+                            "p3d-extract-features", "p3d-export", "p3d-predict", "p3d-demo"}
+    for name, target in scripts.items():
+        module_name, function = target.split(":")
+        assert module_name.startswith("p3d_keras.cli.") and function == "main", name
+        module = importlib.import_module(module_name)
+        assert list(inspect.signature(module.main).parameters) == ["argv"] and callable(module.build_parser)
+        assert module.build_parser().prog == name

@@ -1,7 +1,7 @@
-"""p3d_keras.protowire: the hand-written protobuf wire-format primitives."""
+"""p3d_keras.core.protowire: the hand-written protobuf wire-format primitives."""
 import pytest
 
-from p3d_keras import protowire as pw
+from p3d_keras.core import protowire as pw
 
 
 @pytest.mark.parametrize("value, encoded", [

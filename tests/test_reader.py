@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from p3d_keras.tfrecords_tools import framing, reader
+from p3d_keras.tfrecords_tools import reader
 from shard_fixtures import frame_indices, video_example, write_shards
 
 VIDEOS = [(10, 0), (3, 1), (20, 2), (6, 1)]
@@ -113,30 +113,6 @@ def test_corrupt_shard_raises_or_is_counted(tmp_path, compression):
     assert reader.evaluation_dataset(paths, batch_size=8, **SMALL).corrupt_records is None
 
 
-def test_corrupt_record_inside_a_check_batch(tmp_path):
-    """A bad record in the middle of a shard, inside one of the check's batches of
-    `RECORDS_PER_CHECK` records: the records before it are read, then the error names the shard
-    (or, with a counter, the shard counts once)."""
-    videos = [(3, n % 3) for n in range(10)]
-    path = write_shards(tmp_path, videos)[0]
-    data = bytearray(open(path, "rb").read())
-    bad = reader.RECORDS_PER_CHECK + 1  # the second record of the second batch
-    offset = 0
-    for record in tf.data.TFRecordDataset(path).take(bad):
-        offset += len(record.numpy()) + framing.FRAMING_BYTES
-    data[offset + framing.HEADER_BYTES + 100] ^= 0xFF  # a byte of the bad record's data: its CRC fails
-    with open(path, "wb") as f:
-        f.write(bytes(data))
-    with pytest.raises(tf.errors.InvalidArgumentError, match=r"corrupt or truncated record in shard=.*train-00000"):
-        list(reader.read_records([path]))
-    counter = reader.CorruptRecordCounter()
-    records = [serialized for _, serialized in reader.read_records([path], counter=counter)]
-    assert len(records) == bad and counter.count == 1
-    (tmp_path / "clean").mkdir()
-    clean = tf.data.TFRecordDataset(write_shards(tmp_path / "clean", videos)[0]).take(bad)
-    assert [r.numpy() for r in clean] == [r.numpy() for r in records]
-
-
 def test_bad_options_raise(shards):
     with pytest.raises(ValueError, match="Received: seed=None"):
         reader.training_dataset(shards, batch_size=1, deterministic=True)
@@ -173,7 +149,7 @@ def test_caffe_clips_are_bgr_minus_mean_of_the_same_clips(shards):
 def test_uint8_clips_normalised_in_the_model_equal_the_float32_clips(shards, modality, normalization):
     # The same seed gives the same windows, crops and flips; Normalize does the BGR reversal the
     # float32 reader fuses with the flip, and the same normalize arithmetic.
-    from p3d_keras.layers import Normalize
+    from p3d_keras.core.layers import Normalize
     layer = Normalize(normalization)
     common = dict(modality=modality, clip_length=4, crop_size=24)
     for make in (lambda **kw: reader.training_dataset(shards, batch_size=2, deterministic=True, seed=7, **common, **kw),
@@ -212,7 +188,8 @@ def test_resized_uint8_clips_are_the_float32_clips_rounded(shards):
 
 
 def test_end_to_end_from_converter_output(tmp_path):
-    from p3d_keras import predict, synthetic
+    from p3d_keras.jobs import predict
+    from p3d_keras.jobs import synthetic
     from p3d_keras.tfrecords_tools import sources, video, writer
 
     rng = np.random.default_rng(0)

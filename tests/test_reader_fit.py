@@ -10,7 +10,7 @@ import sys
 sys.path.insert(0, {tests!r})
 import keras
 from p3d_keras.tfrecords_tools import reader
-from p3d_keras.tfrecords_tools.metrics import evaluate_clips
+from p3d_keras.jobs.metrics import evaluate_clips
 from test_reader_fit import build_model
 
 shards = {shards!r}

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from p3d_keras.synthetic import CLASSES, MOTIONS, make_motion_dataset, render_clip, write_video
+from p3d_keras.jobs.synthetic import CLASSES, MOTIONS, make_motion_dataset, render_clip, write_video
 
 OPPOSITE = {
     "move_left": "move_right", "move_right": "move_left", "move_up": "move_down", "move_down": "move_up",

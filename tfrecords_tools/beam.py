@@ -12,9 +12,11 @@ training machine and run `p3d-tfrecords index` there.
 import dataclasses
 import json
 
+from . import compression as compression_lib
 from . import index
 from . import video as video_lib
 from . import writer
+from .sources import VideoItem
 
 
 class _ConvertFn:
@@ -24,8 +26,6 @@ class _ConvertFn:
         self.label_map, self.decode = label_map, decode
 
     def __call__(self, row):
-        from .sources import VideoItem
-
         item = VideoItem(*row)
         try:
             record, _ = writer.convert_item(item, self.label_map[item.label], self.decode)
@@ -54,8 +54,8 @@ def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_li
     """Add the conversion to `pipeline` (a `beam.Pipeline`). `num_shards=0` lets the runner pick.
     Shards are `<output_prefix>-SSSSS-of-NNNNN.tfrecord`, with their window indexes when
     `writes_indexes`."""
-    import apache_beam as beam
-    from apache_beam.io.filesystem import CompressionTypes
+    import apache_beam as beam  # noqa: PLC0415 (optional extra: [beam])
+    from apache_beam.io.filesystem import CompressionTypes  # noqa: PLC0415 (optional extra: [beam])
 
     if compression not in writer.COMPRESSIONS:
         raise ValueError(f"Expected compression in {writer.COMPRESSIONS}. Received: compression={compression!r}")
@@ -71,7 +71,7 @@ def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_li
     shards = records | "Write" >> beam.io.WriteToTFRecord(
         output_prefix, file_name_suffix=writer.shard_suffix(compression), num_shards=num_shards,
         shard_name_template="-SSSSS-of-NNNNN",
-        compression_type=CompressionTypes.GZIP if compression == "GZIP" else CompressionTypes.UNCOMPRESSED,
+        compression_type=CompressionTypes.GZIP if compression == compression_lib.GZIP else CompressionTypes.UNCOMPRESSED,
     )
     if writes_indexes(output_prefix, compression):
         shards | "Index" >> beam.Map(_index_shard)
@@ -83,8 +83,8 @@ def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_li
 
 def run(items, label_map, output_prefix, *, pipeline_args=(), **kwargs):
     """Build and run the pipeline with `pipeline_args` (e.g. `["--runner=DataflowRunner", ...]`)."""
-    import apache_beam as beam
-    from apache_beam.options.pipeline_options import PipelineOptions
+    import apache_beam as beam  # noqa: PLC0415 (optional extra: [beam])
+    from apache_beam.options.pipeline_options import PipelineOptions  # noqa: PLC0415 (optional extra: [beam])
 
     with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
         build_pipeline(pipeline, items, label_map, output_prefix, **kwargs)

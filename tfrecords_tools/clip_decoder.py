@@ -1,6 +1,6 @@
 """The native clip decoder: a TensorFlow op that decodes the same crop of a clip's JPEG frames
 straight into the clip, which the readers use instead of TensorFlow's JPEG ops
-(`reader.decode_frames`).
+(`clips.decode_frames`).
 
 With TensorFlow's ops a clip is `tf.io.decode_and_crop_jpeg` per frame, `tf.stack`, then a
 `tf.reverse` for the flip: TensorFlow's decoder copies each row of a crop whose x offset is not on
@@ -8,9 +8,9 @@ a 16-pixel boundary out of a scratch row, so each clip is copied about three tim
 decoded. The native op (`clip_decoder.cc`, `P3dDecodeCropClip(contents [T], crop_window [4],
 flip, reverse_channels) -> [T, h, w, 3] uint8`) has libjpeg-turbo write each row of the crop in
 place in the clip and flips the row while it is in the cache: the same values (checked when the
-op is loaded, `verify`), 8-19 % less CPU per training clip at 160x160 crops (`bench/README.md`).
+op is loaded, `verify`), with less CPU per clip (how much: `bench/README.md`).
 
-The native op is compiled on first use (~10 s) against the running TensorFlow (`tf.sysconfig`)
+The native op is compiled on first use (seconds) against the running TensorFlow (`tf.sysconfig`)
 and the system's libjpeg-turbo, with `$CXX` (default `c++`), into `$XDG_CACHE_HOME/p3d_keras/`
 (default `~/.cache/p3d_keras/`), once per TensorFlow version, compiler and source. It needs a
 C++17 compiler, libjpeg-turbo's headers (Debian/Ubuntu: `libjpeg-turbo8-dev` or
@@ -167,6 +167,6 @@ def resolve(decoder):
     except NativeDecoderUnavailable as error:
         if decoder == "native":
             raise NativeDecoderUnavailable(f"decoder='native': {error}; use decoder='tf' or 'auto'") from error
-        logger.warning("decoder='auto': decoding with TensorFlow's ops (the same clips, 9-24 %% more CPU per clip); "
+        logger.warning("decoder='auto': decoding with TensorFlow's ops (the same clips, more CPU per clip); "
                        "the native clip decoder is unavailable: %s", error)
         return None

@@ -1,6 +1,7 @@
-"""How a shard is compressed, told from its first bytes, never from its name: the one test every
-reader of shards uses (`reader.shard_compression`, `index.build_index`, and through the reader
-`p3d-train`, `p3d-evaluate`, `p3d-tfrecords inspect` and `collection_size`).
+"""How a shard is compressed: the names callers pass (`WRITER_COMPRESSIONS`,
+`READER_COMPRESSIONS`), and the compression told from a shard's first bytes, never from its name:
+the one test every reader of shards uses (`shards.shard_compression`, `index.build_index`, and
+through them the reader, `inspection`, `shards.count_records` and the programs).
 
 A plain TFRecord file starts with its first record's header: the length (8 bytes, little-endian)
 and the masked CRC32C of those 8 bytes (`framing`). A GZIP file starts with gzip's magic `1f 8b`
@@ -21,6 +22,9 @@ from . import framing
 
 GZIP = "GZIP"
 PLAIN = ""  # TFRecordDataset's compression_type for uncompressed files
+AUTO = "auto"  # readers only: each shard as its first bytes say
+WRITER_COMPRESSIONS = (None, GZIP)  # what the converter writes: None (uncompressed) or GZIP
+READER_COMPRESSIONS = (AUTO, None, PLAIN, GZIP)  # what readers accept: AUTO, or the one a shard must have
 GZIP_HEADER = b"\x1f\x8b\x08"  # gzip's magic and its one compression method, deflate
 _CRC32C_POLYNOMIAL = 0x82F63B78  # Castagnoli, reflected
 
@@ -49,8 +53,20 @@ def detect(head):
     return GZIP if head.startswith(GZIP_HEADER) else PLAIN
 
 
-def shard_compression(path, open_file=open):
+def shard_compression(path, expected=AUTO, open_file=open):
     """`GZIP` or `PLAIN` (`""`) for the shard `path`, from its first bytes; `open_file(path, "rb")`
-    opens it (e.g. `tf.io.gfile.GFile` for `gs://` paths). Raises `OSError` if it cannot be read."""
+    opens it (e.g. `tf.io.gfile.GFile` for `gs://` paths).
+
+    `expected` (one of `READER_COMPRESSIONS`) is `AUTO`, or the compression the caller insists on
+    (`None` and `PLAIN` both mean uncompressed). Raises a `ValueError` naming `expected` when it is
+    not one of them, or naming the shard when the shard is otherwise; `OSError` if it cannot be
+    read."""
+    if expected not in READER_COMPRESSIONS:
+        raise ValueError(f"Expected compression to be one of {READER_COMPRESSIONS}. Received: compression={expected!r}")
     with open_file(path, "rb") as f:
-        return detect(f.read(framing.HEADER_BYTES))
+        found = detect(f.read(framing.HEADER_BYTES))
+    if expected != AUTO and (expected or PLAIN) != found:
+        kinds = {GZIP: "a GZIP-compressed", PLAIN: "an uncompressed"}
+        raise ValueError(f"Expected {kinds[expected or PLAIN]} shard (compression={expected!r}). Received: "
+                         f"{kinds[found]} shard={path}; leave compression='auto' to read each shard as its bytes say")
+    return found

@@ -1,13 +1,12 @@
 """The window index of a shard: where each frame's JPEG lies in the file, so the training reader can
 read only the bytes of a clip's window (`reader.training_dataset(..., reads="windows")`) rather
-than the whole record of its video, which is ~12x more at UCF101's average of 186 frames.
+than the whole record of its video (a window of 16 frames is a fraction of a video's frames).
 
 Each uncompressed shard `NAME.tfrecord` gets an index file `NAME.tfindex` beside it (other names:
 `.tfindex` is appended; the format is below): per record its label index and frame count, per
 frame its byte offset in the shard, its length and the CRC32C of its bytes, and the shard's size,
 so a shard that changed size since it was indexed is refused, and a window whose bytes changed
-since (a flipped bit) is caught when read (`reader.index_windows`). 16 bytes per frame (~29 MB for
-UCF101's 9,537 training videos).
+since (a flipped bit) is caught when read (`reader.index_windows`). 16 bytes per frame.
 
 `p3d-tfrecords convert`, and `p3d-tfrecords beam` writing to a local folder, write the index of
 every uncompressed shard they write; `p3d-tfrecords index` (or `write_index`) builds it for any
@@ -27,7 +26,7 @@ import os
 import struct
 import sys
 
-from p3d_keras.fileutil import atomic_file
+from p3d_keras.core.files import atomic_file
 
 from . import compression
 from . import framing

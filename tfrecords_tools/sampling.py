@@ -144,7 +144,7 @@ def multiscale_crop_box(height, width, seed, scales=TSN_SCALES, max_distort=1):
 
 def _reverse_width(clip):
     """`clip[..., ::-1, :]` as a `tf.reverse` of a 3-D `[-1, W, C]` view, which TensorFlow (Eigen)
-    reverses 2-3x faster than the same axis of the 4-D clip."""
+    reverses faster than the same axis of the 4-D clip."""
     shape = tf.shape(clip)
     flat = tf.reshape(clip, tf.concat([[-1], shape[-2:]], axis=0))
     return tf.ensure_shape(tf.reshape(tf.reverse(flat, axis=[1]), shape), clip.shape)

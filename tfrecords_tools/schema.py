@@ -3,14 +3,14 @@ MediaSequence keys, so TF Model Garden's video reader can read our shards too.
 
 The keys, the writer's encoding (`make_example`, and its streaming parts `encode_context`,
 `encode_frame`, `record_parts`) and the reader's `parse_record` / `parse_example` all live here, so they cannot
-drift apart. The encoding is written with `p3d_keras.protowire`, without TensorFlow (converter
+drift apart. The encoding is written with `p3d_keras.core.protowire`, without TensorFlow (converter
 workers never import it): it gives the bytes of
 `tf.train.SequenceExample(...).SerializeToString(deterministic=True)`. Only the parsers need
 TensorFlow, and import it when called.
 """
 import struct
 
-from p3d_keras import protowire as pw
+from p3d_keras.core import protowire as pw
 
 # Context (one value per video).
 LABEL_INDEX = "clip/label/index"          # int64

@@ -9,6 +9,8 @@ import dataclasses
 import os
 import pathlib
 
+from p3d_keras.core.labels import read_label_file
+
 VIDEO_EXTENSIONS = (".avi", ".mp4", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".m4v", ".flv")
 LAYOUTS = ("folder", "ucf101", "hmdb51", "kinetics", "csv")
 
@@ -85,21 +87,6 @@ def list_folder(root, extensions=VIDEO_EXTENSIONS):
         for path in walk_videos(class_dir, extensions, seen):
             items.append(VideoItem(str(path), class_dir.name, _media_id(path, root)))
     return items
-
-
-def read_label_file(path):
-    """Class names in index order from a label file: one name per line, or UCF101's
-    `classInd.txt` lines `<1-based index> <name>`."""
-    names = []
-    for line in pathlib.Path(path).read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        first, _, rest = line.partition(" ")
-        names.append(rest.strip() if first.isdigit() and rest.strip() else line)
-    if len(set(names)) != len(names):
-        raise ValueError(f"Expected unique class names in the label file. Received: path={path}")
-    return names
 
 
 def list_ucf101(root, split_dir, split="train", fold=1):

@@ -4,7 +4,7 @@ Decoded frames are encoded and dropped one at a time; `stream_clip` hands each J
 (the converter writes it to a file), so memory does not grow with the video's length, and
 `encode_clip` keeps the JPEGs of a clip in memory. Frames are turned upright as they are
 displayed: a display matrix (a phone video's 90 degree rotation, a mirror) is applied
-(`upright_image`, also what `p3d_keras.predict.read_video` reads frames with).
+(`upright_image`, also what `p3d_keras.jobs.predict.read_video` reads frames with).
 """
 import dataclasses
 import io
@@ -12,6 +12,8 @@ import math
 import os
 import stat
 import struct
+
+from p3d_keras.core.checks import expect
 
 PAPER_SIZE = (182, 242)  # (height, width) the P3D paper resizes frames to
 INTERPOLATION = "BILINEAR"
@@ -36,8 +38,7 @@ class DecodeOptions:
     threads: threads per video for the decoder and the scaler; 0 = automatic: cores/N in each
         of the converter's N worker processes, else FFmpeg picks (up to all cores). FFmpeg's own
         choice in every worker would oversubscribe the cores (the scaler alone starts a thread
-        per core) and, measured on 2 cores, made even a single process 1.35x slower per frame
-        (`bench/README.md`). Does not change the output.
+        per core), which is slower per frame (`bench/README.md`). Does not change the output.
     """
     size: tuple = PAPER_SIZE
     short_side: int | None = None
@@ -48,16 +49,16 @@ class DecodeOptions:
     threads: int = 0
 
     def __post_init__(self):
-        _check(self.size is not None and len(self.size) == 2 and min(self.size) > 0,
+        expect(self.size is not None and len(self.size) == 2 and min(self.size) > 0,
                "size to be (height, width) with positive sides", size=self.size)
-        _check(self.short_side is None or self.short_side > 0,
+        expect(self.short_side is None or self.short_side > 0,
                "short_side to be a positive int or None", short_side=self.short_side)
-        _check(self.fps is None or self.fps > 0, "fps to be positive or None", fps=self.fps)
-        _check(1 <= self.jpeg_quality <= 95, "jpeg_quality in 1..95", jpeg_quality=self.jpeg_quality)
-        _check(self.max_frames is None or self.max_frames > 0,
+        expect(self.fps is None or self.fps > 0, "fps to be positive or None", fps=self.fps)
+        expect(1 <= self.jpeg_quality <= 95, "jpeg_quality in 1..95", jpeg_quality=self.jpeg_quality)
+        expect(self.max_frames is None or self.max_frames > 0,
                "max_frames to be a positive int or None", max_frames=self.max_frames)
-        _check(self.min_frames >= 1, "min_frames >= 1", min_frames=self.min_frames)
-        _check(self.threads >= 0, "threads >= 0", threads=self.threads)
+        expect(self.min_frames >= 1, "min_frames >= 1", min_frames=self.min_frames)
+        expect(self.threads >= 0, "threads >= 0", threads=self.threads)
 
     def output_size(self, height, width):
         """`(height, width)` of the encoded frames for a source of `height x width`."""
@@ -65,12 +66,6 @@ class DecodeOptions:
             return tuple(int(s) for s in self.size)
         scale = self.short_side / min(height, width)
         return max(1, round(height * scale)), max(1, round(width * scale))
-
-
-def _check(ok, expected, **received):
-    if not ok:
-        shown = ", ".join(f"{k}={v!r}" for k, v in received.items())
-        raise ValueError(f"Expected {expected}. Received: {shown}")
 
 
 @dataclasses.dataclass
@@ -90,15 +85,15 @@ class Clip(ClipInfo):
     encoded_frames: list = dataclasses.field(kw_only=True)
 
 
-def iter_frames(path, options, start=None, end=None):
+def iter_frames(path, decode, start=None, end=None):
     """Yield `(timestamp_us from the clip start, av.VideoFrame)`, after segment selection, fps
     resampling and the frame cap. Also returns the source frame rate through `.frame_rate`."""
-    return _FrameIterator(path, options, start, end)
+    return _FrameIterator(path, decode, start, end)
 
 
 class _FrameIterator:
-    def __init__(self, path, options, start, end):
-        self.path, self.options = str(path), options
+    def __init__(self, path, decode, start, end):
+        self.path, self.decode = str(path), decode
         self.start_us = int(round((start or 0.0) * 1e6))
         self.end_us = None if end is None else int(round(end * 1e6))
         self.frame_rate = None
@@ -113,7 +108,7 @@ class _FrameIterator:
             raise VideoError(f"unreadable: {error}") from error
 
     def _open_and_decode(self):
-        import av
+        import av  # noqa: PLC0415 (optional extra: [video])
 
         _check_regular_file(self.path)
         try:
@@ -127,14 +122,14 @@ class _FrameIterator:
                 raise VideoError("not a video: no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = self.options.threads
+            stream.codec_context.thread_count = self.decode.threads
             self.frame_rate = float(stream.average_rate or stream.guessed_rate or 0) or None
             self.duration_us = _duration_us(container, stream)
             yield from self._select(self._decode(container, stream))
 
     def _decode(self, container, stream):
         """(timestamp from the clip start in us, frame) of every decoded frame in the segment."""
-        import av
+        import av  # noqa: PLC0415 (optional extra: [video])
 
         origin = stream.start_time or 0
         try:
@@ -154,7 +149,7 @@ class _FrameIterator:
 
     def _select(self, frames):
         """Fps resampling (each target time takes the first frame at or after it) + frame cap."""
-        fps, cap = self.options.fps, self.options.max_frames
+        fps, cap = self.decode.fps, self.decode.max_frames
         count = 0
         target = 0
         for t_us, frame in frames:
@@ -216,7 +211,7 @@ def orientation(frame):
     `AV_FRAME_DATA_DISPLAYMATRIX`: a point `(x, y)` of the frame is displayed at
     `(a*x + c*y, b*x + d*y)` plus a translation); as decoded when there is none. Raises
     `VideoError` for a matrix that is not a right-angle rotation and/or mirror."""
-    import av
+    import av  # noqa: PLC0415 (optional extra: [video])
 
     for side_data in frame.side_data:
         if side_data.type == av.sidedata.sidedata.Type.DISPLAYMATRIX:
@@ -269,7 +264,7 @@ def encode_jpeg(frame, height, width, quality, threads=0):
     return buffer.getvalue()
 
 
-def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
+def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
     """Decode `path` (optionally the segment `[start, end)` seconds), call `on_frame(jpeg)` with
     each frame's JPEG bytes in order as soon as it is encoded, and return a `ClipInfo`.
 
@@ -277,37 +272,37 @@ def stream_clip(path, on_frame, options=DecodeOptions(), start=None, end=None):
     `on_frame` keeps them. Raises `VideoError` (with the reason) for unreadable, non-video,
     truncated, empty or too short inputs (possibly after some frames went to `on_frame`); an
     OSError raised here is `on_frame`'s (e.g. the converter's disk is full), never the video's."""
-    frames = iter_frames(path, options, start, end)
+    frames = iter_frames(path, decode, start, end)
     timestamps = []
     size = None
     last_jpeg, last_frame = None, None
     for t_us, frame in frames:
         if size is None:
-            size = options.output_size(*display_size(frame))
+            size = decode.output_size(*display_size(frame))
         if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
-            last_jpeg, last_frame = encode_jpeg(frame, *size, options.jpeg_quality, options.threads), frame
+            last_jpeg, last_frame = encode_jpeg(frame, *size, decode.jpeg_quality, decode.threads), frame
         on_frame(last_jpeg)
         timestamps.append(t_us)
-    _check_complete(frames, options, timestamps, end)
-    frame_rate = options.fps or frames.frame_rate or 0.0
+    _check_complete(frames, decode, timestamps, end)
+    frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
     end_us = start_us + (timestamps[-1] + round(1e6 / frame_rate) if frame_rate else timestamps[-1])
     return ClipInfo(timestamps, size[0], size[1], float(frame_rate), start_us, end_us)
 
 
-def encode_clip(path, options=DecodeOptions(), start=None, end=None):
+def encode_clip(path, decode=DecodeOptions(), start=None, end=None):
     """`stream_clip` keeping the JPEGs: a `Clip` with `encoded_frames`."""
     encoded = []
-    info = stream_clip(path, encoded.append, options, start, end)
+    info = stream_clip(path, encoded.append, decode, start, end)
     return Clip(**vars(info), encoded_frames=encoded)
 
 
-def _check_complete(frames, options, timestamps, end):
+def _check_complete(frames, decode, timestamps, end):
     if not timestamps:
         raise VideoError("zero frames decoded")
-    if len(timestamps) < options.min_frames:
-        raise VideoError(f"too short: {len(timestamps)} frames < min_frames={options.min_frames}")
-    capped = options.max_frames is not None and len(timestamps) >= options.max_frames
+    if len(timestamps) < decode.min_frames:
+        raise VideoError(f"too short: {len(timestamps)} frames < min_frames={decode.min_frames}")
+    capped = decode.max_frames is not None and len(timestamps) >= decode.max_frames
     expected_us = frames.duration_us if end is None else None
     if capped or not expected_us or not frames.frame_rate:
         return

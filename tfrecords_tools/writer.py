@@ -53,8 +53,10 @@ import sys
 import tempfile
 import time
 
-from p3d_keras.fileutil import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
+from p3d_keras.core.files import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
 
+from .collection import FAILURES, GZIP_SUFFIX, LABELS, MANIFEST, PLAIN_SUFFIX
+from .compression import GZIP, WRITER_COMPRESSIONS as COMPRESSIONS
 from . import framing
 from . import index as index_lib
 from . import schema
@@ -63,10 +65,6 @@ from . import video as video_lib
 logger = logging.getLogger(__name__)
 
 WORK_DIR = ".work"
-MANIFEST = "manifest.json"
-FAILURES = "failures.jsonl"
-LABELS = "labels.txt"
-COMPRESSIONS = (None, "GZIP")
 COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
 # The layout of `.work/<item>.rec` files (2: frame count + a TFRecord frame). It is one of the
 # run's parameters, so a resume never copies work files of another layout into shards.
@@ -115,8 +113,8 @@ class Summary:
 
 
 def shard_suffix(compression):
-    """`.tfrecord`, or `.tfrecord.gz` for GZIP shards (readers tell GZIP by the bytes, not the name)."""
-    return ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
+    """`collection.PLAIN_SUFFIX`, or `GZIP_SUFFIX` for GZIP shards (readers go by the bytes, not the name)."""
+    return GZIP_SUFFIX if compression == GZIP else PLAIN_SUFFIX
 
 
 def shard_name(prefix, index, num_shards, compression=None):

@@ -1,0 +1,140 @@
+"""What the programs share, declared once: the argparse types of numeric flags, the flag groups
+(model, clips, batch size, labels), and `run`, which turns an expected error into one message and
+exit code 2. Light on purpose: `p3d-tfrecords` uses it and never imports Keras or TensorFlow."""
+import argparse
+import logging
+import math
+import sys
+
+
+def _number(kind, minimum, strict, expected):
+    """An argparse type: `kind(text)`, finite and above (`strict`) or at least `minimum`."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"Expected {expected}. Received: {text!r}")
+        return value
+
+    parse.__name__ = expected  # argparse names the type by it
+    return parse
+
+
+# The argparse types of every program's numeric flags: bad values are argument errors (exit 2).
+positive_int = _number(int, 0, True, "a positive integer")
+non_negative_int = _number(int, 0, False, "a non-negative integer")
+positive_float = _number(float, 0.0, True, "a positive number")
+non_negative_float = _number(float, 0.0, False, "a non-negative number")
+
+
+def dropout_rate(text):
+    """An argparse type: a float in [0, 1)."""
+    value = non_negative_float(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"Expected a rate in [0, 1). Received: {text!r}")
+    return value
+
+
+def add_model_arguments(parser, *, classes=False):
+    """`--model` (a saved .keras model) or an architecture with optional `--weights`; with
+    `classes`, also `--classes` (of a new network)."""
+    group = parser.add_argument_group("model")
+    if classes:
+        group.add_argument("--classes", type=positive_int,
+                           help="classes of a new network (default 400, or the preset's)")
+    group.add_argument("--model", help="a whole saved Keras model (.keras), e.g. the output of p3d-train")
+    group.add_argument("--depth", default="199",
+                       help="63, 131, 199, or four comma-separated block counts (default 199)")
+    group.add_argument("--width", type=positive_int, default=64, help="res2 bottleneck width (default 64)")
+    group.add_argument("--weights", help="a preset name, a .weights.h5 file or an original checkpoint")
+    group.add_argument("--graph", choices=("caffe", "pytorch"), help="default: caffe, or the preset's")
+    group.add_argument("--modality", choices=("rgb", "flow"), help="default: rgb, or the preset's")
+    group.add_argument("--frames", type=positive_int, default=16, help="clip length T (default 16)")
+    group.add_argument("--size", type=positive_int, default=160, help="crop size H = W (default 160)")
+    group.add_argument("--dropout", type=dropout_rate, help="head dropout (default 0.5, or the preset's)")
+    group.add_argument("--no-temporal", action="store_true",
+                       help="remove every temporal convolution (a 2D control network)")
+    return group
+
+
+def add_decoder_argument(parser):
+    """`--decoder` of the programs that read clips (`reader.training_dataset(decoder=...)`)."""
+    parser.add_argument("--decoder", choices=("auto", "native", "tf"), default="auto",
+                        help="JPEG clip decoder: native (a compiled op, built on first use; less CPU per clip), "
+                             "tf (TensorFlow's ops), auto (default: native when it can be built); the same clips")
+
+
+def add_clip_arguments(parser, *, batch_size=8):
+    """The flags of the programs that read clips from shards: `--batch-size`, `--frame-stride`,
+    `--normalization` and `--decoder`."""
+    group = parser.add_argument_group("clips")
+    group.add_argument("--batch-size", type=positive_int, default=batch_size, help=f"default {batch_size}")
+    group.add_argument("--frame-stride", type=positive_int, default=1, help="take every k-th frame (default 1)")
+    add_normalization_argument(group)
+    add_decoder_argument(group)
+    return group
+
+
+def add_shard_reading_arguments(parser, *, out_help):
+    """The flags of the programs that read clips of the shards' videos with a model: `--data`,
+    `--out` (`out_help`), `--num-clips`, the clip flags and the model flags."""
+    parser.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--num-clips", type=positive_int, default=20, help="clips per video (default 20, as the paper)")
+    add_clip_arguments(parser)
+    add_model_arguments(parser)
+
+
+def shard_reading_arguments(args):
+    """The keyword arguments of `add_shard_reading_arguments`' flags but the model's (`model_spec`)."""
+    return dict(data=args.data, out=args.out, num_clips=args.num_clips, batch_size=args.batch_size,
+                **clip_arguments(args))
+
+
+def add_normalization_argument(parser):
+    """`--normalization`: a name of `p3d_keras.core.normalization.NORMALIZATIONS`."""
+    parser.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
+
+
+def add_labels_argument(parser, default):
+    """`--labels`: a class-name file, one per line (`default` says what is used without it)."""
+    parser.add_argument("--labels", help=f"class names, one per line (default: {default})")
+
+
+def model_spec(args):
+    """The `jobs.models.ModelSpec` of `add_model_arguments`' flags."""
+    from p3d_keras.jobs.models import ModelSpec, parse_depth  # noqa: PLC0415 (Keras: kept out of p3d-tfrecords)
+
+    return ModelSpec(model=args.model, depth=parse_depth(args.depth), width=args.width, weights=args.weights,
+                     graph=args.graph, modality=args.modality, frames=args.frames, size=args.size,
+                     dropout=args.dropout, temporal=not args.no_temporal)
+
+
+def clip_arguments(args):
+    """The keyword arguments of `add_clip_arguments`' flags (batch size apart), as the jobs take them."""
+    return dict(normalization=args.normalization, frame_stride=args.frame_stride, decoder=args.decoder)
+
+
+EXPECTED_ERRORS = (OSError, ValueError)  # bad input, a file that cannot be read or written
+
+
+def run(prog, job, *, done=None, expected=(), log_level="INFO"):
+    """Run `job()` as the program `prog` and return its exit code. Logging is set up at
+    `log_level`; an expected error (`EXPECTED_ERRORS`, plus `expected`) is logged as one line
+    `prog: message` and gives 2, without a traceback; otherwise `done(result)` reports the
+    result and its return value (None: 0) is the exit code."""
+    setup_logging(log_level)
+    try:
+        result = job()
+    except (*EXPECTED_ERRORS, *expected) as error:
+        logging.getLogger(prog).error("%s: %s", prog, error)
+        return 2
+    code = done(result) if done is not None else None
+    return 0 if code is None else code
+
+
+def setup_logging(level="INFO"):
+    logging.basicConfig(level=getattr(logging, level) if isinstance(level, str) else level,
+                        format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)

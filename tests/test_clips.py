@@ -1,0 +1,66 @@
+"""`clips`: one record's frames checked, decoded over a box, cut into crops and normalised."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from p3d_keras.core import normalization
+from p3d_keras.tfrecords_tools import clips
+from shard_fixtures import frame, jpeg_frames, record_of_frames
+
+
+def test_check_frames_names_the_first_frame_that_is_not_a_jpeg_or_not_of_the_size():
+    numbers = tf.constant([4, 5, 6])
+    where = tf.constant("record 2 of shard=x")
+    ok, _ = clips.check_frames(tf.constant(jpeg_frames(3)), numbers, where)
+    assert ok.numpy()
+    ok, message = clips.check_frames(tf.constant([*jpeg_frames(2), b"not a jpeg"]), numbers, where)
+    assert not ok.numpy()
+    assert message().numpy().decode() == ("Expected every frame to be a JPEG. Received: frame 6 of record 2 of "
+                                          "shard=x, which does not start with a JPEG's bytes FF D8 FF")
+    mixed = [*jpeg_frames(2), tf.io.encode_jpeg(frame(0, 16, 16)).numpy()]
+    ok, message = clips.check_frames(tf.constant(mixed), numbers, where)
+    assert not ok.numpy()
+    assert message().numpy().decode() == ("Expected the frames of a record to be of one size. Received: frame 4 of "
+                                          "32x48 and frame 6 of 16x16 in record 2 of shard=x")
+
+
+def test_parse_checked_gives_a_record_without_frames_a_stand_in_and_a_message():
+    where = tf.constant("record 0 of shard=x")
+    example, ok, _ = clips.parse_checked(where, tf.constant(record_of_frames(jpeg_frames(3), 1, "v")))
+    assert ok.numpy() and example["num_frames"].numpy() == 3
+    example, ok, message = clips.parse_checked(where, tf.constant(record_of_frames([], 1, "v")))
+    assert not ok.numpy() and example["num_frames"].numpy() == 1
+    assert message().numpy().decode() == "Expected every record to have at least one frame. Received: 0 frames in " \
+                                         "record 0 of shard=x"
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_decode_frames_with_tensorflow_ops(flip):
+    encoded = tf.constant(jpeg_frames(2))
+    box = tf.constant([4, 8, 16, 24])
+    frames = clips.decode_frames(encoded, box, 3, flip=tf.constant(flip), reverse_channels=True).numpy()
+    whole = tf.stack([tf.io.decode_and_crop_jpeg(f, box) for f in encoded]).numpy()[..., ::-1]
+    np.testing.assert_array_equal(frames, whole[:, :, ::-1] if flip else whole)
+    assert clips.decode_frames(encoded, box, 2).shape[-1] == 2  # flow: the first two channels
+
+
+def test_split_channel_order_and_finish_clip():
+    assert clips.split_channel_order(None) == (False, None)
+    bgr, rest = clips.split_channel_order("caffe")
+    assert bgr and not rest.bgr and rest.mean == normalization.get_normalization("caffe").mean
+    uint8 = tf.constant(np.full([2, 8, 8, 3], 100, np.uint8))
+    assert clips.finish_clip(uint8, 8, None).dtype == tf.uint8
+    resized = clips.finish_clip(uint8, 4, None)
+    assert resized.shape == (2, 4, 4, 3) and resized.dtype == tf.uint8
+    unit = clips.finish_clip(uint8, 8, normalization.get_normalization("unit"))
+    np.testing.assert_allclose(unit.numpy(), 100 / 255, rtol=1e-6)
+
+
+def test_crop_windows_cuts_every_box_of_every_window_window_major():
+    frames = tf.reshape(tf.range(2 * 1 * 4 * 6 * 1), [2, 1, 4, 6, 1])  # 2 windows of 1 frame, 4x6
+    boxes = tf.constant([[0, 0, 2, 2], [0, 4, 2, 2]])
+    region = tf.constant([0, 0, 4, 6])
+    crops = clips.crop_windows(frames, boxes, region).numpy()
+    assert crops.shape == (4, 1, 2, 2, 1)
+    np.testing.assert_array_equal(crops[1, 0, :, :, 0], frames.numpy()[0, 0, 0:2, 4:6, 0])
+    np.testing.assert_array_equal(crops[2, 0, :, :, 0], frames.numpy()[1, 0, 0:2, 0:2, 0])

@@ -24,7 +24,7 @@ def test_evaluation_report_against_hand_computed_values():
 def test_evaluate_program(shards, trained, tmp_path):
     out = tmp_path / "eval"
     assert evaluate_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "2",
-                            "--model", str(trained / "last.keras")]) == 0
+                            "--model", str(trained / "last")]) == 0
     report = json.load(open(out / "report.json"))
     assert report["num_videos"] == 6 and report["num_clips"] == 12
     assert report["classes"] == ["jump", "run", "sit"]

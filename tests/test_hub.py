@@ -201,6 +201,16 @@ def test_unknown_revision_and_repository_name_the_handle(folder, hub_server, tmp
     assert not list((tmp_path / "hf_cache").glob("**/snapshots/*/*"))  # nothing downloaded
 
 
+def test_a_revision_without_a_model_folder_names_the_handle(folder, hub_server, tmp_path):
+    endpoint, _ = hub_server
+    publish_on(HubHandler.repos, folder[0], {"README.md": b"nothing here"})
+    empty = load_in_process(f"hf://{REPO_ID}@{TAG}", tmp_path, endpoint)
+    assert empty["type"] == "HubError"
+    assert empty["error"] == (f"hf://{REPO_ID}@{TAG}: Expected a P3D model folder ({model_folder.MODEL_FILE} and "
+                              f"{model_folder.METADATA_FILE}) at the top of {REPO_ID}. Received: a revision holding "
+                              "neither")
+
+
 def test_tampered_weights_are_refused_after_download(folder, hub_server, tmp_path):
     path, _ = folder
     endpoint, _ = hub_server

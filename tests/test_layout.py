@@ -114,8 +114,9 @@ def test_late_imports_are_optional_extras_and_say_so(name, path):
     if layer(name) == "p3d_keras.cli":
         return  # checked by test_only_programs_... (p3d_keras) and by review
     wrong = [f"line {line}: {module}{'' if comment else ' (no comment)'}" for line, module, comment in late_imports(path)
-             if not comment or not (module in LATE_IMPORTS or (module == "tensorflow" and name.startswith(LATE_TENSORFLOW))
-                           or (module == "p3d_keras" and name == "p3d_keras"))]
+             if not comment or not (module in LATE_IMPORTS
+                                    or (module == "tensorflow" and name.startswith(LATE_TENSORFLOW))
+                                    or (module == "p3d_keras" and name == "p3d_keras"))]  # LAZY_PACKAGE_IMPORTS
     assert wrong == []
 
 

@@ -72,7 +72,8 @@ def test_round_trip_same_outputs_and_metadata(saved):
     meta = p3d.metadata
     assert meta.architecture == dict(depth=(1, 1, 1, 1), width=4, graph="caffe", modality="rgb", temporal=True,
                                      classes=3, dropout_rate=0.5)
-    assert (meta.format_version, meta.modality, meta.clip_length, meta.crop_size, meta.channels) == (1, "rgb", 16, 32, 3)
+    assert (meta.format_version, meta.modality, meta.clip_length, meta.crop_size, meta.channels) == \
+        (1, "rgb", 16, 32, 3)
     assert (meta.normalization, meta.resize_short_side, meta.class_names) == ("imagenet", 40, tuple(NAMES))
     assert meta.evaluation == {"protocol": {"clips": 10, "crops": "center"}, "results": {"clip_top1": 0.5}}
     assert meta.provenance["preset"] == "kinetics400" and meta.provenance["training"] == {"epochs": 2}
@@ -138,6 +139,24 @@ def test_a_failed_write_leaves_the_old_folder_and_nothing_else(saved, tmp_path, 
         model_folder.save_model_folder(folder, model, normalization="imagenet")
     with pytest.raises(ZeroDivisionError):
         model_folder.save_model_folder(tmp_path / "new", model, normalization="imagenet")
+    assert sorted(os.listdir(tmp_path)) == ["best"]
+    assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
+
+
+def test_a_failed_rename_puts_the_old_folder_back(saved, tmp_path, monkeypatch):
+    folder = tmp_path / "best"
+    model_folder.save_model_folder(folder, saved[1], normalization="caffe")
+    before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if pathlib.Path(src).name.startswith("best.tmp-"):
+            raise OSError("disk gone")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="disk gone"):
+        model_folder.save_model_folder(folder, tiny(), normalization="imagenet")
     assert sorted(os.listdir(tmp_path)) == ["best"]
     assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before
 

@@ -5,6 +5,12 @@ and the upload of a model folder (`p3d-publish`).
 Needs the optional extra `[hub]` (`pip install 'p3d_keras[hub]'`, huggingface_hub), imported
 inside the functions that use it. The files are checked after download by
 `model_folder.read_model_folder` (the sha256 of the network against its own metadata).
+huggingface_hub downloads each file under a temporary name and renames it into its cache, so an
+interrupted download leaves nothing that a later load would take for the file.
+
+`model_folder.load_model` resolves handles with `fetch_model_folder`, and this module reads the
+folder format from `model_folder`: the two import each other, using each other only inside
+functions.
 """
 import os
 
@@ -49,7 +55,7 @@ def fetch_model_folder(handle):
     With `HF_HUB_OFFLINE=1` the cached copy is used without the network.
 
     Raises HubError naming the handle when huggingface_hub is missing, the repository or revision
-    is unknown, or the files are neither reachable nor cached; the sha256 check is
+    is unknown, the files are neither reachable nor cached, or the revision holds no model folder; the sha256 check is
     `model_folder.read_model_folder`'s.
     """
     repo_id, revision = parse_handle(handle)
@@ -72,6 +78,11 @@ def fetch_model_folder(handle):
              "revisions load", f"{type(e).__name__}: {e}")
     except errors.HfHubHTTPError as e:
         fail("an answer from the hub", f"{type(e).__name__}: {e}")
+    found = sorted(name for name in (model_folder.MODEL_FILE, model_folder.METADATA_FILE)
+                   if os.path.isfile(os.path.join(folder, name)))
+    if len(found) < 2:
+        fail(f"a P3D model folder ({model_folder.MODEL_FILE} and {model_folder.METADATA_FILE}) at the top of "
+             f"{repo_id}", f"a revision holding {found or 'neither'}")
     return folder
 
 

@@ -25,10 +25,10 @@ import uuid
 import keras
 import tensorflow as tf
 
-import p3d_keras.core.layers  # registers the custom layers, so that model.keras loads anywhere
 from p3d_keras.applications import PRESETS, P3DResNet, load_labels
 from p3d_keras.applications.p3d_resnet import STAGE_BLOCKS
 from p3d_keras.core.files import sha256_of
+from p3d_keras.core.layers import P3DBottleneck  # importing it registers the custom layers: model.keras loads
 from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, NORMALIZATIONS, modality_of_channels
 from p3d_keras.jobs import hub
 from p3d_keras.jobs.clip_input import default_resize_short_side
@@ -117,7 +117,8 @@ class ModelMetadata:
                  f"channels={data['channels']}")
         check_normalization(data["normalization"], data["channels"], source)
         if data["resize_short_side"] < data["crop_size"]:
-            fail(f"resize_short_side >= crop_size={data['crop_size']}", f"resize_short_side={data['resize_short_side']}")
+            fail(f"resize_short_side >= crop_size={data['crop_size']}",
+                 f"resize_short_side={data['resize_short_side']}")
         if data["class_names"] is not None and not all(isinstance(n, str) for n in data["class_names"]):
             fail("class_names to be a list of strings", f"class_names={data['class_names']!r}")
         sha = data["weights_sha256"]
@@ -163,7 +164,7 @@ def check_normalization(name, channels, source):
 def p3d_architecture(model):
     """The `P3DResNet` arguments (`ARCHITECTURE_KEYS`) of `model`, read from its layers' configs,
     or {} when `model` is not a P3D ResNet (no `res<stage><block>` P3D bottlenecks)."""
-    blocks = [layer for layer in model.layers if isinstance(layer, p3d_keras.core.layers.P3DBottleneck)]
+    blocks = [layer for layer in model.layers if isinstance(layer, P3DBottleneck)]
     names = {layer.name for layer in model.layers}
     if not blocks or "conv1" not in names:
         return {}
@@ -279,10 +280,16 @@ def save_model_folder(path, model, metadata=None, **describe_kwargs):
         (tmp / METADATA_FILE).write_text(json.dumps(metadata.to_json(), indent=2) + "\n", encoding="utf-8")
         if path.exists():
             os.replace(path, old)
-        os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                os.replace(old, path)  # the old folder back where it was
+                raise
+        else:
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
     return str(path)
 
 
@@ -376,4 +383,5 @@ def load_model(path_or_handle):
     if text in PRESETS:
         return preset_model(text)
     raise ModelFolderError(f"Expected a model folder, a .keras file, a preset name (one of {sorted(PRESETS)}) or a "
-                           f"hub handle {hub.HANDLE_PREFIX}owner/name[@revision]. Received: {text!r}, which is none of them")
+                           f"hub handle {hub.HANDLE_PREFIX}owner/name[@revision]. Received: {text!r}, which is none "
+                           "of them")

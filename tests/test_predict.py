@@ -1,6 +1,5 @@
 """Prediction from a video file (`jobs.predict`, `p3d-predict`): a Keras model and a SavedModel agree,
 and every kind of bad video is one message naming it, exit 2."""
-import keras
 import numpy as np
 import pytest
 

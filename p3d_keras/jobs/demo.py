@@ -17,7 +17,6 @@ import json
 import logging
 import os
 
-import keras
 import numpy as np
 
 from p3d_keras.applications import top_classes

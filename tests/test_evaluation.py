@@ -39,7 +39,7 @@ def test_evaluate_without_matplotlib_writes_the_report_and_skips_the_png(shards,
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     out = tmp_path / "eval"
     assert evaluate_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "1",
-                            "--model", str(tiny_classifier[0])]) == 0
+                            "--model", str(tiny_classifier[0]), "--normalization", "caffe"]) == 0
     assert json.load(open(out / "report.json"))["num_videos"] == 6
     assert not (out / "confusion_matrix.png").exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("p3d_keras")]

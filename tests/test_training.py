@@ -133,8 +133,9 @@ def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path,
     source = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=5)
     os.makedirs(cache.cache_dir())
     source.save_weights(os.path.join(cache.cache_dir(), preset.filename))  # in the cache: no network
-    model = training.model_for_classes(dataclasses.replace(SPEC, weights="tiny5"), classes=3)
-    assert model.output_shape == (None, 3)
+    loaded = training.model_for_classes(dataclasses.replace(SPEC, weights="tiny5"), classes=3)
+    model = loaded.model
+    assert model.output_shape == (None, 3) and loaded.metadata.normalization == "caffe"  # the preset's
     for name in ("conv1", "res3a", "res5a"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)

@@ -36,7 +36,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.model_folder and not args.dst.endswith(".weights.h5"):
-        parser.error(f"DST must end in .weights.h5 (or pass --model-folder). Received: dst={args.dst!r}")
+        parser.error(f"DST must end in .weights.h5. Received: dst={args.dst!r} (or pass --model-folder)")
 
     def job():
         if args.model_folder:

@@ -32,11 +32,12 @@ EXTRAS = {
     "plots": ["matplotlib>=3.6"],
     "beam": ["apache-beam>=2.50", *VIDEO],  # the workers decode videos and write the shards
     "jax": ["jax[cpu]>=0.4.30"],
+    "hub": ["huggingface_hub>=2.4"],  # hf:// model handles and p3d-publish (p3d_keras.jobs.hub)
 }
 EXTRAS["test"] = sorted(set(
     ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
      "tensorboard", "torch==2.13.0", "scikit-video"]
-    + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"]
+    + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
 ))
 
 setup(
@@ -70,6 +71,7 @@ setup(
             "p3d-export=p3d_keras.cli.export:main",
             "p3d-predict=p3d_keras.cli.predict:main",
             "p3d-demo=p3d_keras.cli.demo:main",
+            "p3d-publish=p3d_keras.cli.publish:main",
         ],
     },
 )

@@ -11,8 +11,8 @@ import keras
 from keras import layers
 
 from p3d_keras.core.checks import check_choice
-from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, P3DBottleneck
-from p3d_keras.core.normalization import MODALITY_CHANNELS
+from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, Normalize, P3DBottleneck
+from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, NORMALIZATIONS
 from p3d_keras.weights.cache import fetch_preset, load_weights
 
 from .presets import find_preset
@@ -78,11 +78,13 @@ ARCHITECTURE_DEFAULTS = dict(classes=400, modality="rgb", graph="caffe", dropout
 
 def preset_arguments(weights, include_top, depth, width, **given):
     """The architecture arguments: those given (not None), else the preset's (when `weights`
-    names one) or the defaults. Arguments that contradict the preset raise."""
+    names one) or the defaults. Arguments that contradict the preset raise. A `normalization`
+    left None stays None without a preset (its default depends on the modality)."""
     preset = find_preset(weights)
     if preset is None:
-        return {k: ARCHITECTURE_DEFAULTS[k] if v is None else v for k, v in given.items()}, None
-    fixed = dict(depth=depth, width=width, graph=given["graph"], modality=given["modality"])
+        return {k: ARCHITECTURE_DEFAULTS.get(k) if v is None else v for k, v in given.items()}, None
+    fixed = dict(depth=depth, width=width, graph=given["graph"], modality=given["modality"],
+                 normalization=given.get("normalization"))
     if include_top:
         fixed["classes"] = given["classes"]
     for key, value in fixed.items():
@@ -95,7 +97,8 @@ def preset_arguments(weights, include_top, depth, width, **given):
 
 def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, input_shape=None,
               pooling=None, classes=None, classifier_activation="softmax", modality=None, graph=None,
-              dropout_rate=None, width=64, temporal=True, name=None):
+              dropout_rate=None, width=64, temporal=True, include_preprocessing=False, normalization=None,
+              name=None):
     """Builds a P3D ResNet.
 
     Args:
@@ -122,6 +125,18 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         width: bottleneck width of res2 (doubling per stage); 64 in the paper.
         temporal: `False` removes every temporal convolution (all blocks become per-frame 2D
             bottlenecks): a 2D control network with the same spatial structure.
+        include_preprocessing: `True` makes the model take raw clips: its input is uint8 RGB (or
+            flow) frames with values 0-255, and its first layer, `normalize`
+            (`p3d_keras.core.layers.Normalize`), applies `normalization`, so that
+            `model(clips)` equals the plain model on `preprocess_input(clips, normalization=...)`.
+            Float clips holding whole numbers 0-255 give the same outputs; Keras casts any other
+            float to uint8 (fractions dropped, values outside 0-255 wrapped), so round and clip
+            resized frames first. Every other layer, and so the weights file, is the plain model's.
+            `False` (default): the model takes normalised float clips.
+        normalization: with `include_preprocessing=True`, the name of the normalisation in
+            `p3d_keras.core.normalization.NORMALIZATIONS` (`"caffe"`, `"imagenet"`, `"unit"`,
+            `"flow"`); default the preset's when `weights` names one, else the modality's
+            (`"caffe"` for RGB, `"flow"` for flow).
         name: model name, default `"p3d_resnet<depth>"`.
 
     Returns:
@@ -129,22 +144,37 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
 
     Raises:
         ValueError: an argument outside its choices, an input shape the network cannot take,
-            arguments that contradict the preset named by `weights`, a `weights` that is neither a
-            preset nor an existing file, or a weights file that does not fit the network (naming
-            the file). CheckpointError (a ValueError) for an original file that is refused.
+            arguments that contradict the preset named by `weights` (`normalization` included), a
+            `normalization` without `include_preprocessing=True` or for another number of channels,
+            a `weights` that is neither a preset nor an existing file, or a weights file that does
+            not fit the network (naming the file). CheckpointError (a ValueError) for an original
+            file that is refused.
 
     Example:
         model = P3DResNet(199, weights="kinetics400", include_top=False, pooling="avg")
         features = model.predict(preprocess_input(clips))  # clips: (N, 16, 160, 160, 3), 0-255
+        raw = P3DResNet(199, weights="kinetics400", include_preprocessing=True)
+        probs = raw.predict(clips)  # uint8 clips, normalised by the model ("caffe": BGR minus mean)
     """
     stage_blocks = resolve_stage_blocks(depth)
+    if normalization is not None:
+        check_choice("normalization", normalization, tuple(NORMALIZATIONS))
+        if not include_preprocessing:
+            raise ValueError("normalization is the model's own preprocessing: it needs include_preprocessing=True "
+                             "(else normalise the clips with preprocess_input). "
+                             f"Received: normalization={normalization!r}, include_preprocessing=False")
     args, preset = preset_arguments(weights, include_top, depth, width, classes=classes, modality=modality,
-                                    graph=graph, dropout_rate=dropout_rate)
+                                    graph=graph, dropout_rate=dropout_rate, normalization=normalization)
     classes, modality, graph, dropout_rate = args["classes"], args["modality"], args["graph"], args["dropout_rate"]
     check_choice("modality", modality, tuple(MODALITY_CHANNELS))
     check_choice("graph", graph, GRAPHS)
     check_choice("pooling", pooling, POOLINGS)
     channels = MODALITY_CHANNELS[modality]
+    normalization = args["normalization"] or DEFAULT_NORMALIZATION[modality]
+    if include_preprocessing and NORMALIZATIONS[normalization].channels != channels:
+        raise ValueError(f"normalization={normalization!r} is for {NORMALIZATIONS[normalization].channels} "
+                         f"channels; modality={modality!r} has {channels}. "
+                         f"Received: normalization={normalization!r}, modality={modality!r}")
     if include_top and (not isinstance(classes, int) or classes < 1):
         raise ValueError(f"classes must be a positive integer with include_top=True. Received: classes={classes!r}")
     if input_tensor is not None:
@@ -153,10 +183,11 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
     else:
         shape = check_input_shape(input_shape or (DEFAULT_FRAMES, DEFAULT_SIZE, DEFAULT_SIZE, channels),
                                   channels, modality)
-        inputs = keras.Input(shape, name="clip")
+        inputs = keras.Input(shape, dtype="uint8" if include_preprocessing else None, name="clip")
     bn = dict(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
 
-    x = layers.ZeroPadding3D((0, 3, 3), name="conv1_pad")(inputs)
+    x = Normalize(normalization, name="normalize")(inputs) if include_preprocessing else inputs
+    x = layers.ZeroPadding3D((0, 3, 3), name="conv1_pad")(x)
     x = layers.Conv3D(width, (1, 7, 7), strides=(1, 2, 2), use_bias=False, name="conv1")(x)
     x = layers.BatchNormalization(**bn, name="bn_conv1")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
@@ -226,36 +257,43 @@ Takes the arguments of `P3DResNet` except `depth`, `width` and `temporal`, all b
 returns `P3DResNet({depth}, ...)`, a `keras.Model`; see `P3DResNet` for their meaning, defaults
 and the ValueErrors they raise.
 
+With `include_preprocessing=True` the model takes uint8 clips (0-255, RGB or flow) and
+normalises them itself (`normalization`, default the preset's); see `P3DResNet`.
+
 Example:
     model = P3DResNet{depth}(weights=None, input_shape=(16, 160, 160, 3), classes=10)
+    raw = P3DResNet{depth}(weights=None, classes=10, include_preprocessing=True, normalization="imagenet")
 """
 
 
 def P3DResNet63(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                 classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                name=None):
+                include_preprocessing=False, normalization=None, name=None):
     return P3DResNet(63, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
-                     dropout_rate=dropout_rate, name=name)
+                     dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
+                     normalization=normalization, name=name)
 
 
 def P3DResNet131(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                  classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                 name=None):
+                 include_preprocessing=False, normalization=None, name=None):
     return P3DResNet(131, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
-                     dropout_rate=dropout_rate, name=name)
+                     dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
+                     normalization=normalization, name=name)
 
 
 def P3DResNet199(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                  classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                 name=None):
+                 include_preprocessing=False, normalization=None, name=None):
     return P3DResNet(199, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
-                     dropout_rate=dropout_rate, name=name)
+                     dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
+                     normalization=normalization, name=name)
 
 
 P3DResNet63.__doc__ = FAMILY_DOC.format(depth=63, resnet=50, temporal=13)

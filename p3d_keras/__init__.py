@@ -14,7 +14,18 @@ below it (`tests/test_layout.py` checks it):
 
 `applications` and `weights` never import `tfrecords_tools`, nor it them. Importing `p3d_keras`
 itself imports nothing else: the converter's worker processes stay free of Keras and TensorFlow.
+`p3d_keras.load_model` (`jobs.model_folder.load_model`: a model folder, a `.keras` file, a preset
+or an `hf://` handle -> the network and its metadata) imports Keras on first use.
 """
 from p3d_keras.version import __version__
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "load_model"]
+
+
+def __getattr__(name):
+    """`load_model`, imported on first access (PEP 562), so that `import p3d_keras` stays free of Keras."""
+    if name == "load_model":
+        # Late on purpose: the converter's worker processes import p3d_keras without Keras or TensorFlow.
+        from p3d_keras.jobs.model_folder import load_model
+        return load_model
+    raise AttributeError(f"module 'p3d_keras' has no attribute {name!r}")

@@ -190,7 +190,7 @@ def test_readme_kinetics_gzip_example_trains(tmp_path):
     assert train_cli.main(["--train", str(out), "--val", str(out), "--out", str(run), "--epochs", "1",
                           "--batch-size", "2", "--seed", "1", "--verbose", "0", "--decoder", "tf",
                           "--depth", "1,1,1,1", "--width", "4", "--frames", "16", "--size", "32"]) == 0
-    assert (run / "last.keras").exists()
+    assert (run / "last" / "model.keras").exists()
 
 
 def test_a_run_resumed_from_one_with_the_old_gzip_names_keeps_them(tmp_path):

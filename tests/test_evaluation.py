@@ -24,7 +24,7 @@ def test_evaluation_report_against_hand_computed_values():
 def test_evaluate_program(shards, trained, tmp_path):
     out = tmp_path / "eval"
     assert evaluate_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "2",
-                            "--model", str(trained / "last.keras")]) == 0
+                            "--model", str(trained / "last")]) == 0
     report = json.load(open(out / "report.json"))
     assert report["num_videos"] == 6 and report["num_clips"] == 12
     assert report["classes"] == ["jump", "run", "sit"]
@@ -39,7 +39,7 @@ def test_evaluate_without_matplotlib_writes_the_report_and_skips_the_png(shards,
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)
     out = tmp_path / "eval"
     assert evaluate_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "1",
-                            "--model", str(tiny_classifier[0])]) == 0
+                            "--model", str(tiny_classifier[0]), "--normalization", "caffe"]) == 0
     assert json.load(open(out / "report.json"))["num_videos"] == 6
     assert not (out / "confusion_matrix.png").exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("p3d_keras")]

@@ -1,5 +1,6 @@
 """The TF Serving export: a tiny model exported once, checked by a fresh process that never imports
 p3d_keras, by `saved_model_cli show` and `run`, and against the Keras model with numpy preprocessing."""
+import json
 import os
 import pathlib
 import subprocess
@@ -13,7 +14,7 @@ import tensorflow as tf
 
 from p3d_keras.applications import P3DResNet
 from p3d_keras.cli.export import main
-from p3d_keras.jobs.export import export_saved_model, read_warmup_requests
+from p3d_keras.jobs.export import METADATA_ASSET, WARMUP_FILE, export_saved_model, read_warmup_requests
 from p3d_keras.core.normalization import normalize
 
 LABELS = ["archery", "bowling", "curling", "diving", "fencing"]
@@ -184,7 +185,9 @@ def test_main_exports_the_next_version(model, exported, tmp_path):
                  "--labels", str(tmp_path / "labels.txt"), "--top-k", "3", "--no-warmup"]) == 0
     assert sorted(p.name for p in (base / "tiny").iterdir()) == ["1", "2"]
     assert (base / "tiny" / "2" / "saved_model.pb").exists()
-    assert not (base / "tiny" / "2" / "assets.extra").exists()
+    assert not (base / "tiny" / "2" / WARMUP_FILE).exists()  # --no-warmup
+    exported = json.loads((base / "tiny" / "2" / METADATA_ASSET).read_text())  # what the model is, beside it
+    assert exported["class_names"] == list(LABELS) and exported["normalization"] == "caffe"
 
 
 def test_main_unknown_preset(tmp_path, caplog):

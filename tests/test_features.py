@@ -8,7 +8,7 @@ from program_fixtures import MODEL_ARGS
 def test_extract_features_program(shards, trained, tmp_path):
     out = tmp_path / "features.npz"
     assert extract_features_cli.main(["--data", str(shards / "test"), "--out", str(out), "--num-clips", "3",
-                          "--model", str(trained / "last.keras")]) == 0
+                          "--model", str(trained / "last")]) == 0
     data = np.load(out)
     assert data["clip_features"].shape == (18, 128) and data["video_features"].shape == (6, 128)
     first = data["video_ids"][0]

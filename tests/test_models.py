@@ -37,7 +37,8 @@ def test_spec_builds_the_network_or_loads_the_saved_model(tmp_path):
     model.save(tmp_path / "m.keras")
     loaded = ModelSpec(model=str(tmp_path / "m.keras")).build()
     assert [w.shape for w in loaded.weights] == [w.shape for w in model.weights]
-    with pytest.raises(ValueError, match=r"Expected model to be an existing .keras file. Received: model='nope.keras'"):
+    with pytest.raises(ValueError, match=r"Expected model to be a model folder, .* or an existing .keras file. "
+                                         r"Received: model='nope.keras'"):
         ModelSpec(model="nope.keras").build()
 
 

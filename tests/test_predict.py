@@ -1,26 +1,26 @@
 """Prediction from a video file (`jobs.predict`, `p3d-predict`): a Keras model and a SavedModel agree,
 and every kind of bad video is one message naming it, exit 2."""
-import keras
 import numpy as np
 import pytest
 
 from p3d_keras.cli import predict as predict_cli
 from p3d_keras.jobs import export, predict, synthetic
+from p3d_keras.jobs.model_folder import read_model_folder
 
 
 def test_predict_program(trained, tmp_path, capsys):
     rng = np.random.default_rng(0)
     video = tmp_path / "clip.mp4"
     synthetic.write_video(video, synthetic.render_clip("move_left", rng, frames=24, size=48))
-    assert predict_cli.main([str(video), "--model", str(trained / "last.keras"), "--labels",
+    assert predict_cli.main([str(video), "--model", str(trained / "last"), "--labels",
                          str(trained.parent / "dummy")]) == 2  # a missing labels file is reported
     labels = tmp_path / "labels.txt"
     labels.write_text("jump\nrun\nsit\n")
-    assert predict_cli.main([str(video), "--model", str(trained / "last.keras"), "--labels", str(labels),
+    assert predict_cli.main([str(video), "--model", str(trained / "last"), "--labels", str(labels),
                          "--top", "3", "--num-clips", "2"]) == 0
     printed = capsys.readouterr().out
     assert "clip.mp4" in printed and all(name in printed for name in ("jump", "run", "sit"))
-    model = keras.saving.load_model(trained / "last.keras")
+    model = read_model_folder(trained / "last").model
     saved = export.export_saved_model(model, tmp_path / "serving", labels=["jump", "run", "sit"], top_k=3,
                                       warmup=False)
     frames = predict.read_video(str(video))

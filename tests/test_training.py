@@ -14,16 +14,22 @@ from p3d_keras.applications import PRESETS, P3DResNet
 from p3d_keras.cli import train as train_cli
 from p3d_keras.core.layers import Normalize
 from p3d_keras.jobs import training
+from p3d_keras.jobs.model_folder import MODEL_FILE, read_model_folder
 from p3d_keras.weights import cache
 from program_fixtures import MODEL_ARGS, REPO, SPEC
 
 
 def test_train_writes_models_and_logs(trained):
-    assert {"last.keras", "best.keras", "log.csv", "tensorboard"} <= set(os.listdir(trained))
+    assert {"last", "best", "log.csv", "tensorboard"} <= set(os.listdir(trained))
     rows = list(csv.DictReader(open(trained / "log.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     assert {"loss", "accuracy", "val_accuracy", "top5"} <= set(rows[0])
-    model = keras.saving.load_model(trained / "last.keras")
+    last = read_model_folder(trained / "last")
+    model = last.model
+    assert last.metadata.class_names == ("jump", "run", "sit") and last.metadata.normalization == "caffe"
+    assert last.metadata.provenance["training"]["epochs"] == 2
+    best = read_model_folder(trained / "best").metadata.evaluation
+    assert best["protocol"]["num_clips"] == 1 and 0 <= best["results"]["val_accuracy"] <= 1
     assert model.output_shape == (None, 3) and model.input_shape == (None, 16, 32, 32, 3)
     # Trained on uint8 clips normalised in a wrapper; saved is the network alone, on float input.
     assert model.inputs[0].dtype == "float32" and not any(isinstance(layer, Normalize) for layer in model.layers)
@@ -36,7 +42,7 @@ def test_uint8_and_float32_input_train_the_same_network(shards, tmp_path):
         history = training.train(SPEC, train=str(shards / "train"), val=str(shards / "test"), out=str(out), epochs=1,
                                  batch_size=4, lr=0.01, seed=3, verbose=0, input_dtype=input_dtype)
         assert history.model.name.startswith("p3d") and history.model.inputs[0].dtype == "float32"
-        saved = keras.saving.load_model(out / "last.keras")
+        saved = read_model_folder(out / "last").model
         for a, b in zip(saved.weights, history.model.weights):
             np.testing.assert_array_equal(a.numpy(), b.numpy())
         return history.history, [w.numpy() for w in saved.weights]
@@ -114,7 +120,7 @@ def test_multi_device_training(shards, tmp_path, backend, distribute, setup):
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert os.path.exists(tmp_path / "last.keras")
+    assert os.path.exists(tmp_path / "last" / MODEL_FILE)
     if distribute == "mirrored":
         assert "CPU:1" in result.stderr  # MirroredStrategy logs its devices
 
@@ -127,8 +133,9 @@ def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path,
     source = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=5)
     os.makedirs(cache.cache_dir())
     source.save_weights(os.path.join(cache.cache_dir(), preset.filename))  # in the cache: no network
-    model = training.model_for_classes(dataclasses.replace(SPEC, weights="tiny5"), classes=3)
-    assert model.output_shape == (None, 3)
+    loaded = training.model_for_classes(dataclasses.replace(SPEC, weights="tiny5"), classes=3)
+    model = loaded.model
+    assert model.output_shape == (None, 3) and loaded.metadata.normalization == "caffe"  # the preset's
     for name in ("conv1", "res3a", "res5a"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)

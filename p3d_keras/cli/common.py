@@ -44,7 +44,9 @@ def add_model_arguments(parser, *, classes=False):
     if classes:
         group.add_argument("--classes", type=positive_int,
                            help="classes of a new network (default 400, or the preset's)")
-    group.add_argument("--model", help="a whole saved Keras model (.keras), e.g. the output of p3d-train")
+    group.add_argument("--model", help="a P3D model folder (e.g. p3d-train's runs/x/best: its normalisation, clip "
+                                       "spec and class names are used), an hf://owner/name[@revision] handle of one, "
+                                       "or a plain .keras file")
     group.add_argument("--depth", default="199",
                        help="63, 131, 199, or four comma-separated block counts (default 199)")
     group.add_argument("--width", type=positive_int, default=64, help="res2 bottleneck width (default 64)")
@@ -95,7 +97,8 @@ def shard_reading_arguments(args):
 
 def add_normalization_argument(parser):
     """`--normalization`: a name of `p3d_keras.core.normalization.NORMALIZATIONS`."""
-    parser.add_argument("--normalization", help="input normalisation (default: caffe, or the preset's)")
+    parser.add_argument("--normalization", help="input normalisation (default: the model folder's, else the "
+                                                "preset's, else caffe; flow for flow)")
 
 
 def add_labels_argument(parser, default):

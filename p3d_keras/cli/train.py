@@ -15,7 +15,7 @@ def build_parser():
                                 "(from scratch, a weights preset, a checkpoint, or a saved .keras model).")
     p.add_argument("--train", required=True, help="training shards: a p3d-tfrecords output folder or a glob")
     p.add_argument("--val", help="validation shards (evaluated on one centre clip per video each epoch)")
-    p.add_argument("--out", required=True, help="output folder: last.keras, best.keras, logs, resume state")
+    p.add_argument("--out", required=True, help="output folder: the model folders last/ and best/, logs, resume state")
     p.add_argument("--classes", type=common.positive_int,
                    help="number of classes (default: labels.txt beside the shards)")
     common.add_model_arguments(p)

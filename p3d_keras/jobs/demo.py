@@ -17,7 +17,6 @@ import json
 import logging
 import os
 
-import keras
 import numpy as np
 
 from p3d_keras.applications import top_classes
@@ -73,7 +72,7 @@ def train_and_evaluate(records, out, cfg, temporal):
                              verbose=2, frame_stride=cfg.frame_stride)
     if not history.history:
         raise RuntimeError(f"training {name} ran no epoch")
-    model_path = os.path.join(out, name, "last.keras")
+    model_path = os.path.join(out, name, training.LAST)  # a model folder
     report = evaluation.evaluate(ModelSpec(model=model_path), data=os.path.join(records, "test"),
                                  out=os.path.join(out, name, "evaluation"), num_clips=cfg.eval_clips,
                                  frame_stride=cfg.frame_stride)
@@ -119,9 +118,9 @@ def run_demo(out, cfg=DemoConfig()):
     p3d_path, p3d = train_and_evaluate(records, out, cfg, temporal=True)
     _, control = train_and_evaluate(records, out, cfg, temporal=False)
     log.info("4/5 exporting the P3D as a SavedModel")
+    saved = export.export_model(ModelSpec(model=p3d_path), base_dir=os.path.join(out, "serving"), name="p3d_motion",
+                                warmup=False)  # the model folder's class names and normalisation
     labels = read_label_file(os.path.join(records, "train", collection.LABELS))
-    saved = export.export_saved_model(keras.saving.load_model(p3d_path), os.path.join(out, "serving"),
-                                      name="p3d_motion", labels=labels, warmup=False)
     log.info("5/5 classifying a held-out video through the SavedModel")
     sample = os.path.join(videos, "test", synthetic.CLASSES[1], f"{synthetic.CLASSES[1]}_0000.mp4")
     frames = predict.read_video(sample)

@@ -82,19 +82,22 @@ def evaluate(spec, *, data, out=None, labels_file=None, num_clips=20, crops="cen
     per-class accuracy, the video-level confusion matrix. With `out`, also writes
     `out/report.json` and `out/confusion_matrix.png` (the PNG needs the [plots] extra).
 
-    labels_file: a class-name file (default: `labels.txt` beside the shards, else class numbers).
+    labels_file: a class-name file (default: a model folder's names, else `labels.txt` beside
+        the shards, else class numbers; with a model folder it must agree with the folder's).
     frame_stride, normalization, decoder, batch_size: the reader's; normalization None means the
         preset's or the modality's default. Raises ValueError when the class names do not match
         the model, or for bad shards (naming them).
     """
-    class_names = read_label_file(labels_file) if labels_file else collection.collection_labels(data)
-    model = spec.build(classes=len(class_names) if class_names else None)
+    names = read_label_file(labels_file) if labels_file else collection.collection_labels(data)
+    loaded = models.load(spec, classes=len(names) if names else None, normalization=normalization,
+                         labels_file=labels_file)
+    model = loaded.model
     classes = model.output_shape[-1]
-    class_names = class_names or [str(i) for i in range(classes)]
+    class_names = list(loaded.metadata.class_names or names or [str(i) for i in range(classes)])
     if len(class_names) != classes:
         raise ValueError(f"Expected {classes} class names (the model's classes). Received: {len(class_names)}")
-    dataset = models.clip_dataset(model, spec, data, num_clips=num_clips, crops=crops, batch_size=batch_size,
-                           frame_stride=frame_stride, normalization=normalization, decoder=decoder)
+    dataset = models.clip_dataset(loaded.metadata, data, num_clips=num_clips, crops=crops, batch_size=batch_size,
+                                  frame_stride=frame_stride, decoder=decoder)
     scores, clip_labels, video_ids = metrics.predict_clips(model, dataset)
     report = evaluation_report(scores, clip_labels, video_ids, class_names)
     report.update(num_clips_per_video=num_clips, crops=crops, data=data)

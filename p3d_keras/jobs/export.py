@@ -21,6 +21,8 @@ Preprocessing runs inside the graph, in this order:
 `assets.extra/tf_serving_warmup_requests` holds one `PredictionLog` per signature (TFRecord), so the
 server traces and warms both graphs before it reports the model as available.
 """
+import dataclasses
+import json
 import logging
 import os
 import pathlib
@@ -30,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 
 from p3d_keras.core.protowire import group_fields, length_delimited, payload
-from p3d_keras.jobs import models
+from p3d_keras.jobs import model_folder, models
 from p3d_keras.jobs.clip_input import default_resize_short_side, make_preprocess
 
 log = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
 INPUT_KEY = "frames"
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+METADATA_ASSET = os.path.join("assets.extra", model_folder.METADATA_FILE)  # the model's metadata, as a folder has it
 DEFAULT_TOP_K = 5  # or every class, for a model with fewer
 
 # Protobuf field numbers of the TF Serving messages the warmup file holds, from
@@ -176,7 +179,7 @@ def check_export_args(model, resize_short_side, top_k, classes):
 
 
 def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None, normalization="caffe",
-                       resize_short_side=None, top_k=None, warmup=True):
+                       resize_short_side=None, top_k=None, warmup=True, metadata=None):
     """Export a P3D ResNet classifier as a TF Serving SavedModel under `<base_dir>/<name>/<version>/`.
 
     Args:
@@ -193,6 +196,8 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
             the paper's 182x242 -> 160x160 ratio (182 for a 160 px model).
         top_k: how many top classes the serving signature returns; default `min(5, classes)`.
         warmup: write `assets.extra/tf_serving_warmup_requests`.
+        metadata: a `model_folder.ModelMetadata` to write as `METADATA_ASSET` (`assets.extra/`),
+            with the export's own normalisation, resize rule and class names.
 
     Returns:
         The path of the version directory.
@@ -224,6 +229,11 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
     if warmup:
         frames = np.zeros((1, *model.input_shape[1:]), dtype="uint8")
         write_warmup_requests(os.fspath(staging), name, frames)
+    if metadata is not None:
+        exported = dataclasses.replace(metadata, normalization=normalization, resize_short_side=resize_short_side,
+                                       class_names=tuple(labels))
+        (staging / METADATA_ASSET).parent.mkdir(exist_ok=True)
+        (staging / METADATA_ASSET).write_text(json.dumps(exported.to_json(), indent=1), encoding="utf-8")
     os.rename(staging, final)
     log.info("exported %s (%d classes, %s normalization, short side %d, top %d)",
              final, classes, normalization, resize_short_side, top_k)
@@ -234,14 +244,19 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
 # p3d-export
 
 
-def export_model(spec, *, base_dir, classes=None, labels_file=None, normalization=None, **options):
-    """Build the network of `spec` (`models.ModelSpec`, with `classes`) and export it with
-    `export_saved_model(model, base_dir, labels=..., normalization=..., **options)`.
+def export_model(spec, *, base_dir, classes=None, labels_file=None, normalization=None, resize_short_side=None,
+                 **options):
+    """Load the network of `spec` (`models.load`: a model folder's metadata decides; else a new or
+    saved network with `classes`) and export it with `export_saved_model(..., **options)`, its
+    metadata carried into the SavedModel (`METADATA_ASSET`).
 
-    labels_file: a class-name file (default: the preset's class names, else class numbers).
-    normalization: default the preset's, else the modality's default.
-    """
-    model = spec.build(classes=classes)
-    return export_saved_model(model, base_dir, labels=models.class_names(spec, labels_file),
-                              normalization=models.normalization_for(spec, models.model_modality(model), normalization),
-                              **options)
+    labels_file: a class-name file (default: the folder's or the preset's class names, else class
+    numbers). normalization, resize_short_side: default the folder's, else the preset's (or the
+    modality's default) and the paper's ratio; contradicting a model folder raises."""
+    loaded = models.load(spec, classes=classes, normalization=normalization, labels_file=labels_file)
+    meta = loaded.metadata
+    if spec.is_folder and resize_short_side not in (None, meta.resize_short_side):
+        raise ValueError(f"Expected resize_short_side={meta.resize_short_side}, as the model folder {loaded.path} "
+                         f"says. Received: resize_short_side={resize_short_side}")
+    return export_saved_model(loaded.model, base_dir, labels=meta.class_names, normalization=meta.normalization,
+                              resize_short_side=resize_short_side or meta.resize_short_side, metadata=meta, **options)

@@ -32,10 +32,11 @@ def extract_features(spec, *, data, out=None, num_clips=20, batch_size=8, frame_
     arguments are `evaluation.evaluate`'s. Raises ValueError for a bad `out` or bad shards."""
     if out is not None and not str(out).endswith(".npz"):
         raise ValueError(f"Expected out to end in .npz. Received: out={out!r}")
-    model = spec.build(**({} if spec.model else dict(include_top=False, pooling="avg")))
-    dataset = models.clip_dataset(model, spec, data, num_clips=num_clips, batch_size=batch_size,
-                                  frame_stride=frame_stride, normalization=normalization, decoder=decoder)
-    result = features_of(model, dataset)
+    loaded = models.load(spec, normalization=normalization,
+                         **({} if spec.model else dict(include_top=False, pooling="avg")))
+    dataset = models.clip_dataset(loaded.metadata, data, num_clips=num_clips, batch_size=batch_size,
+                                  frame_stride=frame_stride, decoder=decoder)
+    result = features_of(loaded.model, dataset)
     if out is not None:
         np.savez(out, **result)
     return result

@@ -1,7 +1,9 @@
-"""Which network a job runs (`ModelSpec`: a saved model, or an architecture with optional
-weights), and what follows from a model: its modality, whether it outputs probabilities, the
-normalisation and reader arguments that match its input."""
+"""Which network a job runs (`ModelSpec`: a model folder, a saved model, or an architecture with
+optional weights), the network with the metadata that says how to use it (`load`), and what
+follows from a model: its modality, whether it outputs probabilities, the reader arguments that
+match its input."""
 import dataclasses
+import logging
 import os
 
 import keras
@@ -9,15 +11,18 @@ import keras
 from p3d_keras.applications import P3DResNet, find_preset, load_labels
 from p3d_keras.core.labels import read_label_file
 from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, modality_of_channels
+from p3d_keras.jobs import model_folder
+from p3d_keras.jobs.model_folder import P3DModel
 from p3d_keras.tfrecords_tools import collection, reader
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A saved Keras model (`model`, a `.keras` file) or a new `P3DResNet` of `depth` (63, 131,
-    199 or four block counts) with optional `weights` (a preset name, a `.weights.h5` file or an
-    original checkpoint); the other fields are `P3DResNet`'s arguments (None: the preset's, or
-    the default). `p3d-train`, `p3d-evaluate`, ... fill it from their model flags."""
+    """A saved network (`model`: a P3D model folder, an `hf://owner/name[@revision]` handle of one,
+    or a plain `.keras` file) or a new `P3DResNet` of `depth` (63, 131, 199 or four block counts)
+    with optional `weights` (a preset name, a `.weights.h5` file or an original checkpoint); the
+    other fields are `P3DResNet`'s arguments (None: the preset's, or the default). `p3d-train`,
+    `p3d-evaluate`, ... fill it from their model flags."""
     model: str | None = None
     depth: int | tuple = 199
     width: int = 64
@@ -36,12 +41,20 @@ class ModelSpec:
         from it)."""
         return find_preset(self.weights)
 
+    @property
+    def is_folder(self):
+        """Whether `model` is a P3D model folder (or a hub handle of one), whose metadata decides."""
+        return bool(self.model) and (str(self.model).startswith(HUB_SCHEME) or os.path.isdir(self.model))
+
     def build(self, classes=None, **overrides):
         """The `keras.Model`: the saved `model`, or a new P3DResNet with `classes` (None: the
         preset's, or 400) and `weights` loaded; `overrides` replace P3DResNet arguments."""
+        if self.is_folder:
+            return model_folder.load_model(self.model).model
         if self.model:
             if not str(self.model).endswith(".keras") or not os.path.isfile(self.model):
-                raise ValueError(f"Expected model to be an existing .keras file. Received: model={self.model!r}")
+                raise ValueError(f"Expected model to be a model folder, an hf:// handle or an existing .keras file. "
+                                 f"Received: model={self.model!r}")
             return keras.saving.load_model(self.model)
         channels = MODALITY_CHANNELS[self.modality or "rgb"]
         kwargs = dict(weights=self.weights, classes=classes, graph=self.graph, modality=self.modality,
@@ -49,6 +62,53 @@ class ModelSpec:
                       input_shape=(self.frames, self.size, self.size, channels))
         kwargs.update(overrides)
         return P3DResNet(self.depth, **kwargs)
+
+
+HUB_SCHEME = "hf://"
+log = logging.getLogger(__name__)
+
+
+def load(spec, classes=None, *, normalization=None, labels_file=None, **overrides):
+    """The network of `spec` with the metadata a job uses (`model_folder.P3DModel`).
+
+    A model folder (or hub handle) brings its own: its normalisation, class names and clip spec
+    decide, and a `normalization` or `labels_file` that contradicts them raises a ValueError naming
+    both. Otherwise (a plain `.keras` file, or a new network with `classes` and `overrides`) the
+    model is described with `normalization` (default: the preset's, else the modality's, with a
+    warning for a plain `.keras` file, which does not say) and the class names of `labels_file` or
+    the preset."""
+    if spec.is_folder:
+        loaded = model_folder.load_model(spec.model)
+        _check_agrees(loaded, normalization=normalization, labels_file=labels_file)
+        return loaded
+    model = spec.build(classes=classes, **overrides)
+    if spec.model and normalization is None and spec.preset is None:
+        log.warning("%s is a plain .keras file, which does not say how its frames were normalised: assuming %r "
+                    "(pass normalization=..., or use a model folder)", spec.model,
+                    DEFAULT_NORMALIZATION[model_modality(model)])
+    metadata = model_folder.describe_model(
+        model, normalization=normalization_for(spec, model_modality(model), normalization),
+        class_names=class_names(spec, labels_file), provenance=provenance(spec))
+    return P3DModel(model, metadata, None)
+
+
+def _check_agrees(loaded, *, normalization, labels_file):
+    """Raise ValueError when a given `normalization` or `labels_file` contradicts the folder's."""
+    meta = loaded.metadata
+    if normalization is not None and normalization != meta.normalization:
+        raise ValueError(f"Expected normalization={meta.normalization!r}, as the model folder {loaded.path} says. "
+                         f"Received: normalization={normalization!r} (leave it out to use the folder's)")
+    if labels_file and meta.class_names is not None and tuple(read_label_file(labels_file)) != tuple(meta.class_names):
+        raise ValueError(f"Expected the class names of the model folder {loaded.path} ({len(meta.class_names)} "
+                         f"classes). Received: a different list in {labels_file} (leave it out to use the folder's)")
+
+
+def provenance(spec):
+    """Where a network of `spec` comes from: its preset or weights file, or the saved model."""
+    preset = spec.preset
+    return {"preset": preset.name if preset else None,
+            "original_file": preset.original_file if preset else None,
+            "weights": None if preset else spec.weights, "model": spec.model}
 
 
 def parse_depth(text):
@@ -76,23 +136,18 @@ def normalization_for(spec, modality, normalization=None):
     return normalization or (preset.normalization if preset else DEFAULT_NORMALIZATION[modality])
 
 
-def clip_options(model, spec, *, normalization=None, frame_stride=1, decoder="auto"):
-    """The reader arguments (`training_dataset` / `evaluation_dataset`) matching `model`'s input:
-    clip length, crop size, modality and normalisation (`normalization_for`), with `frame_stride`
-    and `decoder`."""
-    _, frames, size, _, _ = model.input_shape
-    modality = model_modality(model)
-    return dict(clip_length=frames, crop_size=size, frame_stride=frame_stride, modality=modality,
-                normalization=normalization_for(spec, modality, normalization), decoder=decoder)
+def clip_options(metadata, *, frame_stride=1, decoder="auto"):
+    """The reader arguments (`training_dataset` / `evaluation_dataset`) matching a network's
+    `metadata` (`model_folder.ModelMetadata`): clip length, crop size, modality, normalisation;
+    with `frame_stride` and `decoder`."""
+    return dict(clip_length=metadata.clip_length, crop_size=metadata.crop_size, frame_stride=frame_stride,
+                modality=metadata.modality, normalization=metadata.normalization, decoder=decoder)
 
 
-def clip_dataset(model, spec, data, *, num_clips, crops="center", batch_size=8, frame_stride=1, normalization=None,
-                 decoder="auto"):
-    """The `reader.evaluation_dataset` of the shards `data` matching `model`'s input (clip
-    length, crop size, channels; normalisation from `spec`, see `models.clip_options`)."""
-    return reader.evaluation_dataset(
-        collection.shard_files(data), batch_size=batch_size, num_clips=num_clips, crops=crops,
-        **clip_options(model, spec, normalization=normalization, frame_stride=frame_stride, decoder=decoder))
+def clip_dataset(metadata, data, *, num_clips, crops="center", batch_size=8, frame_stride=1, decoder="auto"):
+    """The `reader.evaluation_dataset` of the shards `data` matching a network's `metadata`."""
+    return reader.evaluation_dataset(collection.shard_files(data), batch_size=batch_size, num_clips=num_clips,
+                                     crops=crops, **clip_options(metadata, frame_stride=frame_stride, decoder=decoder))
 
 
 def output_layer(model):

@@ -27,12 +27,12 @@ def read_video(path, max_frames=None):
     return np.stack(frames)
 
 
-def video_probabilities(frames, model, *, normalization="caffe", num_clips=5):
+def video_probabilities(frames, model, *, normalization="caffe", num_clips=5, resize_short_side=None):
     """Mean class probabilities of a Keras classifier over `num_clips` windows of uint8 `frames`,
     placed as in evaluation (one window: the centre one; short videos loop), each resized,
     centre-cropped and normalised exactly as the exported SavedModel does."""
     clip_length, size = model.input_shape[1], model.input_shape[2]
-    preprocess = make_preprocess(model, normalization, default_resize_short_side(size))
+    preprocess = make_preprocess(model, normalization, resize_short_side or default_resize_short_side(size))
     clips = frames[sampling.evaluation_indices(len(frames), clip_length, 1, num_clips).numpy()]
     outputs = keras.ops.convert_to_numpy(model(np.asarray(preprocess(clips)), training=False))
     if not models.outputs_probabilities(model):
@@ -59,9 +59,10 @@ def predict_video(path, *, spec=None, saved_model=None, labels_file=None, normal
                   max_frames=None, top=5):
     """The `top` classes of the video file `path` as `(index, label, probability)`, best first:
     mean probabilities over `num_clips` windows of a Keras network (`spec`, a `models.ModelSpec`,
-    with `classes`; normalisation default the preset's), or the centre window through an exported
-    SavedModel version folder (`saved_model`). Give one of the two. labels_file: a class-name file
-    (default: the preset's names; numbers without one). Raises ValueError naming `path` for a
+    with `classes`; a model folder's normalisation, resize rule and class names decide, else the
+    preset's), or the centre window through an exported SavedModel version folder (`saved_model`).
+    Give one of the two. labels_file: a class-name file (default: the folder's or the preset's
+    names; numbers without any; contradicting a folder's raises). Raises ValueError naming `path` for a
     video that cannot be read or is too short for the SavedModel."""
     if (spec is None) == (saved_model is None):
         raise ValueError("Expected exactly one of spec (a Keras network) and saved_model. Received: "
@@ -74,9 +75,9 @@ def predict_video(path, *, spec=None, saved_model=None, labels_file=None, normal
             raise ValueError(f"{path!r}: {e}") from e
         names = read_label_file(labels_file) if labels_file else None
     else:
-        model = spec.build(classes=classes)
-        names = models.class_names(spec, labels_file)
-        probabilities = video_probabilities(
-            frames, model, normalization=models.normalization_for(spec, models.model_modality(model), normalization),
-            num_clips=num_clips)
+        loaded = models.load(spec, classes=classes, normalization=normalization, labels_file=labels_file)
+        meta = loaded.metadata
+        names = meta.class_names
+        probabilities = video_probabilities(frames, loaded.model, normalization=meta.normalization,
+                                            num_clips=num_clips, resize_short_side=meta.resize_short_side)
     return top_classes(probabilities, names, top)

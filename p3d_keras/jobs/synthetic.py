@@ -188,7 +188,9 @@ def _encoder(codec):
         return "mpeg4", {}, {"qscale": 2}
     available = av.codec.codecs_available
     if "libx264" in available:
-        return "libx264", {"crf": "17", "preset": "medium"}, {}
+        # One encoder thread: x264's automatic count follows the CPUs the process may use, which
+        # differs between processes (and it is written into the stream), so the bytes would too.
+        return "libx264", {"crf": "17", "preset": "medium", "threads": "1"}, {}
     if "libopenh264" in available:
         return "libopenh264", {}, {"bit_rate": 2_000_000}
     raise RuntimeError(

@@ -9,11 +9,12 @@ TensorFlow backend, `keras.distribution.DataParallel` on the JAX backend.
 Input: by default the reader hands out uint8 clips and the model normalises them on its device
 (`input_dtype="uint8"`): the network is trained inside `with_input_normalization`, a model that
 adds `p3d_keras.core.layers.Normalize` in front of it, which keeps the CPU pipeline near the JPEG-decode
-limit (`bench/README.md`). The saved models (`last.keras`, `best.keras`) and the returned
+limit (`bench/README.md`). The saved model folders (`last/`, `best/`) and the returned
 History's model are the network alone, taking normalised float input, as every other program
 expects. `input_dtype="float32"` normalises on the CPU in the reader instead.
 """
 import contextlib
+import dataclasses
 import logging
 import os
 
@@ -22,7 +23,7 @@ import tensorflow as tf
 
 from p3d_keras.applications.p3d_resnet import copy_weights
 from p3d_keras.core.layers import Normalize
-from p3d_keras.jobs import models
+from p3d_keras.jobs import model_folder, models
 from p3d_keras.tfrecords_tools import collection, reader, shards
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ DISTRIBUTIONS = ("none", "mirrored", "data-parallel")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 OPTIMIZERS = ("sgd", "adamw")
 INPUT_DTYPES = ("uint8", "float32")
+LAST, BEST = "last", "best"  # the model folders in a run's output folder
 
 
 def batch_norm_layers(model):
@@ -136,47 +138,68 @@ def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weig
     return model
 
 
-class NetworkCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` saving `network`, a part of the model being trained (the network inside
-    `with_input_normalization`), or the whole model when `network` is None."""
+class ModelFolderCheckpoint(keras.callbacks.Callback):
+    """Save `network` (a part of the model being trained: the network inside
+    `with_input_normalization`) as a P3D model folder with `metadata` after every epoch, or with
+    `monitor` only when that epoch's value beats the best so far. The best value is recorded in the
+    folder's `evaluation`, so a resumed run keeps comparing against it."""
 
-    def __init__(self, filepath, network=None, **kwargs):
-        super().__init__(filepath, **kwargs)
-        self.network = network
+    def __init__(self, folder, network, metadata, monitor=None, protocol=None):
+        super().__init__()
+        self.folder, self.network, self.metadata = folder, network, metadata
+        self.monitor, self.protocol = monitor, protocol
+        self.best = self._recorded_best()
 
-    @property
-    def model(self):
-        trained = super().model  # on JAX, this copies the training state into the variables
-        return trained if self.network is None else self.network
+    def _recorded_best(self):
+        if self.monitor is None or not os.path.isdir(self.folder):
+            return None
+        evaluation = model_folder.read_model_folder(self.folder).metadata.evaluation or {}
+        return evaluation.get("results", {}).get(self.monitor)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.model  # noqa: B018 (on JAX, reading it copies the training state into the variables)
+        value = (logs or {}).get(self.monitor) if self.monitor else None
+        if self.monitor is not None and (value is None or (self.best is not None and value <= self.best)):
+            return
+        self.best = value
+        evaluation = {"protocol": self.protocol, "results": {self.monitor: float(value), "epoch": epoch + 1}} \
+            if self.monitor else None
+        model_folder.save_model_folder(self.folder, self.network,
+                                       dataclasses.replace(self.metadata, evaluation=evaluation))
 
 
-def training_callbacks(out_dir, monitor_val, network=None):
-    """Resume state (BackupAndRestore, of the whole model being trained), the last and best models
-    (`network`, when the model being trained wraps it), TensorBoard and CSV logs."""
+def training_callbacks(out_dir, network, metadata, *, monitor_val, protocol=None):
+    """Resume state (BackupAndRestore, of the whole model being trained), the `last` and `best`
+    model folders of `network` with its `metadata`, TensorBoard and CSV logs."""
     os.makedirs(out_dir, exist_ok=True)
     monitor = "val_accuracy" if monitor_val else "accuracy"
     return [
         keras.callbacks.BackupAndRestore(os.path.join(out_dir, "backup")),
-        NetworkCheckpoint(os.path.join(out_dir, "last.keras"), network),
-        NetworkCheckpoint(os.path.join(out_dir, "best.keras"), network, monitor=monitor, mode="max",
-                          save_best_only=True),
+        ModelFolderCheckpoint(os.path.join(out_dir, LAST), network, metadata),
+        ModelFolderCheckpoint(os.path.join(out_dir, BEST), network, metadata, monitor=monitor, protocol=protocol),
         keras.callbacks.TensorBoard(os.path.join(out_dir, "tensorboard")),
         keras.callbacks.CSVLogger(os.path.join(out_dir, "log.csv"), append=True),
     ]
 
 
-def model_for_classes(spec, classes):
-    """The model to fine-tune (`spec.build`). A weights preset trained on another number of
-    classes keeps every layer but the classifier, which starts afresh (e.g. Kinetics-400 weights
-    for UCF101)."""
+def model_for_classes(spec, classes, *, normalization=None, class_names=None):
+    """The network to fine-tune with its metadata (`models.load`). A weights preset trained on
+    another number of classes keeps every layer but the classifier, which starts afresh (e.g.
+    Kinetics-400 weights for UCF101). A model folder's normalisation decides (a contradicting
+    `normalization` raises)."""
     preset = spec.preset
     if spec.model or preset is None or classes in (None, preset.classes):
-        return spec.build(classes=classes)
+        loaded = models.load(spec, classes=classes, normalization=normalization)
+        return dataclasses.replace(loaded, metadata=dataclasses.replace(
+            loaded.metadata, class_names=tuple(class_names) if class_names else loaded.metadata.class_names))
     source = spec.build()
     model = spec.build(classes=classes, weights=None, graph=preset.graph, modality=preset.modality)
     copy_weights(source, model, skip=("fc",))
     log.info("%s: kept every layer but the classifier (%d -> %d classes)", preset.name, preset.classes, classes)
-    return model
+    metadata = model_folder.describe_model(
+        model, normalization=models.normalization_for(spec, models.model_modality(model), normalization),
+        class_names=class_names, provenance=models.provenance(spec))
+    return model_folder.P3DModel(model, metadata, None)
 
 
 def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, optimizer="sgd", lr=0.001,
@@ -185,9 +208,10 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
           reads="auto", decoder="auto", seed=None, verbose=1):
     """Fine-tune the network of `spec` (`models.ModelSpec`) on the shards `train` (a converter
     output folder, a glob or a file) and return the Keras `History`, whose model is the network
-    as saved. Writes to the folder `out`: `last.keras`, `best.keras` (by validation accuracy on
-    one centre clip per video of `val`, else training accuracy), `log.csv`, TensorBoard logs and
-    the resume state (rerunning the same call resumes).
+    as saved. Writes to the folder `out`: the P3D model folders `last/` and `best/` (by validation
+    accuracy on one centre clip per video of `val`, else training accuracy; each says how it was
+    trained: normalisation, clip spec, class names, the run), `log.csv`, TensorBoard logs and the
+    resume state (rerunning the same call resumes).
 
     classes: default the number of names in `labels.txt` beside the shards (required without
         one, unless `spec.model` is a saved model). A preset of another class count keeps every
@@ -196,7 +220,7 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
         `learning_rate_schedule`. partial_bn: freeze every BatchNormalization but the first.
     precision: a Keras dtype policy (`PRECISIONS`). distribute: `DISTRIBUTIONS`.
     frame_stride, flip, normalization, reads, decoder: the reader's (`reader.training_dataset`);
-        normalization None means the preset's or the modality's default.
+        normalization None means the model folder's, the preset's or the modality's default.
     input_dtype: `uint8` (the reader hands out uint8 clips, the model normalises them on its
         device) or `float32` (the reader normalises). seed: initial weights, dropout and a
         deterministic input pipeline.
@@ -211,10 +235,15 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
     if seed is not None:
         keras.utils.set_random_seed(seed)
     with distribution_scope(distribute):
-        model = model_for_classes(spec, classes)
+        loaded = model_for_classes(spec, classes, normalization=normalization, class_names=labels)
+        model = loaded.model
         data = dict(batch_size=batch_size, output_dtype=input_dtype,
-                    **models.clip_options(model, spec, normalization=normalization, frame_stride=frame_stride,
-                                          decoder=decoder))
+                    **models.clip_options(loaded.metadata, frame_stride=frame_stride, decoder=decoder))
+        run = dict(train=str(train), val=None if val is None else str(val), epochs=epochs, batch_size=batch_size,
+                   optimizer=optimizer, lr=lr, schedule=schedule, frame_stride=frame_stride, flip=flip, seed=seed)
+        metadata = dataclasses.replace(loaded.metadata, provenance={**loaded.metadata.provenance, "training": run})
+        # best/ is chosen by accuracy on one centre clip per validation video (else training accuracy)
+        protocol = dict(data=run["val"], num_clips=1, crops="center", frame_stride=frame_stride) if val else None
         trained = model
         if input_dtype == "uint8":
             trained = with_input_normalization(model, data.pop("normalization"))
@@ -229,7 +258,8 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
         log.info("training %s: %d steps per epoch, %d epochs, batch %d, %s input", model.name, steps, epochs,
                  batch_size, input_dtype)
         history = trained.fit(train_data, validation_data=val_data, epochs=epochs, steps_per_epoch=steps,
-                              callbacks=training_callbacks(out, monitor_val=val_data is not None, network=model),
+                              callbacks=training_callbacks(out, model, metadata, monitor_val=val_data is not None,
+                                                           protocol=protocol),
                               verbose=verbose)
     history.set_model(model)  # the network, as saved, not the training wrapper
     return history

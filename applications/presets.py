@@ -8,6 +8,8 @@ from its original file.
 import dataclasses
 import os
 
+from p3d_keras.weights.hub import HANDLE_PREFIX
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class WeightPreset:
@@ -68,17 +70,18 @@ PRESETS = {
 
 
 def find_preset(weights):
-    """The `WeightPreset` that `weights` names, or None when `weights` is None or an existing file.
-    A preset name is a preset whatever files exist; anything else that is not an existing file
-    raises ValueError naming it and listing the presets."""
-    if weights is None:
+    """The `WeightPreset` that `weights` names, or None when `weights` is None, an existing file or
+    an `hf://owner/name[@revision]` handle of a model folder. A preset name is a preset whatever
+    files exist; anything else raises ValueError naming it and listing the presets."""
+    if weights is None or (isinstance(weights, str) and weights.startswith(HANDLE_PREFIX)):
         return None
     if isinstance(weights, str) and weights in PRESETS:
         return PRESETS[weights]
     if os.path.isfile(weights):
         return None
-    raise ValueError(f"Unknown weights. Expected one of {sorted(PRESETS)} (the presets) or an existing weights file "
-                     f"(.weights.h5 or an original checkpoint). Received: weights={weights!r}, which is neither")
+    raise ValueError(f"Unknown weights. Expected one of {sorted(PRESETS)} (the presets), an existing weights file "
+                     f"(.weights.h5 or an original checkpoint) or a {HANDLE_PREFIX} handle. Received: "
+                     f"weights={weights!r}, which is none of these")
 
 
 def get_preset(name):

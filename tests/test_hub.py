@@ -1,4 +1,4 @@
-"""p3d_keras.jobs.hub against a local stand-in for the Hugging Face Hub (127.0.0.1): handles,
+"""p3d_keras.weights.hub (and p3d_keras.jobs.hub's upload half) against a local stand-in for the Hugging Face Hub (127.0.0.1): handles,
 `load_model("hf://...")` downloaded, cached and reloaded offline in fresh processes, an unknown
 revision, tampered weights, a missing huggingface_hub; the upload's local half and `p3d-publish --dry-run`."""
 import hashlib
@@ -18,7 +18,9 @@ import pytest
 from p3d_keras.applications import P3DResNet
 from p3d_keras.cli import publish
 from p3d_keras.core.files import sha256_of
-from p3d_keras.jobs import hub, model_folder
+from p3d_keras.jobs import hub as publishing
+from p3d_keras.jobs import model_folder
+from p3d_keras.weights import hub
 
 REPO_ID = "someone/tiny-p3d"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -150,14 +152,28 @@ print(json.dumps({"outputs": p3d.model(clip).numpy().tolist(), "path": p3d.path,
 """
 
 
-def load_in_process(handle, tmp_path, endpoint, offline=False):
+WEIGHTS = """
+import json, sys
+import numpy as np
+from p3d_keras.applications import P3DResNet
+try:
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3, weights=sys.argv[1])
+except ValueError as e:
+    print(json.dumps({"error": str(e), "type": type(e).__name__}))
+    sys.exit(0)
+clip = np.random.default_rng(0).uniform(0, 255, size=(1, 16, 32, 32, 3)).astype("float32")
+print(json.dumps({"outputs": model(clip).numpy().tolist()}))
+"""
+
+
+def load_in_process(handle, tmp_path, endpoint, offline=False, script=LOAD):
     """`p3d_keras.load_model(handle)` in a fresh process whose hub is `endpoint` and whose cache is
     in `tmp_path`; returns its JSON report (`outputs`, ..., or `error`)."""
     env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HOME": str(tmp_path / "hf_home"),
            "HF_HUB_CACHE": str(tmp_path / "hf_cache"), "HF_HUB_OFFLINE": "1" if offline else "0",
            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
     env.pop("HF_TOKEN", None)
-    done = subprocess.run([sys.executable, "-c", LOAD, handle], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script, handle], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -187,6 +203,20 @@ def test_download_then_offline_reload_from_the_cache(folder, hub_server, tmp_pat
     missing = load_in_process(f"hf://{REPO_ID}@v2", tmp_path, endpoint, offline=True)
     assert missing["type"] == "HubError" and f"hf://{REPO_ID}@v2" in missing["error"]
     assert "HF_HUB_OFFLINE" in missing["error"]
+
+
+def test_a_handle_as_weights_of_a_builder(folder, hub_server, tmp_path):
+    """`P3DResNet(weights="hf://...")`: the folder's network file, downloaded, checked, loaded."""
+    path, outputs = folder
+    endpoint, _ = hub_server
+    publish_on(HubHandler.repos, path)
+    built = load_in_process(f"hf://{REPO_ID}@{TAG}", tmp_path, endpoint, script=WEIGHTS)
+    np.testing.assert_allclose(built["outputs"], outputs, rtol=1e-5, atol=1e-6)
+    files = {name: (path / name).read_bytes() for name in (model_folder.MODEL_FILE, model_folder.METADATA_FILE)}
+    files[model_folder.MODEL_FILE] += b"tampered"
+    publish_on(HubHandler.repos, path, files)
+    tampered = load_in_process(f"hf://{REPO_ID}@{TAG}", tmp_path / "other_cache", endpoint, script=WEIGHTS)
+    assert tampered["type"] == "HubError" and "Expected sha256" in tampered["error"]
 
 
 def test_unknown_revision_and_repository_name_the_handle(folder, hub_server, tmp_path):
@@ -234,11 +264,11 @@ def test_a_missing_huggingface_hub_names_the_extra(monkeypatch):
 
 def test_prepare_upload_checks_the_folder_and_lists_its_files(folder, tmp_path):
     path, _ = folder
-    assert hub.prepare_upload(str(path)) == [str(path / model_folder.MODEL_FILE),
+    assert publishing.prepare_upload(str(path)) == [str(path / model_folder.MODEL_FILE),
                                              str(path / model_folder.METADATA_FILE)]
     (tmp_path / "empty").mkdir()
     with pytest.raises(model_folder.ModelFolderError, match=re.escape(str(tmp_path / "empty"))):
-        hub.prepare_upload(str(tmp_path / "empty"))
+        publishing.prepare_upload(str(tmp_path / "empty"))
 
 
 def test_publish_dry_run_prints_the_files_and_sha256(folder, capsys, tmp_path):

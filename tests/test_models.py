@@ -19,7 +19,7 @@ def test_a_preset_name_is_a_preset_whatever_files_exist(tmp_path, monkeypatch):
 
 def test_a_weights_path_that_does_not_exist_is_an_error_naming_it(tmp_path):
     missing = str(tmp_path / "best.weights.h5")
-    with pytest.raises(ValueError, match=rf"\(the presets\) or an existing weights file.*Received: weights='{missing}'"):
+    with pytest.raises(ValueError, match=rf"\(the presets\), an existing weights file.*Received: weights='{missing}'"):
         find_preset(missing)
     with pytest.raises(ValueError, match="Received: weights='kinetics"):
         P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), weights="kinetics")  # a typo

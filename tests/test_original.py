@@ -139,3 +139,25 @@ def test_original_tensors_round_trip(small_clip):
         clone = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), classes=3)
         original.assign_original(clone, state, naming)
         np.testing.assert_array_equal(clone(small_clip), model(small_clip))
+
+
+def test_an_original_checkpoint_as_a_model_folder(tmp_path, caplog):
+    """`save_as_model_folder` (`p3d-convert-weights --model-folder`): the network, with what such
+    files were trained with (the port's graph: ImageNet normalisation) and the given class names."""
+    from p3d_keras.jobs import original_weights
+    from p3d_keras.jobs.model_folder import read_model_folder
+
+    source = P3DResNet((1, 1, 1, 1), classes=3, graph="pytorch", classifier_activation=None)
+    np.savez(tmp_path / "orig.npz", **original.original_tensors(source, "pytorch"))
+    folder = original_weights.save_as_model_folder(tmp_path / "orig.npz", tmp_path / "folder", depth=(1, 1, 1, 1),
+                                                   classes=3, class_names=["a", "b", "c"])
+    loaded = read_model_folder(folder)
+    meta = loaded.metadata
+    assert (meta.normalization, meta.class_names, meta.architecture["graph"]) == ("imagenet", ("a", "b", "c"), "pytorch")
+    assert meta.provenance["original_file"] == "orig.npz"
+    for a, b in zip(loaded.model.weights, source.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    # The program: a folder for a checkpoint of another depth is one message naming the file, exit 2.
+    assert convert_weights.main([str(tmp_path / "orig.npz"), str(tmp_path / "f2"), "--model-folder", "--depth",
+                                 "63"]) == 2
+    assert "orig.npz" in caplog.text and not (tmp_path / "f2").exists()

@@ -11,7 +11,7 @@ A model folder holds two files:
 
 `save_model_folder` writes one, `read_model_folder` reads and checks one, and `load_model` takes
 whatever names a model (a folder, a bare `.keras` file, a preset name, or an `hf://` handle,
-`p3d_keras.jobs.hub`) and returns a `P3DModel`: the network with its metadata.
+`p3d_keras.weights.hub`) and returns a `P3DModel`: the network with its metadata.
 """
 import dataclasses
 import datetime
@@ -30,15 +30,14 @@ from p3d_keras.applications.p3d_resnet import STAGE_BLOCKS
 from p3d_keras.core.files import sha256_of
 from p3d_keras.core.layers import P3DBottleneck  # importing it registers the custom layers: model.keras loads
 from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, NORMALIZATIONS, modality_of_channels
-from p3d_keras.jobs import hub
 from p3d_keras.jobs.clip_input import default_resize_short_side
 from p3d_keras.version import __version__
+from p3d_keras.weights import hub
+from p3d_keras.weights.hub import METADATA_FILE, MODEL_FILE
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-METADATA_FILE = "p3d_model.json"
-MODEL_FILE = "model.keras"
 ARCHITECTURE_KEYS = ("depth", "width", "graph", "modality", "temporal", "classes", "dropout_rate")
 
 

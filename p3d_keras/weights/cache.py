@@ -29,6 +29,7 @@ import urllib.request
 import h5py
 
 from p3d_keras.core.files import PARTIAL_MARK, atomic_file, atomic_path, sha256_of
+from p3d_keras.weights import hub
 from p3d_keras.weights.original import load_original_weights
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,13 @@ def download_timeout():
 
 
 def load_weights(model, weights):
-    """Load `weights` into `model`: a `.weights.h5` file saved by Keras, or an original
-    checkpoint (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) mapped onto the model's layers.
-    Raises ValueError naming `weights` when the file does not exist."""
+    """Load `weights` into `model`: a `.weights.h5` file saved by Keras, an original checkpoint
+    (`.pth`, `.pth.tar`, `.npz`, `.caffemodel`) mapped onto the model's layers, or the network of
+    the model folder an `hf://owner/name[@revision]` handle names (`hub`: downloaded or cached, its
+    sha256 checked). Raises ValueError naming `weights` when the file does not exist."""
+    if isinstance(weights, str) and weights.startswith(hub.HANDLE_PREFIX):
+        model.load_weights(hub.model_file(hub.fetch_model_folder(weights)))
+        return
     path = os.fspath(weights)
     if not os.path.exists(path):
         raise ValueError("weights must be None, a preset name, a Keras weights file (.weights.h5) or an original "

@@ -139,3 +139,12 @@ def test_fine_tuning_a_preset_on_other_classes_keeps_the_trunk(shards, tmp_path,
     for name in ("conv1", "res3a", "res5a"):
         for a, b in zip(model.get_layer(name).get_weights(), source.get_layer(name).get_weights()):
             np.testing.assert_array_equal(a, b)
+
+
+def test_training_does_not_make_keras_warn_about_shuffling(shards, tmp_path):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        training.train(SPEC, train=str(shards / "train"), out=str(tmp_path), epochs=1, batch_size=4, verbose=0)
+    assert not [w for w in caught if "shuffle" in str(w.message)]

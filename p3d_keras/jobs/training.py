@@ -260,6 +260,6 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
         history = trained.fit(train_data, validation_data=val_data, epochs=epochs, steps_per_epoch=steps,
                               callbacks=training_callbacks(out, model, metadata, monitor_val=val_data is not None,
                                                            protocol=protocol),
-                              verbose=verbose)
+                              verbose=verbose, shuffle=False)  # the reader shuffles; Keras would warn it cannot
     history.set_model(model)  # the network, as saved, not the training wrapper
     return history

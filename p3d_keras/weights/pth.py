@@ -77,20 +77,24 @@ def _refuse_setstate(self, state):
                   f"({type(self).__name__.lstrip('_')}), which a state dict never does")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+def _stand_in(cls):
+    """`cls` as a frozen, slotted dataclass whose instances refuse `__setstate__` (a pickle's BUILD)."""
+    cls.__setstate__ = _refuse_setstate  # set first: the dataclass keeps a __setstate__ the class defines
+    return dataclasses.dataclass(frozen=True, slots=True)(cls)
+
+
+@_stand_in
 class _StorageType:
     """Stands for a torch storage class (torch.FloatStorage, ...): only its element dtype."""
 
     dtype: str
-    __setstate__ = _refuse_setstate
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_stand_in
 class _TorchDtype:
     """Stands for a torch dtype object (torch.float32, ...) found as a plain value."""
 
     name: str
-    __setstate__ = _refuse_setstate
 
 
 @dataclasses.dataclass(slots=True)
@@ -104,17 +108,16 @@ class _Storage:
     data: np.ndarray = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_stand_in
 class _StorageView:
     """Elements `[offset, offset + numel)` of a storage (legacy views; offset 0 otherwise)."""
 
     root: _Storage
     offset: int
     numel: int
-    __setstate__ = _refuse_setstate
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_stand_in
 class _TensorRef:
     """A tensor as pickled: a strided window on a storage, resolved once the bytes are read."""
 
@@ -122,15 +125,13 @@ class _TensorRef:
     offset: int
     size: tuple
     stride: tuple
-    __setstate__ = _refuse_setstate
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@_stand_in
 class _Rebuild:
     """An allowed torch rebuild function, wrapped so the pickle gets no real function object."""
 
     fn: object
-    __setstate__ = _refuse_setstate
 
     def __call__(self, *args):
         return self.fn(*args)

@@ -94,3 +94,9 @@ def test_a_flag_that_contradicts_the_folder_exits_2_naming_both(program, shards,
             "export": lambda: export_cli.main(["--base-dir", str(tmp_path / "b"), *folder])}[program]()
     assert code == 2
     assert "normalization='imagenet'" in caplog.text and "normalization='caffe'" in caplog.text
+
+
+def test_a_resize_rule_that_contradicts_the_folder_is_refused(imagenet_run, tmp_path, caplog):
+    assert export_cli.main(["--base-dir", str(tmp_path), "--model", str(imagenet_run / "best"),
+                            "--resize-short-side", "40"]) == 2
+    assert "resize_short_side=36" in caplog.text and "resize_short_side=40" in caplog.text

@@ -120,7 +120,7 @@ def run_demo(out, cfg=DemoConfig()):
     log.info("4/5 exporting the P3D as a SavedModel")
     saved = export.export_model(ModelSpec(model=p3d_path), base_dir=os.path.join(out, "serving"), name="p3d_motion",
                                 warmup=False)  # the model folder's class names and normalisation
-    labels = read_label_file(os.path.join(records, "train", collection.LABELS))
+    labels = collection.collection_labels(os.path.join(records, "train"))
     log.info("5/5 classifying a held-out video through the SavedModel")
     sample = os.path.join(videos, "test", synthetic.CLASSES[1], f"{synthetic.CLASSES[1]}_0000.mp4")
     frames = predict.read_video(sample)

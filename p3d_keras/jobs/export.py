@@ -253,10 +253,8 @@ def export_model(spec, *, base_dir, classes=None, labels_file=None, normalizatio
     labels_file: a class-name file (default: the folder's or the preset's class names, else class
     numbers). normalization, resize_short_side: default the folder's, else the preset's (or the
     modality's default) and the paper's ratio; contradicting a model folder raises."""
-    loaded = models.load(spec, classes=classes, normalization=normalization, labels_file=labels_file)
+    loaded = models.load(spec, classes=classes, normalization=normalization, labels_file=labels_file,
+                         resize_short_side=resize_short_side)
     meta = loaded.metadata
-    if spec.is_folder and resize_short_side not in (None, meta.resize_short_side):
-        raise ValueError(f"Expected resize_short_side={meta.resize_short_side}, as the model folder {loaded.path} "
-                         f"says. Received: resize_short_side={resize_short_side}")
     return export_saved_model(loaded.model, base_dir, labels=meta.class_names, normalization=meta.normalization,
-                              resize_short_side=resize_short_side or meta.resize_short_side, metadata=meta, **options)
+                              resize_short_side=meta.resize_short_side, metadata=meta, **options)

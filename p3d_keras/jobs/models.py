@@ -13,6 +13,7 @@ from p3d_keras.core.labels import read_label_file
 from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, modality_of_channels
 from p3d_keras.jobs import model_folder
 from p3d_keras.jobs.model_folder import P3DModel
+from p3d_keras.weights.hub import HANDLE_PREFIX
 from p3d_keras.tfrecords_tools import collection, reader
 
 
@@ -44,7 +45,7 @@ class ModelSpec:
     @property
     def is_folder(self):
         """Whether `model` is a P3D model folder (or a hub handle of one), whose metadata decides."""
-        return bool(self.model) and (str(self.model).startswith(HUB_SCHEME) or os.path.isdir(self.model))
+        return bool(self.model) and (str(self.model).startswith(HANDLE_PREFIX) or os.path.isdir(self.model))
 
     def build(self, classes=None, **overrides):
         """The `keras.Model`: the saved `model`, or a new P3DResNet with `classes` (None: the
@@ -64,22 +65,22 @@ class ModelSpec:
         return P3DResNet(self.depth, **kwargs)
 
 
-HUB_SCHEME = "hf://"
 log = logging.getLogger(__name__)
 
 
-def load(spec, classes=None, *, normalization=None, labels_file=None, **overrides):
+def load(spec, classes=None, *, normalization=None, labels_file=None, resize_short_side=None, **overrides):
     """The network of `spec` with the metadata a job uses (`model_folder.P3DModel`).
 
     A model folder (or hub handle) brings its own: its normalisation, class names and clip spec
-    decide, and a `normalization` or `labels_file` that contradicts them raises a ValueError naming
-    both. Otherwise (a plain `.keras` file, or a new network with `classes` and `overrides`) the
-    model is described with `normalization` (default: the preset's, else the modality's, with a
-    warning for a plain `.keras` file, which does not say) and the class names of `labels_file` or
-    the preset."""
+    decide, and a `normalization`, `labels_file` or `resize_short_side` that contradicts them raises
+    a ValueError naming both. Otherwise (a plain `.keras` file, or a new network with `classes` and
+    `overrides`) the model is described with `normalization` (default: the preset's, else the
+    modality's, with a warning for a plain `.keras` file, which does not say), `resize_short_side`
+    (default: the paper's ratio) and the class names of `labels_file` or the preset."""
     if spec.is_folder:
         loaded = model_folder.load_model(spec.model)
-        _check_agrees(loaded, normalization=normalization, labels_file=labels_file)
+        _check_agrees(loaded, normalization=normalization, labels_file=labels_file,
+                      resize_short_side=resize_short_side)
         return loaded
     model = spec.build(classes=classes, **overrides)
     if spec.model and normalization is None and spec.preset is None:
@@ -88,13 +89,17 @@ def load(spec, classes=None, *, normalization=None, labels_file=None, **override
                     DEFAULT_NORMALIZATION[model_modality(model)])
     metadata = model_folder.describe_model(
         model, normalization=normalization_for(spec, model_modality(model), normalization),
-        class_names=class_names(spec, labels_file), provenance=provenance(spec))
+        class_names=class_names(spec, labels_file), resize_short_side=resize_short_side, provenance=provenance(spec))
     return P3DModel(model, metadata, None)
 
 
-def _check_agrees(loaded, *, normalization, labels_file):
-    """Raise ValueError when a given `normalization` or `labels_file` contradicts the folder's."""
+def _check_agrees(loaded, *, normalization, labels_file, resize_short_side):
+    """Raise ValueError when a given `normalization`, `labels_file` or `resize_short_side`
+    contradicts the folder's."""
     meta = loaded.metadata
+    if resize_short_side is not None and resize_short_side != meta.resize_short_side:
+        raise ValueError(f"Expected resize_short_side={meta.resize_short_side}, as the model folder {loaded.path} "
+                         f"says. Received: resize_short_side={resize_short_side}")
     if normalization is not None and normalization != meta.normalization:
         raise ValueError(f"Expected normalization={meta.normalization!r}, as the model folder {loaded.path} says. "
                          f"Received: normalization={normalization!r} (leave it out to use the folder's)")

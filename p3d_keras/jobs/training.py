@@ -153,7 +153,7 @@ class ModelFolderCheckpoint(keras.callbacks.Callback):
     def _recorded_best(self):
         if self.monitor is None or not os.path.isdir(self.folder):
             return None
-        evaluation = model_folder.read_model_folder(self.folder).metadata.evaluation or {}
+        evaluation = model_folder.read_metadata(self.folder).evaluation or {}  # the JSON alone: no network load
         return evaluation.get("results", {}).get(self.monitor)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -12,21 +12,23 @@ import os
 
 from p3d_keras.core.labels import read_label_file
 
+from .index import INDEX_SUFFIX, SHARD_SUFFIX, is_local
+
 __all__ = ["FAILURES", "LABELS", "MANIFEST", "SHARD_SUFFIXES", "collection_labels",
            "shard_files"]
 
 MANIFEST = "manifest.json"  # beside the shards: parameters, per-shard counts and sha256, totals
 LABELS = "labels.txt"  # beside the shards: class names in index order
 FAILURES = "failures.jsonl"  # beside the shards: the inputs that could not be converted, and why
-PLAIN_SUFFIX, GZIP_SUFFIX = ".tfrecord", ".tfrecord.gz"  # as the converter names shards (readers go by the bytes)
+PLAIN_SUFFIX, GZIP_SUFFIX = SHARD_SUFFIX, SHARD_SUFFIX + ".gz"  # the converter's names (readers go by the bytes)
 SHARD_SUFFIXES = (PLAIN_SUFFIX, GZIP_SUFFIX)  # the shards of a folder, GZIP or not
 # Never shards, whatever a glob matches: window indexes, unfinished atomic writes, the collection's files.
-_NOT_SHARDS = (".tfindex", ".tmp", MANIFEST, LABELS, FAILURES)
+_NOT_SHARDS = (INDEX_SUFFIX, ".tmp", MANIFEST, LABELS, FAILURES)
 
 
 def _filesystem(path):
     """`(glob, isdir)` for `path`: `glob` and `os.path` for a local path, `tf.io.gfile` for a URL."""
-    if "://" not in path:
+    if is_local(path):
         return glob.glob, os.path.isdir
     import tensorflow as tf  # noqa: PLC0415 (only for URLs: the converter's workers never import TensorFlow)
 

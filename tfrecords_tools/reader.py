@@ -273,7 +273,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
     paths = shard_files(file_pattern, argument="file_pattern")
     if reads == "auto":
         reads = resolve_reads(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
-    if reads == "windows":
+    elif reads == "windows":  # (auto has just checked what it picked)
         obstacle = windows_obstacle(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
         if obstacle:
             raise ValueError("Expected local, uncompressed shards, google-crc32c and cycle_length=None with "

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from p3d_keras.jobs.synthetic import CLASSES, MOTIONS, make_motion_dataset, render_clip, write_video
+from p3d_keras.jobs.synthetic import CLASSES, MOTIONS, make_motion_dataset, render_clip, rgb_to_yuv420p, write_video
 
 OPPOSITE = {
     "move_left": "move_right", "move_right": "move_left", "move_up": "move_down", "move_down": "move_up",
@@ -115,6 +115,21 @@ def test_write_video_round_trip(tmp_path, codec):
         decoded = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
     assert decoded.shape == clip.shape
     assert np.abs(decoded.astype(int) - clip).mean() < 6.0
+
+
+@pytest.mark.parametrize("size", [32, 34])  # 34: the chroma planes' rows do not pair up into rows of W
+def test_rgb_to_yuv420p_matches_libswscale(size):
+    """Our conversion is libswscale's BT.601 to within one step in luma; chroma is the 2x2 mean."""
+    av = pytest.importorskip("av")
+    frame = render_clip("recede", np.random.default_rng(2), frames=2, size=size)[0]
+    ours = rgb_to_yuv420p(frame).astype(int)
+    theirs = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray().astype(int)
+    assert ours.shape == theirs.shape == (size * 3 // 2, size)
+    assert np.abs(ours[:size] - theirs[:size]).max() <= 1
+    assert np.abs(ours[size:] - theirs[size:]).mean() < 1.0
+    flat = np.full((4, 4, 3), (200, 40, 90), np.uint8)  # a flat colour: every 2x2 mean is the colour
+    expected_y = ((66 * 200 + 129 * 40 + 25 * 90 + 128) >> 8) + 16
+    assert (rgb_to_yuv420p(flat)[:4] == expected_y).all()
 
 
 def test_write_video_rejects_bad_input(tmp_path):

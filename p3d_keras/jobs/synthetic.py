@@ -96,7 +96,8 @@ def _object_sprite(rng):
     shape = np.stack([amplitude * np.cos(phase), -amplitude * np.sin(phase)], axis=1)
     phi = np.linspace(0.0, 2 * np.pi, 720, endpoint=False)
     k = np.arange(4)
-    radius = np.cos(np.outer(phi, k)) @ shape[:, 0] + np.sin(np.outer(phi, k)) @ shape[:, 1]
+    # Elementwise sums, not `@`: a BLAS product may sum in an order that depends on its threads.
+    radius = (np.cos(np.outer(phi, k)) * shape[:, 0] + np.sin(np.outer(phi, k)) * shape[:, 1]).sum(axis=1)
     outline = radius[:, None] * np.stack([np.cos(phi), np.sin(phi)], axis=1)
     centre = (2 / 3) * (radius[:, None] ** 2 * outline).sum(axis=0) / (radius**2).sum()  # of area
     reach = np.linalg.norm(outline - centre, axis=1).max()
@@ -199,11 +200,32 @@ def _encoder(codec):
     )
 
 
+def rgb_to_yuv420p(frame):
+    """One uint8 RGB frame (H, W, 3), H and W even, as a yuv420p plane stack (H * 3 // 2, W).
+
+    BT.601 limited range in integer arithmetic (the coefficients libswscale uses), with the
+    chroma of each 2x2 block taken from its mean colour. Converting here rather than letting the
+    encoder call libswscale keeps the encoder's input, and so the file's bytes, a pure function of
+    the frame: libswscale picks SIMD paths that are not bit-exact with each other.
+    """
+    rgb = frame.astype(np.int32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = ((66 * r + 129 * g + 25 * b + 128) >> 8) + 16
+    height, width = r.shape
+    blocks = rgb.reshape(height // 2, 2, width // 2, 2, 3).sum(axis=(1, 3))  # 4 x the mean colour
+    r, g, b = blocks[..., 0], blocks[..., 1], blocks[..., 2]
+    u = ((-38 * r - 74 * g + 112 * b + 512) >> 10) + 128
+    v = ((112 * r - 94 * g - 18 * b + 512) >> 10) + 128
+    planes = np.concatenate([y.ravel(), u.ravel(), v.ravel()])
+    return planes.astype(np.uint8).reshape(height * 3 // 2, width)
+
+
 def write_video(path, frames, *, fps=25, codec="h264"):
     """Write uint8 RGB `frames` (T, H, W, 3) to the mp4 file `path` (yuv420p) with PyAV.
 
     `codec` is "h264" (libx264 at CRF 17, or libopenh264 at 2 Mb/s) or "mpeg4" (qscale 2).
-    H and W must be even (4:2:0 chroma subsampling).
+    H and W must be even (4:2:0 chroma subsampling). With libx264 or mpeg4 the bytes are a pure
+    function of the arguments (see `rgb_to_yuv420p`).
     """
     import av  # noqa: PLC0415 (optional dependency: the `video` extra)
 
@@ -225,7 +247,7 @@ def write_video(path, frames, *, fps=25, codec="h264"):
         for key, value in attributes.items():
             setattr(stream.codec_context, key, value)
         for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")))
         container.mux(stream.encode())
 
 

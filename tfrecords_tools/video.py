@@ -283,7 +283,7 @@ def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
             last_jpeg, last_frame = encode_jpeg(frame, *size, decode.jpeg_quality, decode.threads), frame
         on_frame(last_jpeg)
         timestamps.append(t_us)
-    _check_complete(frames, decode, timestamps, end)
+    check_complete(frames, decode, len(timestamps), timestamps[-1] if timestamps else None, end)
     frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
     end_us = start_us + (timestamps[-1] + round(1e6 / frame_rate) if frame_rate else timestamps[-1])
@@ -297,16 +297,20 @@ def encode_clip(path, decode=DecodeOptions(), start=None, end=None):
     return Clip(**vars(info), encoded_frames=encoded)
 
 
-def _check_complete(frames, decode, timestamps, end):
-    if not timestamps:
+def check_complete(frames, decode, count, last_us, end=None):
+    """Raise `VideoError` when the `count` frames that `frames` (an `iter_frames` iterator, run to
+    its end) gave, the last at `last_us` from the clip start, are none, fewer than
+    `decode.min_frames`, or stop well before the container's duration (a truncated file; not
+    checked for a segment with an `end`, or at the frame cap)."""
+    if not count:
         raise VideoError("zero frames decoded")
-    if len(timestamps) < decode.min_frames:
-        raise VideoError(f"too short: {len(timestamps)} frames < min_frames={decode.min_frames}")
-    capped = decode.max_frames is not None and len(timestamps) >= decode.max_frames
+    if count < decode.min_frames:
+        raise VideoError(f"too short: {count} frames < min_frames={decode.min_frames}")
+    capped = decode.max_frames is not None and count >= decode.max_frames
     expected_us = frames.duration_us if end is None else None
     if capped or not expected_us or not frames.frame_rate:
         return
-    reached_us = frames.start_us + timestamps[-1] + 1e6 / frames.frame_rate
+    reached_us = frames.start_us + last_us + 1e6 / frames.frame_rate
     if reached_us < 0.9 * expected_us - 2e6 / frames.frame_rate:
         raise VideoError(
             f"truncated: decoded up to {reached_us / 1e6:.2f}s of {expected_us / 1e6:.2f}s"

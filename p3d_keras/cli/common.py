@@ -95,6 +95,39 @@ def shard_reading_arguments(args):
                 **clip_arguments(args))
 
 
+def window_stride(text):
+    """An argparse type for `--stride`: `"16"` (frames) -> `{"stride": 16}`, `"0.5s"` (seconds) ->
+    `{"stride_seconds": 0.5}`."""
+    if str(text).endswith("s"):
+        return {"stride_seconds": _number(float, 0.0, True, "a positive number of seconds, e.g. 0.5s")(text[:-1])}
+    try:
+        return {"stride": positive_int(text)}
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"Expected a positive number of frames (16) or of seconds (0.5s). "
+                                         f"Received: {text!r}") from None
+
+
+def add_window_arguments(parser):
+    """The flags of the programs that cut windows out of video files (`jobs.video_inference`):
+    `--window`, `--stride`, `--fps`, `--decode-threads`."""
+    group = parser.add_argument_group("windows")
+    group.add_argument("--window", type=positive_int,
+                       help="frames a window covers, a multiple of the clip length (default: the clip length)")
+    group.add_argument("--stride", type=window_stride, default={},
+                       help="a new window every N frames, or every Xs seconds, e.g. 8 or 0.5s (default: --window)")
+    group.add_argument("--fps", type=positive_float, help="resample the video to this frame rate first")
+    group.add_argument("--decode-threads", type=non_negative_int, default=0,
+                       help="decoder and scaler threads per video (default 0: FFmpeg picks)")
+    return group
+
+
+def window_arguments(args):
+    """The keyword arguments of `add_window_arguments`' flags, as `VideoInference.windows` takes them."""
+    from p3d_keras.tfrecords_tools.video import DecodeOptions  # noqa: PLC0415 (kept out of the programs without videos)
+
+    return dict(window=args.window, **args.stride, decode=DecodeOptions(fps=args.fps, threads=args.decode_threads))
+
+
 def add_normalization_argument(parser):
     """`--normalization`: a name of `p3d_keras.core.normalization.NORMALIZATIONS`."""
     parser.add_argument("--normalization", help="input normalisation (default: the model folder's, else the "

@@ -54,3 +54,17 @@ def test_numeric_argument_types():
                         (common.non_negative_float, "nan"), (common.dropout_rate, "1")]:
         with pytest.raises(argparse.ArgumentTypeError, match=f"Received: {text!r}"):
             parse(text)
+
+
+def test_window_flags():
+    parser = argparse.ArgumentParser()
+    common.add_window_arguments(parser)
+    seconds = common.window_arguments(parser.parse_args(["--stride", "0.5s", "--window", "32", "--fps", "15"]))
+    assert seconds["stride_seconds"] == 0.5 and seconds["window"] == 32 and "stride" not in seconds
+    assert seconds["decode"].fps == 15.0 and seconds["decode"].threads == 0
+    frames = common.window_arguments(parser.parse_args(["--stride", "8", "--decode-threads", "2"]))
+    assert frames["stride"] == 8 and frames["window"] is None and frames["decode"].threads == 2
+    assert "stride" not in common.window_arguments(parser.parse_args([]))
+    for bad in ("0", "-1s", "xs", "1.5", "nans"):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"Received: '{bad}'"):
+            common.window_stride(bad)

@@ -98,13 +98,13 @@ def shard_reading_arguments(args):
 def window_stride(text):
     """An argparse type for `--stride`: `"16"` (frames) -> `{"stride": 16}`, `"0.5s"` (seconds) ->
     `{"stride_seconds": 0.5}`."""
-    if str(text).endswith("s"):
-        return {"stride_seconds": _number(float, 0.0, True, "a positive number of seconds, e.g. 0.5s")(text[:-1])}
+    seconds = str(text).endswith("s")
     try:
-        return {"stride": positive_int(text)}
+        value = positive_float(text[:-1]) if seconds else positive_int(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"Expected a positive number of frames (16) or of seconds (0.5s). "
                                          f"Received: {text!r}") from None
+    return {"stride_seconds": value} if seconds else {"stride": value}
 
 
 def add_window_arguments(parser):

@@ -50,7 +50,7 @@ import time
 
 from p3d_keras.core.files import atomic_file, sha256_of, write_atomic
 from p3d_keras.core.output_folder import (  # noqa: F401 (LOCK, WORKERS_LOCK: the converter's names of them)
-    LOCK, WORK_DIR, WORKERS_LOCK, OutputError, init_worker, locked, output_side)
+    LOCK, WORK_DIR, WORKERS_LOCK, OutputError, check_or_write_settings, init_worker, locked, output_side)
 
 from .collection import FAILURES, GZIP_SUFFIX, LABELS, MANIFEST, PLAIN_SUFFIX
 from .compression import GZIP, WRITER_COMPRESSIONS as COMPRESSIONS
@@ -145,14 +145,12 @@ def convert(items, label_map, output_dir, *, decode=video_lib.DecodeOptions(), n
     with output_side(out):
         work.mkdir(parents=True, exist_ok=True)
         with locked(work):
-            _check_or_write_params(work, params)
+            check_or_write_settings(work / "params.json", params, out)
             job = _Job(items, label_map, decode, out, work, prefix, compression, num_shards)
             started = time.monotonic()
             resumed = job.run(workers, on_progress, started)
             manifest, failures = job.finish(params)
     return Summary(str(out), manifest, failures, resumed, time.monotonic() - started)
-
-
 
 
 def _validate(items, num_shards, compression, workers):
@@ -180,20 +178,6 @@ def _params(items, label_map, decode, num_shards, prefix, compression):
         "items_sha256": hashlib.sha256(listing).hexdigest(),
         "work_format": WORK_FORMAT,
     }
-
-
-def _check_or_write_params(work, params):
-    path = work / "params.json"
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(params)):
-            changed = sorted(k for k in params if previous.get(k) != json.loads(json.dumps(params[k])))
-            raise ValueError(
-                f"Expected the same inputs and parameters as the unfinished run in "
-                f"{work.parent} (or an empty output dir). Received: changed {changed}"
-            )
-        return
-    write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def write_record(item, label_index, decode, out, spool, framed=False):

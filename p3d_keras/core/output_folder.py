@@ -15,6 +15,7 @@ extractor's): its lock, the worker processes that die with their run, and output
 import contextlib
 import ctypes
 import datetime
+import json
 import os
 import pathlib
 import signal
@@ -22,7 +23,7 @@ import socket
 import sys
 import time
 
-from p3d_keras.core.files import SHARED_LOCKS, read_head, rewrite, try_lock
+from p3d_keras.core.files import SHARED_LOCKS, read_head, rewrite, try_lock, write_atomic
 
 WORK_DIR = ".work"  # a run's own files in its output folder
 LOCK = "lock"  # in .work: flock'ed by the running job, holds its pid, host and start time
@@ -113,3 +114,18 @@ def init_worker(parent_pid, work):
         _worker_lock_fd = os.open(pathlib.Path(work) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
         while not try_lock(_worker_lock_fd, shared=True):  # a starting run's check holds it for an instant
             time.sleep(0.01)
+
+
+def check_or_write_settings(path, settings, folder):
+    """Fix the settings of the output folder `folder` at its first run: write the JSON-ready dict
+    `settings` to `path` (atomically), or, when an earlier run wrote it, raise ValueError naming
+    `folder` and the keys that differ (a rerun must not mix outputs made another way into it)."""
+    path = pathlib.Path(path)
+    if path.exists():
+        previous, settings = json.loads(path.read_text(encoding="utf-8")), json.loads(json.dumps(settings))
+        if previous != settings:
+            changed = sorted(k for k in {*previous, *settings} if previous.get(k) != settings.get(k))
+            raise ValueError(f"Expected the same inputs and parameters as the earlier run in {folder} (or an empty "
+                             f"output dir). Received: changed {changed}")
+        return
+    write_atomic(path, json.dumps(settings, indent=1, sort_keys=True).encode("utf-8"))

@@ -78,15 +78,16 @@ class WindowPlan:
         return self.stride or self.window or self.clip_length
 
 
-def video_frames(path, metadata, decode=video.DecodeOptions()):
+def video_frames(path, metadata, decode=video.DecodeOptions(), start=None, end=None):
     """The frames of the video file `path` as the network of `metadata` (a `ModelMetadata`) sees
     them, one `Frame` at a time: upright, short side resized to `metadata.resize_short_side`
     (bilinear, PyAV's scaler, as the converter with that `short_side`), centre-cropped to
     `metadata.crop_size`. `decode` gives fps resampling, threads and `max_frames` (its size
-    settings are replaced by the model's). Raises `video.VideoError` for an unreadable,
+    settings are replaced by the model's). With `start`/`end` (seconds), only that segment, its
+    times counted from `start` (`video.iter_frames`). Raises `video.VideoError` for an unreadable,
     non-video, zero-frame or truncated file (the last after the frames before the damage)."""
     decode = dataclasses.replace(decode, short_side=metadata.resize_short_side)
-    frames = video.iter_frames(path, decode)
+    frames = video.iter_frames(path, decode, start, end)
     size, last, pending, count = None, None, None, 0
     for time_us, frame in frames:
         if size is None:
@@ -97,7 +98,7 @@ def video_frames(path, metadata, decode=video.DecodeOptions()):
         if pending is not None:
             yield Frame(pending[0], time_us - pending[0], pending[1])
         pending, count = (time_us, pixels), count + 1
-    video.check_complete(frames, decode, count, None if pending is None else pending[0])
+    video.check_complete(frames, decode, count, None if pending is None else pending[0], end)
     yield Frame(pending[0], _last_duration_us(frames, decode, last), pending[1])
 
 

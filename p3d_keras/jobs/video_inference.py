@@ -30,8 +30,6 @@ Example:
 """
 import dataclasses
 import logging
-import queue
-import threading
 
 import keras
 import numpy as np
@@ -41,7 +39,7 @@ from p3d_keras.core.layers import Normalize
 from p3d_keras.core.normalization import normalize
 from p3d_keras.jobs import models
 from p3d_keras.jobs.video_windows import (  # noqa: F401 (Frame, Window: part of this module's API)
-    Frame, Window, WindowPlan, cut_windows, video_frames)
+    Frame, Window, WindowPlan, cut_windows, prefetch, video_frames)
 from p3d_keras.tfrecords_tools import video
 
 log = logging.getLogger(__name__)
@@ -177,45 +175,3 @@ def gather(results, names):
     return VideoResult(outputs, np.asarray(times, dtype="float64").reshape(-1, 2),
                        {name: value.mean(axis=0, dtype="float64").astype(value.dtype) for name, value in outputs.items()},
                        looped)
-
-
-_DONE = object()
-
-
-def prefetch(iterable, size):
-    """Iterate `iterable` in a daemon thread, at most `size` items ahead; its exceptions are
-    raised here, in order. Closing the returned generator stops the thread."""
-    items = queue.Queue(maxsize=size)
-    stop = threading.Event()
-
-    def put(item):
-        while not stop.is_set():
-            try:
-                items.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def produce():
-        try:
-            for item in iterable:
-                if not put((item, None)):
-                    return
-            put((_DONE, None))
-        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
-            put((_DONE, error))
-
-    thread = threading.Thread(target=produce, name="p3d-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = items.get()
-            if item is _DONE:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()

@@ -1,5 +1,5 @@
 """Windows of a video file, free of Keras: decoded frames as a network sees them
-(`video_frames`) cut into windows (`WindowPlan`, `cut_windows`). `jobs.video_inference` runs
+(`video_frames`) cut into windows (`WindowPlan`, `cut_windows`), and `prefetch` (a thread). `jobs.video_inference` runs
 them through a network; the feature extractor's decoding processes (`jobs.window_workers`)
 import only this, so they never load TensorFlow.
 
@@ -7,6 +7,8 @@ See `jobs.video_inference` for how frames are prepared and windows cut.
 """
 import collections
 import dataclasses
+import queue
+import threading
 
 import numpy as np
 
@@ -147,3 +149,45 @@ def cut_windows(frames, plan):
 
 def _window(index, picked, last):
     return Window(index, picked[0].time_us, last.time_us + last.duration_us, np.stack([f.pixels for f in picked]))
+
+
+_DONE = object()
+
+
+def prefetch(iterable, size):
+    """Iterate `iterable` in a daemon thread, at most `size` items ahead; its exceptions are
+    raised here, in order. Closing the returned generator stops the thread."""
+    items = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def put(item):
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as error:  # noqa: BLE001 - handed to the consumer, raised there
+            put((_DONE, error))
+
+    thread = threading.Thread(target=produce, name="p3d-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is _DONE:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()

@@ -334,9 +334,13 @@ class _Run:
         return Summary(str(self.out), progress, self._write_lists())
 
     def _read_journal(self):
-        """The latest journal entry of each media id (a line cut by a kill is skipped)."""
+        """The latest journal entry of each media id (a line cut by a kill is skipped, and ended
+        so that the next entry starts a line of its own)."""
         entries = {}
         if self.journal.exists():
+            with open(self.journal, "rb+") as f:
+                if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                    f.write(b"\n")
             for line in self.journal.read_text(encoding="utf-8").splitlines():
                 try:
                     entry = json.loads(line)

@@ -108,7 +108,7 @@ def main(argv=None):
 
     def job():
         videos = args.root is not None or args.csv is not None or args.layout is not None
-        if (args.data is None) == videos:
+        if (args.data is not None) == videos:
             raise ValueError(f"Expected either --data (shards) or --videos/--csv (video files). Received: "
                              f"{'both' if videos else 'neither'}")
         return _video_mode(args) if videos else _shard_mode(args)

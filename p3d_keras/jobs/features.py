@@ -27,7 +27,8 @@ def _text(ids):
 def feature_network(spec, normalization=None):
     """The `P3DModel` of `spec` (`models.ModelSpec`) to take features from: a saved model as it
     is; a new network without its classifier (its output is pool5)."""
-    return models.load(spec, normalization=normalization, **({} if spec.model else dict(include_top=False, pooling="avg")))
+    return models.load(spec, normalization=normalization,
+                       **({} if spec.model else dict(include_top=False, pooling="avg")))
 
 
 def extract_features(spec, *, data, out=None, num_clips=20, batch_size=8, frame_stride=1, normalization=None,

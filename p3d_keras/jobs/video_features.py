@@ -183,7 +183,8 @@ def read_features(path):
         result = {"features": {k[len(FEATURES):]: data[k] for k in data.files if k.startswith(FEATURES)},
                   "timestamps": data["timestamps"]}
         result.update(fps=float(data["fps"]), seconds=float(data["seconds"]), media_id=str(data["media_id"]),
-                      path=str(data["path"]), looped=bool(data["looped"]), provenance=json.loads(str(data["provenance"])))
+                      path=str(data["path"]), looped=bool(data["looped"]),
+                      provenance=json.loads(str(data["provenance"])))
     return result
 
 

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 import tfrecords_fixtures as fx
-from p3d_keras.core import files as core_files
+from p3d_keras.core import files as core_files, output_folder
 from p3d_keras.tfrecords_tools import framing, schema, sources, video, writer
 from p3d_keras.cli import tfrecords
 
@@ -182,7 +182,7 @@ def test_a_run_waits_for_the_workers_of_a_killed_run(reference, tmp_path, monkey
     fd = os.open(tmp_path / writer.WORK_DIR / writer.WORKERS_LOCK, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_SH)  # a worker of an earlier run that is still alive
     try:
-        monkeypatch.setattr(writer, "WORKERS_EXIT_S", 0.3)
+        monkeypatch.setattr(output_folder, "WORKERS_EXIT_S", 0.3)
         with pytest.raises(writer.OutputError, match=r"Expected the worker processes of an earlier run on .* to have "
                                                      r"exited. Received: some still hold .*workers.lock after 0.3s"):
             writer.convert(items, label_map, tmp_path, decode=DECODE, num_shards=SHARDS, workers=0)

@@ -187,6 +187,22 @@ def build_label_map(items, classes=None):
     return label_map
 
 
+def list_path(path, extensions=VIDEO_EXTENSIONS):
+    """Unlabelled items (label "") of `path`: a file gives one, its name without extension as
+    media id; a folder every video under it at any depth (`walk_videos`), media ids relative to
+    it. Sorted by media id. Raises ValueError for a path that does not exist or a folder without
+    videos."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        items = [VideoItem(str(p), "", _media_id(p, path)) for p in walk_videos(path, extensions)]
+        if not items:
+            raise ValueError(f"Expected videos ({', '.join(extensions)}) in {str(path)!r}. Received: none")
+        return sorted(items, key=lambda item: item.media_id)
+    if not path.exists():
+        raise ValueError(f"Expected a video file or a folder of videos. Received: {str(path)!r}, which does not exist")
+    return [VideoItem(str(path), "", path.stem)]
+
+
 def list_videos(layout, root=None, *, csv_path=None, split_dir=None, split=None, fold=1,
                 label_file=None):
     """Items sorted by media id and the label map, for one of `LAYOUTS`."""

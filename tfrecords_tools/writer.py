@@ -24,7 +24,7 @@ What it never does (so nothing is lost, whatever happens):
   is not a bad video: it stops the run with an `OutputError`, no video is marked failed for it,
   and the rerun resumes to the shards an uninterrupted run writes; only errors of an input
   video (`video.VideoError`, or anything else its decoding raises) go to failures.jsonl;
-- two runs never write into one output folder: a run holds an exclusive lock (`fileutil.try_lock`) on
+- two runs never write into one output folder: a run holds an exclusive lock (`core.output_folder.locked`) on
   `.work/lock` (which names it) from start to end, and the kernel releases it when the run
   dies, so a killed run's lock is never stale;
 - a worker never outlives its run: it dies with the main process (Linux: PR_SET_PDEATHSIG) and
@@ -35,9 +35,7 @@ What it never does (so nothing is lost, whatever happens):
 import collections
 import concurrent.futures
 import contextlib
-import ctypes
 import dataclasses
-import datetime
 import gzip
 import hashlib
 import io
@@ -47,13 +45,12 @@ import multiprocessing
 import os
 import pathlib
 import shutil
-import signal
-import socket
-import sys
 import tempfile
 import time
 
-from p3d_keras.core.files import SHARED_LOCKS, atomic_file, read_head, rewrite, sha256_of, try_lock, write_atomic
+from p3d_keras.core.files import atomic_file, sha256_of, write_atomic
+from p3d_keras.core.output_folder import (  # noqa: F401 (LOCK, WORKERS_LOCK: the converter's names of them)
+    LOCK, WORK_DIR, WORKERS_LOCK, OutputError, check_or_write_settings, init_worker, locked, output_side)
 
 from .collection import FAILURES, GZIP_SUFFIX, LABELS, MANIFEST, PLAIN_SUFFIX
 from .compression import GZIP, WRITER_COMPRESSIONS as COMPRESSIONS
@@ -64,21 +61,10 @@ from . import video as video_lib
 
 logger = logging.getLogger(__name__)
 
-WORK_DIR = ".work"
 COPY_CHUNK = 1 << 20  # bytes of a record's frames copied at a time
 # The layout of `.work/<item>.rec` files (2: frame count + a TFRecord frame). It is one of the
 # run's parameters, so a resume never copies work files of another layout into shards.
 WORK_FORMAT = 2
-LOCK = "lock"  # in .work: flock'ed by the running conversion, holds its pid, host and start time
-WORKERS_LOCK = "workers.lock"  # in .work: flock'ed (shared) by each living worker process
-WORKERS_EXIT_S = 60  # how long a run waits for the workers of a killed run to be gone
-_HOLDER_BYTES = 4096  # the most read of a lock file's holder description
-
-
-class OutputError(Exception):
-    """The conversion stopped because of its output side, not a video: the output folder cannot
-    be written (no space left, quota, read-only, vanished) or another run holds it. No video is
-    marked failed because of it; rerunning the same command resumes."""
 
 
 @dataclasses.dataclass
@@ -156,92 +142,15 @@ def convert(items, label_map, output_dir, *, decode=video_lib.DecodeOptions(), n
                          f"output_dir={str(out)!r}, an existing file")
     work = out / WORK_DIR
     params = _params(items, label_map, decode, num_shards, prefix, compression)
-    with _output_side(out):
+    with output_side(out):
         work.mkdir(parents=True, exist_ok=True)
-        with _locked(work):
-            _check_or_write_params(work, params)
+        with locked(work):
+            check_or_write_settings(work / "params.json", params, out)
             job = _Job(items, label_map, decode, out, work, prefix, compression, num_shards)
             started = time.monotonic()
             resumed = job.run(workers, on_progress, started)
             manifest, failures = job.finish(params)
     return Summary(str(out), manifest, failures, resumed, time.monotonic() - started)
-
-
-@contextlib.contextmanager
-def _output_side(out):
-    """Turn an OSError inside into an `OutputError`: inside are only the output side's file
-    operations (an input video's errors reach here as `VideoError`s or failure records)."""
-    try:
-        yield
-    except OSError as error:
-        raise OutputError(
-            f"Expected to write the conversion's files in {out}. Received: {error}. The run stopped "
-            f"without marking any video failed for it; fix the cause (e.g. free disk space) and "
-            f"rerun the same command to resume"
-        ) from error
-
-
-@contextlib.contextmanager
-def _locked(work):
-    """Hold an exclusive flock on `work/LOCK` for the block, with this run's pid, host and start
-    time written in it; then wait (at most `WORKERS_EXIT_S`) for the worker processes of an
-    earlier, killed run to be gone. Raises `OutputError` naming the holder when another run
-    holds it. The kernel releases the lock when its holder dies, however it dies."""
-    fd = os.open(work / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        if not try_lock(fd):
-            holder = read_head(fd, _HOLDER_BYTES).decode("utf-8", "replace").strip()
-            raise OutputError(
-                f"Expected no other conversion running on {work.parent}. Received: it is locked by "
-                f"{holder or 'a run that is starting'} ({work / LOCK}); wait for that run to end or stop it"
-            ) from None
-        started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        rewrite(fd, f"pid {os.getpid()} on host {socket.gethostname()} since {started}\n".encode())
-        _wait_for_old_workers(work)
-        yield
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _wait_for_old_workers(work):
-    """Return once no worker process holds `work/WORKERS_LOCK` (those of a killed run die with
-    it, at once on Linux); raise `OutputError` if some still do after `WORKERS_EXIT_S`. Without
-    shared locks (Windows) workers hold no lock, and there is nothing to wait for."""
-    if not SHARED_LOCKS:
-        return
-    fd = os.open(work / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + WORKERS_EXIT_S
-        while True:
-            if try_lock(fd):
-                return
-            if time.monotonic() > deadline:
-                raise OutputError(
-                    f"Expected the worker processes of an earlier run on {work.parent} to have exited. "
-                    f"Received: some still hold {work / WORKERS_LOCK} after {WORKERS_EXIT_S}s; stop "
-                    f"them (e.g. `fuser {work / WORKERS_LOCK}`) and rerun")
-            time.sleep(0.05)
-    finally:
-        os.close(fd)  # this run's workers take it shared
-
-
-_worker_lock_fd = None  # a worker's open, shared-locked WORKERS_LOCK: closed when the process ends
-
-
-def _init_worker(parent_pid, work):
-    """Pool initializer: die with the main process `parent_pid` (Linux: PR_SET_PDEATHSIG; exit
-    now if it is already gone), and hold a shared lock on `work/WORKERS_LOCK` for life (where
-    there are shared locks: not on Windows)."""
-    global _worker_lock_fd
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-    if os.getppid() != parent_pid:
-        os._exit(1)
-    if SHARED_LOCKS:
-        _worker_lock_fd = os.open(pathlib.Path(work) / WORKERS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-        while not try_lock(_worker_lock_fd, shared=True):  # a starting run's check holds it for an instant
-            time.sleep(0.01)
 
 
 def _validate(items, num_shards, compression, workers):
@@ -269,20 +178,6 @@ def _params(items, label_map, decode, num_shards, prefix, compression):
         "items_sha256": hashlib.sha256(listing).hexdigest(),
         "work_format": WORK_FORMAT,
     }
-
-
-def _check_or_write_params(work, params):
-    path = work / "params.json"
-    if path.exists():
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        if previous != json.loads(json.dumps(params)):
-            changed = sorted(k for k in params if previous.get(k) != json.loads(json.dumps(params[k])))
-            raise ValueError(
-                f"Expected the same inputs and parameters as the unfinished run in "
-                f"{work.parent} (or an empty output dir). Received: changed {changed}"
-            )
-        return
-    write_atomic(path, json.dumps(params, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def write_record(item, label_index, decode, out, spool, framed=False):
@@ -326,7 +221,7 @@ def _convert_task(index, item, label_index, decode, work):
     bytes, then the record as a TFRecord frame) or `<index>.fail` in `work`. Raises `OutputError`
     (and leaves neither) when writing them fails: that is not the video's failure."""
     base = pathlib.Path(work) / f"{index:08d}"
-    with _output_side(pathlib.Path(work).parent):
+    with output_side(pathlib.Path(work).parent):
         try:
             # The spool is unnamed: nothing of it outlives this process, even after a kill -9.
             with tempfile.TemporaryFile(dir=work) as spool, atomic_file(base.with_suffix(".rec")) as out:
@@ -519,7 +414,7 @@ class _Job:
 
 def _new_pool(workers, work):
     context = multiprocessing.get_context("spawn")  # never fork: the caller may hold TF, threads
-    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=context, initializer=init_worker,
                                                   initargs=(os.getpid(), str(work)))
 
 

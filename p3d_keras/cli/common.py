@@ -6,6 +6,8 @@ import logging
 import math
 import sys
 
+from p3d_keras.tfrecords_tools import sources
+
 
 def _number(kind, minimum, strict, expected):
     """An argparse type: `kind(text)`, finite and above (`strict`) or at least `minimum`."""
@@ -79,10 +81,11 @@ def add_clip_arguments(parser, *, batch_size=8):
     return group
 
 
-def add_shard_reading_arguments(parser, *, out_help):
-    """The flags of the programs that read clips of the shards' videos with a model: `--data`,
-    `--out` (`out_help`), `--num-clips`, the clip flags and the model flags."""
-    parser.add_argument("--data", required=True, help="shards: a p3d-tfrecords output folder or a glob")
+def add_shard_reading_arguments(parser, *, out_help, data_required=True):
+    """The flags of the programs that read clips of the shards' videos with a model: `--data`
+    (optional without `data_required`), `--out` (`out_help`), `--num-clips`, the clip flags and
+    the model flags."""
+    parser.add_argument("--data", required=data_required, help="shards: a p3d-tfrecords output folder or a glob")
     parser.add_argument("--out", required=True, help=out_help)
     parser.add_argument("--num-clips", type=positive_int, default=20, help="clips per video (default 20, as the paper)")
     add_clip_arguments(parser)
@@ -126,6 +129,36 @@ def window_arguments(args):
     from p3d_keras.tfrecords_tools.video import DecodeOptions  # noqa: PLC0415 (kept out of the programs without videos)
 
     return dict(window=args.window, **args.stride, decode=DecodeOptions(fps=args.fps, threads=args.decode_threads))
+
+
+def add_video_list_arguments(parser, *, layout_default="folder", root_names=("--root",), root_help=None):
+    """The flags that list a video collection (`sources.list_videos`; `video_list` reads them):
+    `--layout` (default `layout_default`), the root folder (`root_names`), `--csv`,
+    `--split-dir`, `--split`, `--fold`, `--label-file`."""
+    group = parser.add_argument_group("input")
+    group.add_argument("--layout", choices=sources.LAYOUTS, default=layout_default,
+                       help="folder: <root>/<class>/*.video (also HMDB51); ucf101/hmdb51: with "
+                            "--split-dir; kinetics: --csv rows label,youtube_id,time_start,"
+                            "time_end,split; csv: --csv rows path,label[,start,end]")
+    group.add_argument(*root_names, dest="root", help=root_help or "folder holding the videos (csv: paths are "
+                                                                   "relative to it; default: the CSV's folder)")
+    group.add_argument("--csv", help="the Kinetics or path,label CSV file")
+    group.add_argument("--split-dir", help="folder with the official split files (UCF101, HMDB51)")
+    group.add_argument("--split", help="train/test (UCF101, HMDB51) or the Kinetics split column value")
+    group.add_argument("--fold", type=positive_int, default=1, help="official split number (default 1)")
+    group.add_argument("--label-file", help="class names in index order (default: sorted names)")
+    return group
+
+
+def video_list(args):
+    """`(items, label map)` of `add_video_list_arguments`' flags (`sources.list_videos`). Raises
+    ValueError naming a flag that `--layout` needs and that is missing."""
+    needs = {"csv": ("csv",), "kinetics": ("csv", "root"), "ucf101": ("root", "split_dir")}
+    for name in needs.get(args.layout, ("root",)):
+        if getattr(args, name) is None:
+            raise ValueError(f"Expected --{name.replace('_', '-')} for --layout {args.layout}. Received: none")
+    return sources.list_videos(args.layout, args.root, csv_path=args.csv, split_dir=args.split_dir,
+                               split=args.split, fold=args.fold, label_file=args.label_file)
 
 
 def add_normalization_argument(parser):

@@ -10,9 +10,9 @@ import json
 import logging
 import pathlib
 import sys
-import time
 
 from p3d_keras.cli import common
+from p3d_keras.cli.progress import ProgressDisplay
 from p3d_keras.tfrecords_tools import beam, collection, index, sources, video, writer
 
 logger = logging.getLogger("p3d_keras.tfrecords_tools")
@@ -27,18 +27,7 @@ def _size(text):
 
 
 def _add_input_args(parser):
-    group = parser.add_argument_group("input")
-    group.add_argument("--layout", choices=sources.LAYOUTS, default="folder",
-                       help="folder: <root>/<class>/*.video (also HMDB51); ucf101/hmdb51: with "
-                            "--split-dir; kinetics: --csv rows label,youtube_id,time_start,"
-                            "time_end,split; csv: --csv rows path,label[,start,end]")
-    group.add_argument("--root", help="folder holding the videos (csv: paths are relative to it; "
-                                      "default: the CSV's folder)")
-    group.add_argument("--csv", help="the Kinetics or path,label CSV file")
-    group.add_argument("--split-dir", help="folder with the official split files (UCF101, HMDB51)")
-    group.add_argument("--split", help="train/test (UCF101, HMDB51) or the Kinetics split column value")
-    group.add_argument("--fold", type=common.positive_int, default=1, help="official split number (default 1)")
-    group.add_argument("--label-file", help="class names in index order (default: sorted names)")
+    common.add_video_list_arguments(parser)
     group = parser.add_argument_group("frames")
     group.add_argument("--size", type=_size, default=video.PAPER_SIZE,
                        help="HEIGHTxWIDTH to resize to (default 182x242, the paper's)")
@@ -82,52 +71,26 @@ def build_parser():
     return parser
 
 
-def _list(args):
-    needs = {"csv": ("csv",), "kinetics": ("csv", "root"), "ucf101": ("root", "split_dir")}
-    for name in needs.get(args.layout, ("root",)):
-        if getattr(args, name) is None:
-            raise ValueError(f"Expected --{name.replace('_', '-')} for --layout {args.layout}. Received: none")
-    return sources.list_videos(args.layout, args.root, csv_path=args.csv, split_dir=args.split_dir,
-                               split=args.split, fold=args.fold, label_file=args.label_file)
-
-
 def _decode_options(args, threads=0):
     return video.DecodeOptions(size=args.size, short_side=args.short_side, fps=args.fps,
                                jpeg_quality=args.jpeg_quality, max_frames=args.max_frames,
                                min_frames=args.min_frames, threads=threads)
 
 
-class _ProgressDisplay:
-    """A bar with videos/s, frames/s and ETA on a terminal; a log line every 10 s otherwise."""
-
-    def __init__(self, stream, interactive):
-        self.stream, self.interactive, self.last = stream, interactive, 0.0
-
-    def __call__(self, p):
-        rate = p.converted + p.failed
-        videos_s = rate / p.elapsed_s if p.elapsed_s else 0.0
-        eta = (p.total - p.done) / videos_s if videos_s else float("nan")
-        text = (f"{p.done}/{p.total} videos ({p.failed} failed) | {videos_s:.2f} videos/s | "
-                f"{p.frames / max(p.elapsed_s, 1e-9):.0f} frames/s | ETA {eta:.0f}s")
-        if self.interactive:
-            filled = int(30 * p.done / p.total)
-            self.stream.write(f"\r[{'#' * filled}{'.' * (30 - filled)}] {text}\033[K")
-            self.stream.flush()
-        elif p.done == p.total or time.monotonic() - self.last >= 10:
-            self.last = time.monotonic()
-            logger.info("%s", text)
-
-    def close(self):
-        if self.interactive:
-            self.stream.write("\n")
+def _describe(p):
+    """The progress text of a conversion (`writer.Progress`)."""
+    videos_s = (p.converted + p.failed) / p.elapsed_s if p.elapsed_s else 0.0
+    eta = (p.total - p.done) / videos_s if videos_s else float("nan")
+    return (f"{p.done}/{p.total} videos ({p.failed} failed) | {videos_s:.2f} videos/s | "
+            f"{p.frames / max(p.elapsed_s, 1e-9):.0f} frames/s | ETA {eta:.0f}s")
 
 
 def _convert(args):
     """`p3d-tfrecords convert`; an error of the input listing or of the output side (no space
     left, an output that is a file, a folder another run holds) is one message and exit 2."""
-    display = _ProgressDisplay(sys.stderr, sys.stderr.isatty() and not args.no_progress)
+    display = ProgressDisplay(sys.stderr, sys.stderr.isatty() and not args.no_progress, _describe, logger)
     try:
-        items, label_map = _list(args)
+        items, label_map = common.video_list(args)
         num_shards = args.shards or writer.default_num_shards(len(items), args.videos_per_shard)
         summary = writer.convert(items, label_map, args.output, decode=_decode_options(args, args.threads or 0),
                                  num_shards=num_shards, compression="GZIP" if args.gzip else None,
@@ -147,7 +110,7 @@ def _convert(args):
 
 
 def _beam(args, pipeline_args):
-    items, label_map = _list(args)
+    items, label_map = common.video_list(args)
     compression = "GZIP" if args.gzip else None
     beam.run(items, label_map, args.output, pipeline_args=pipeline_args,
              decode=_decode_options(args), num_shards=args.shards or 0, compression=compression)

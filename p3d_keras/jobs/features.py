@@ -24,6 +24,13 @@ def _text(ids):
     return np.array([i.decode("utf-8") if isinstance(i, bytes) else str(i) for i in ids])
 
 
+def feature_network(spec, normalization=None):
+    """The `P3DModel` of `spec` (`models.ModelSpec`) to take features from: a saved model as it
+    is; a new network without its classifier (its output is pool5)."""
+    return models.load(spec, normalization=normalization,
+                       **({} if spec.model else dict(include_top=False, pooling="avg")))
+
+
 def extract_features(spec, *, data, out=None, num_clips=20, batch_size=8, frame_stride=1, normalization=None,
                      decoder="auto"):
     """pool5 features of `num_clips` clips per video of the shards `data` and their per-video mean
@@ -32,8 +39,7 @@ def extract_features(spec, *, data, out=None, num_clips=20, batch_size=8, frame_
     arguments are `evaluation.evaluate`'s. Raises ValueError for a bad `out` or bad shards."""
     if out is not None and not str(out).endswith(".npz"):
         raise ValueError(f"Expected out to end in .npz. Received: out={out!r}")
-    loaded = models.load(spec, normalization=normalization,
-                         **({} if spec.model else dict(include_top=False, pooling="avg")))
+    loaded = feature_network(spec, normalization)
     dataset = models.clip_dataset(loaded.metadata, data, num_clips=num_clips, batch_size=batch_size,
                                   frame_stride=frame_stride, decoder=decoder)
     result = features_of(loaded.model, dataset)

@@ -124,8 +124,8 @@ def build_serving_module(model, *, labels, normalization, resize_short_side, top
 # Warmup requests: PredictionLog protos in the protobuf wire format
 
 
-def encode_prediction_log(model_name, signature_name, inputs):
-    """A serialized `PredictionLog` holding one `PredictRequest` for `inputs` (name -> array)."""
+def encode_predict_request(model_name, signature_name, inputs):
+    """A serialized `PredictRequest` for `inputs` (name -> array): what a gRPC client sends."""
     model_spec = (length_delimited(MODEL_SPEC_NAME, model_name)
                   + length_delimited(MODEL_SPEC_SIGNATURE_NAME, signature_name))
     request = length_delimited(PREDICT_REQUEST_MODEL_SPEC, model_spec)
@@ -133,6 +133,12 @@ def encode_prediction_log(model_name, signature_name, inputs):
         tensor = tf.make_tensor_proto(value).SerializeToString()
         entry = length_delimited(MAP_ENTRY_KEY, key) + length_delimited(MAP_ENTRY_VALUE, tensor)
         request += length_delimited(PREDICT_REQUEST_INPUTS, entry)
+    return request
+
+
+def encode_prediction_log(model_name, signature_name, inputs):
+    """A serialized `PredictionLog` holding one `PredictRequest` for `inputs` (name -> array)."""
+    request = encode_predict_request(model_name, signature_name, inputs)
     return length_delimited(PREDICTION_LOG_PREDICT_LOG, length_delimited(PREDICT_LOG_REQUEST, request))
 
 

@@ -51,7 +51,8 @@ def make_preprocess(model, normalization, resize_short_side):
         padded = tf.concat([shape, tf.zeros([5], tf.int32)], axis=0)  # a lower rank reads zeros
         well_formed = tf.logical_and(tf.equal(tf.size(shape), 5), tf.equal(padded[4], channels))
         rank_check = tf.debugging.Assert(
-            well_formed, [f"Expected {expected} (uint8, T >= {t_model}). Received: frames of shape", shape], summarize=8)
+            well_formed, [f"Expected {expected} (uint8, T >= {t_model}). Received: frames of shape", shape],
+            summarize=8)
         with tf.control_dependencies([rank_check]):
             length_check = tf.debugging.Assert(
                 padded[1] >= t_model, [f"Expected at least {t_model} frames in axis 1 of {expected}. Received: T =",

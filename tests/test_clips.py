@@ -1,4 +1,6 @@
 """`clips`: one record's frames checked, decoded over a box, cut into crops and normalised."""
+import re
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -64,3 +66,30 @@ def test_crop_windows_cuts_every_box_of_every_window_window_major():
     assert crops.shape == (4, 1, 2, 2, 1)
     np.testing.assert_array_equal(crops[1, 0, :, :, 0], frames.numpy()[0, 0, 0:2, 4:6, 0])
     np.testing.assert_array_equal(crops[2, 0, :, :, 0], frames.numpy()[1, 0, 0:2, 0:2, 0])
+
+
+def test_centre_clip_decodes_the_centre_window_whole_and_loops_a_short_record():
+    jpegs = [tf.io.encode_jpeg(frame(i, 32, 48)).numpy() for i in range(7)]
+    decoded = np.stack([tf.io.decode_jpeg(jpeg).numpy() for jpeg in jpegs])
+    where = tf.constant("record 0 of the request")
+    long = clips.centre_clip(tf.constant(record_of_frames(jpegs, 1, "v")), where, 4, 3)  # starts at (7 - 4 + 1) // 2
+    np.testing.assert_array_equal(long.numpy(), decoded[2:6])
+    short = clips.centre_clip(tf.constant(record_of_frames(jpegs[:3], 1, "v")), where, 4, 2)
+    np.testing.assert_array_equal(short.numpy(), decoded[[0, 1, 2, 0], ..., :2])
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("truncated", "Expected every frame to be a JPEG that decodes. Received: frame 3 of record 1 of the request, "
+                  "which libjpeg cannot decode (truncated or corrupt)"),
+    ("not a jpeg", "Expected every frame to be a JPEG. Received: frame 3 of record 1 of the request"),
+    ("no frames", "Expected every record to have at least one frame. Received: 0 frames in record 1 of the request"),
+    ("not a protocol buffer", "Invalid protocol message input, example id: record 1 of the request"),
+])
+def test_centre_clip_errors_name_the_record_and_the_frame(case, expected):
+    jpegs = [tf.io.encode_jpeg(frame(i, 32, 48)).numpy() for i in range(6)]
+    serialized = {"truncated": record_of_frames([*jpegs[:3], jpegs[3][:-40], *jpegs[4:]], 1, "v"),
+                  "not a jpeg": record_of_frames([*jpegs[:3], b"GIF89a", *jpegs[4:]], 1, "v"),
+                  "no frames": record_of_frames([], 1, "v"),
+                  "not a protocol buffer": b"\xff\xff not a SequenceExample"}[case]
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(expected)):
+        clips.centre_clip(tf.constant(serialized), tf.constant("record 1 of the request"), 4, 3)

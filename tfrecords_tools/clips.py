@@ -1,7 +1,9 @@
 """One video's clip, in TensorFlow ops: check a record's frames (`parse_checked`, `check_frames`),
 decode the crop's region of each JPEG (`decode_frames`: the native `clip_decoder` op or
 `tf.io.decode_and_crop_jpeg`, the same values), cut the evaluation crops out of it
-(`crop_windows`), resize, cast and normalise it (`split_channel_order`, `finish_clip`).
+(`crop_windows`), resize, cast and normalise it (`split_channel_order`, `finish_clip`). A serialised
+record's whole centre window, decoded or an error naming the frame (`centre_clip`), is what the exported
+SavedModel's `serving_encoded` signature reads.
 
 The checks return `(ok, message)` rather than raising, so that the dataset builders can raise or
 count (`shards.enforce`, `skip_corrupt=True`); the values of a record that fails them fail no op.
@@ -15,8 +17,10 @@ from p3d_keras.core import normalization as norm_lib
 
 from . import sampling
 from . import schema
+from .shards import enforce
 
-__all__ = ["check_frames", "crop_windows", "decode_frames", "finish_clip", "parse_checked", "split_channel_order"]
+__all__ = ["centre_clip", "check_frames", "crop_windows", "decode_frames", "finish_clip", "parse_checked",
+           "split_channel_order"]
 
 
 @functools.cache
@@ -26,7 +30,8 @@ def _stand_in_jpeg():
         return tf.io.encode_jpeg(tf.zeros([1, 1, 1], tf.uint8)).numpy()
 
 
-def _no_frames_message(where):
+def no_frames_message(where):
+    """The error message of the record `where` (a string tensor) without frames."""
     return tf.strings.join(["Expected every record to have at least one frame. Received: 0 frames in ", where])
 
 
@@ -84,7 +89,7 @@ def parse_checked(where, serialized):
                                       lambda: tf.constant([_stand_in_jpeg()]))
     example["num_frames"] = tf.maximum(num_frames, 1)
     ok = tf.logical_and(tf.equal(missing, ""), has_frames)
-    return example, ok, lambda: tf.where(tf.equal(missing, ""), _no_frames_message(where),
+    return example, ok, lambda: tf.where(tf.equal(missing, ""), no_frames_message(where),
                                          schema.missing_message(missing, where))
 
 
@@ -114,6 +119,61 @@ def decode_frames(encoded, box, channels, *, flip=False, reverse_channels=False,
             frames = tf.reverse(frames, axis=[-1])
     frames = frames if channels == 3 else frames[..., :channels]
     return tf.ensure_shape(frames, [None, None, None, channels])
+
+
+def decode_whole_frames(encoded, numbers, where, channels):
+    """`(frames, ok, message)`: the JPEGs `encoded` (`[N]`, frames `numbers` of the record named
+    `where`, of one size: `check_frames`) decoded whole into `[N, h, w, channels]` uint8, whether
+    every one decoded, and a function building the error message naming the first that did not
+    (`enforce` calls it only then). A frame libjpeg cannot decode (truncated, a bad marker) fails
+    no op here: it is dropped by `tf.data`'s `ignore_errors`, so its position is known (frames
+    then holds fewer than N frames). TensorFlow's own ops only."""
+    count = tf.shape(encoded)[0]
+    height_width = tf.io.extract_jpeg_shape(encoded[0])[:2]
+    positions = tf.range(count)
+    decoded = (tf.data.Dataset.from_tensor_slices((positions, encoded))
+               .map(lambda i, jpeg: (i, tf.io.decode_jpeg(jpeg, channels=3)))
+               .ignore_errors()
+               .batch(tf.cast(count, tf.int64)))
+    none = tf.data.Dataset.from_tensors((positions[:0], tf.zeros(tf.concat([[0], height_width, [3]], 0), tf.uint8)))
+    kept, frames = decoded.concatenate(none).take(1).get_single_element()  # `none` when no frame decoded
+    ok = tf.equal(tf.size(kept), count)
+
+    def message():
+        matches = tf.cast(tf.equal(kept, positions[:tf.size(kept)]), tf.int32)
+        failed = tf.argmin(tf.concat([matches, [0]], axis=0), output_type=tf.int32)
+        return tf.strings.join(["Expected every frame to be a JPEG that decodes. Received: frame ",
+                                tf.strings.as_string(tf.cast(numbers, tf.int64)[failed]), " of ", where,
+                                ", which libjpeg cannot decode (truncated or corrupt)"])
+
+    frames = frames if channels == 3 else frames[..., :channels]
+    return tf.ensure_shape(frames, [None, None, None, channels]), ok, message
+
+
+def centre_clip(serialized, where, clip_length, channels):
+    """The decoded uint8 frames `[clip_length, h, w, channels]` of the centre window of one
+    serialised `schema` record: the window `p3d-evaluate` reads with one clip per video
+    (`sampling.evaluation_indices`; a record shorter than `clip_length` loops), in the stored
+    channel order (the first `channels` of each JPEG's three).
+
+    Only the feature list `schema.ENCODED` is read: a record needs none of the context features
+    the converter writes. Only the window's frames are checked and decoded. Raises an
+    `InvalidArgumentError` naming `where` (a string tensor, e.g. "record 2 of the request") for
+    bytes that are not a protocol buffer and for a record without frames, and naming the frame
+    too ("frame 5 of record 2 of the request") for a frame of the window that is not a JPEG, is
+    of another size than the window's first, or does not decode. Graph-safe, with TensorFlow's
+    own ops only (never `clip_decoder`): a SavedModel holding it loads without p3d_keras."""
+    example, _ = schema.parse_record(serialized, where)
+    encoded = example[schema.ENCODED]
+    count = tf.shape(encoded)[0]
+    with tf.control_dependencies([enforce(count > 0, lambda: no_frames_message(where), None)]):
+        numbers = sampling.evaluation_indices(count, clip_length, 1, 1)[0]
+    encoded = tf.gather(encoded, numbers)
+    ok, message = check_frames(encoded, numbers, where)
+    with tf.control_dependencies([enforce(ok, message, None)]):
+        frames, ok, message = decode_whole_frames(tf.identity(encoded), numbers, where, channels)
+    with tf.control_dependencies([enforce(ok, message, None)]):
+        return tf.ensure_shape(tf.identity(frames), [clip_length, None, None, channels])
 
 
 def split_channel_order(normalization):

@@ -2,24 +2,38 @@
 `export_model` from a `ModelSpec`, which the `p3d-export` program calls).
 
 The export lives under `<base_dir>/<name>/<version>/`, the layout TF Serving watches. It is a plain
-TensorFlow graph (no Keras or p3d_keras objects are needed to load it) with two signatures, both
-taking `frames`: uint8 `[batch, T, H, W, C]` with any `T >= T_model` and any frame size.
+TensorFlow graph (no Keras or p3d_keras objects are needed to load it) with three signatures. Two
+take `frames`: uint8 `[batch, T, H, W, C]` with any `T >= T_model` and any frame size.
 
 * `serving_default` returns `probabilities` `[B, classes]` float32, `top_k_indices` `[B, k]` int32,
   `top_k_labels` `[B, k]` string and `top_k_scores` `[B, k]` float32.
 * `features` returns `features` `[B, D]` float32, the pool5 clip descriptor of the same weights.
+* `serving_encoded` takes `records`: `[B]` strings, each a serialised SequenceExample of the
+  converter's format (`tfrecords_tools.schema`: one JPEG per frame in `image/encoded`; no context
+  feature is needed), and returns what `serving_default` returns. A record may have any number of
+  frames (a short one loops) of any size; records of different sizes may share a batch.
 
 Preprocessing runs inside the graph, in this order:
 
 1. temporal sampling: the centre window of `T_model` frames (`T_model = model.input_shape[1]`),
-   starting at `(T - T_model) // 2`; fewer than `T_model` frames fail with an assertion error;
+   the evaluation reader's one clip per video (`tfrecords_tools.sampling.evaluation_indices`:
+   starting at `(T - T_model + 1) // 2`); fewer than `T_model` frames fail with an
+   `InvalidArgumentError` "Expected at least 16 frames ..." (`serving_encoded`: the window loops
+   over a short record, and only its frames are decoded, whole, with TensorFlow's JPEG decoder);
 2. resize keeping the aspect ratio so the short side is `resize_short_side` (bilinear, no
    antialiasing; the long side is `round(long * short_side / short)`, rounding half to even);
 3. centre crop to the model's `H x W`, starting at `(resized - crop) // 2` on each axis;
 4. cast to float32 and `p3d_keras.core.normalization.normalize` with the chosen preset.
 
+Bad input: the input signature refuses another dtype, rank or channel count (a `TypeError` or
+`ValueError` from a loaded function, `INVALID_ARGUMENT` "Expected ... uint8 ... [?,?,?,?,3]" from
+TF Serving). `serving_encoded` raises an `InvalidArgumentError` naming the record ("record 1 of the
+request") for bytes that are not a protocol buffer or a record without frames, and naming the frame
+too for a frame of the window that is not a JPEG, not of the window's size or not decodable
+(`tfrecords_tools.clips.centre_clip`); one bad request fails alone, the model serves the next.
+
 `assets.extra/tf_serving_warmup_requests` holds one `PredictionLog` per signature (TFRecord), so the
-server traces and warms both graphs before it reports the model as available.
+server traces and warms the three graphs before it reports the model as available.
 """
 import dataclasses
 import json
@@ -33,13 +47,16 @@ import tensorflow as tf
 
 from p3d_keras.core.protowire import group_fields, length_delimited, payload
 from p3d_keras.jobs import model_folder, models
-from p3d_keras.jobs.clip_input import default_resize_short_side, make_preprocess
+from p3d_keras.jobs.clip_input import default_resize_short_side, make_preprocess, make_record_preprocess
+from p3d_keras.tfrecords_tools import schema
 
 log = logging.getLogger(__name__)
 
 SERVING_SIGNATURE = "serving_default"
 FEATURES_SIGNATURE = "features"
+ENCODED_SIGNATURE = "serving_encoded"
 INPUT_KEY = "frames"
+ENCODED_INPUT_KEY = "records"  # serving_encoded's input
 WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
 METADATA_ASSET = os.path.join("assets.extra", model_folder.METADATA_FILE)  # the model's metadata, as a folder has it
 DEFAULT_TOP_K = 5  # or every class, for a model with fewer
@@ -64,25 +81,34 @@ MAP_ENTRY_KEY, MAP_ENTRY_VALUE = 1, 2
 
 
 def build_serving_module(model, *, labels, normalization, resize_short_side, top_k):
-    """A `tf.Module` holding the model's variables and the two serving functions."""
-    t_model, height, width, channels = model.input_shape[1:]
+    """A `tf.Module` holding the model's variables and the three serving functions."""
+    channels = model.input_shape[-1]
     spec = tf.TensorSpec([None, None, None, None, channels], tf.uint8, name=INPUT_KEY)
+    records_spec = tf.TensorSpec([None], tf.string, name=ENCODED_INPUT_KEY)
     preprocess = make_preprocess(model, normalization, resize_short_side)
+    preprocess_records = make_record_preprocess(model, normalization, resize_short_side)
     features_model = models.feature_model(model)
     softmax_done = models.outputs_probabilities(model)
-    labels = list(labels)
+    labels = tf.constant(list(labels), dtype=tf.string)
 
-    @tf.function(input_signature=[spec])
-    def serve(frames):
-        outputs = tf.cast(model(preprocess(frames), training=False), tf.float32)
+    def classify(inputs):
+        outputs = tf.cast(model(inputs, training=False), tf.float32)
         probabilities = outputs if softmax_done else tf.nn.softmax(outputs, axis=-1)
         scores, indices = tf.math.top_k(probabilities, k=top_k)
         return {
             "probabilities": probabilities,
             "top_k_indices": tf.cast(indices, tf.int32),
-            "top_k_labels": tf.gather(tf.constant(labels, dtype=tf.string), indices),
+            "top_k_labels": tf.gather(labels, indices),
             "top_k_scores": scores,
         }
+
+    @tf.function(input_signature=[spec])
+    def serve(frames):
+        return classify(preprocess(frames))
+
+    @tf.function(input_signature=[records_spec])
+    def serve_encoded(records):
+        return classify(preprocess_records(records))
 
     @tf.function(input_signature=[spec])
     def features(frames):
@@ -90,7 +116,7 @@ def build_serving_module(model, *, labels, normalization, resize_short_side, top
 
     module = tf.Module(name="p3d_serving")
     module.model_variables = [getattr(v, "value", v) for v in model.variables]  # the tf.Variables
-    module.serve, module.features = serve, features
+    module.serve, module.serve_encoded, module.features = serve, serve_encoded, features
     return module
 
 
@@ -98,8 +124,8 @@ def build_serving_module(model, *, labels, normalization, resize_short_side, top
 # Warmup requests: PredictionLog protos in the protobuf wire format
 
 
-def encode_prediction_log(model_name, signature_name, inputs):
-    """A serialized `PredictionLog` holding one `PredictRequest` for `inputs` (name -> array)."""
+def encode_predict_request(model_name, signature_name, inputs):
+    """A serialized `PredictRequest` for `inputs` (name -> array): what a gRPC client sends."""
     model_spec = (length_delimited(MODEL_SPEC_NAME, model_name)
                   + length_delimited(MODEL_SPEC_SIGNATURE_NAME, signature_name))
     request = length_delimited(PREDICT_REQUEST_MODEL_SPEC, model_spec)
@@ -107,6 +133,12 @@ def encode_prediction_log(model_name, signature_name, inputs):
         tensor = tf.make_tensor_proto(value).SerializeToString()
         entry = length_delimited(MAP_ENTRY_KEY, key) + length_delimited(MAP_ENTRY_VALUE, tensor)
         request += length_delimited(PREDICT_REQUEST_INPUTS, entry)
+    return request
+
+
+def encode_prediction_log(model_name, signature_name, inputs):
+    """A serialized `PredictionLog` holding one `PredictRequest` for `inputs` (name -> array)."""
+    request = encode_predict_request(model_name, signature_name, inputs)
     return length_delimited(PREDICTION_LOG_PREDICT_LOG, length_delimited(PREDICT_LOG_REQUEST, request))
 
 
@@ -134,13 +166,34 @@ def decode_prediction_log(serialized):
     return name, signature, inputs
 
 
+def encode_record(frames, quality=90):
+    """A serialised record of the converter's format (`tfrecords_tools.schema`) holding the uint8
+    `frames[T, H, W, C]` as JPEGs of `quality` (two flow channels as the converter stores them: the
+    first two of three): a `serving_encoded` request's record. The context a converter writes
+    (label, frame rate) is filled with placeholders: serving reads none of it."""
+    frames = np.asarray(frames)
+    if frames.shape[-1] == 2:
+        frames = np.concatenate([frames, np.zeros_like(frames[..., :1])], axis=-1)
+    jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in frames]
+    return schema.make_example(encoded_frames=jpegs, timestamps_us=list(range(len(jpegs))), height=frames.shape[1],
+                               width=frames.shape[2], frame_rate=0.0, label_index=-1, label_string="",
+                               media_id="request")
+
+
+def warmup_inputs(frames):
+    """`{signature: inputs}` of the warmup requests: uint8 `frames[1, T, H, W, 3]` to the two frame
+    signatures, and the same frames as one JPEG record to `serving_encoded`."""
+    return {SERVING_SIGNATURE: {INPUT_KEY: frames}, FEATURES_SIGNATURE: {INPUT_KEY: frames},
+            ENCODED_SIGNATURE: {ENCODED_INPUT_KEY: np.array([encode_record(frames[0])], dtype=object)}}
+
+
 def write_warmup_requests(export_dir, model_name, frames):
-    """Write `assets.extra/tf_serving_warmup_requests`: one request per signature with `frames`."""
+    """Write `assets.extra/tf_serving_warmup_requests`: one request per signature (`warmup_inputs`)."""
     path = os.path.join(export_dir, WARMUP_FILE)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with tf.io.TFRecordWriter(path) as writer:
-        for signature in (SERVING_SIGNATURE, FEATURES_SIGNATURE):
-            writer.write(encode_prediction_log(model_name, signature, {INPUT_KEY: frames}))
+        for signature, inputs in warmup_inputs(frames).items():
+            writer.write(encode_prediction_log(model_name, signature, inputs))
     return path
 
 
@@ -221,7 +274,8 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
     module = build_serving_module(model, labels=labels, normalization=normalization,
                                   resize_short_side=resize_short_side, top_k=top_k)
     signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(),
-                  FEATURES_SIGNATURE: module.features.get_concrete_function()}
+                  FEATURES_SIGNATURE: module.features.get_concrete_function(),
+                  ENCODED_SIGNATURE: module.serve_encoded.get_concrete_function()}
     # Written next to the final directory and renamed, so a watching server never sees half an export.
     staging = model_dir / f".tmp-{version}"
     shutil.rmtree(staging, ignore_errors=True)

@@ -53,7 +53,9 @@ def reference(loaded, clips):
 
 
 def max_drift(outputs, expected):
-    return {name: float(np.abs(outputs[name] - expected[name]).max()) for name in expected}
+    """max |delta| per output, and relative to the output's largest magnitude (`<name>/relative`)."""
+    drift = {name: float(np.abs(outputs[name] - expected[name]).max()) for name in expected}
+    return {**drift, **{f"{name}/relative": drift[name] / float(np.abs(expected[name]).max()) for name in expected}}
 
 
 @pytest.fixture(scope="module")

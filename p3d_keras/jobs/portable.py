@@ -245,7 +245,7 @@ def _calibration_clips(calibration, shape, steps):
 def _write_litert(serve, network, path, contract, *, calibration, steps):
     precision = contract["precision"]
     weights = tf.Module()
-    weights.variables_ = [getattr(v, "value", v) for v in network.variables]  # the tf.Variables, frozen by the converter
+    weights.variables_ = [getattr(v, "value", v) for v in network.variables]  # frozen by the converter
     converter = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], weights)
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
     if precision != "float32":

@@ -33,11 +33,16 @@ EXTRAS = {
     "beam": ["apache-beam>=2.50", *VIDEO],  # the workers decode videos and write the shards
     "jax": ["jax[cpu]>=0.4.30"],
     "hub": ["huggingface_hub>=2.4"],  # hf:// model handles and p3d-publish (p3d_keras.jobs.hub)
+    # p3d-export --format onnx|openvino|litert and their runners (p3d_keras.jobs.portable); none brings TensorFlow
+    "onnx": ["onnxruntime>=1.31", "onnx>=1.23", "tf2onnx>=1.17"],  # tf2onnx to export
+    "openvino": ["openvino>=2026.4"],
+    "litert": ["ai-edge-litert>=2.3", "flatbuffers>=25"],  # TensorFlow's converter writes, ai-edge-litert runs
 }
 EXTRAS["test"] = sorted(set(
     ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
      "tensorboard", "torch==2.13.0", "scikit-video"]
     + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
+    + EXTRAS["onnx"] + EXTRAS["openvino"] + EXTRAS["litert"]
 ))
 
 setup(

@@ -212,6 +212,23 @@ def next_version(model_dir):
     return max(versions, default=0) + 1
 
 
+def new_version_dir(base_dir, name, version):
+    """`(final, staging)`: the directory `<base_dir>/<name>/<version>` of a new version (`version`
+    None: `next_version`), which must not exist yet (ValueError), and an empty staging directory
+    path beside it. An export is written to `staging` and renamed to `final`, so that a watching
+    server (TF Serving, OpenVINO Model Server, Triton) never sees half an export."""
+    model_dir = pathlib.Path(base_dir) / name
+    version = next_version(model_dir) if version is None else version
+    if not isinstance(version, int) or version < 0:
+        raise ValueError(f"Expected a non-negative integer version. Received: version={version!r}")
+    final = model_dir / str(version)
+    if final.exists():
+        raise ValueError(f"Expected a new version directory. Received: version={version} ({final} exists)")
+    staging = model_dir / f".tmp-{version}"
+    shutil.rmtree(staging, ignore_errors=True)
+    return final, staging
+
+
 def resolve_labels(labels, classes):
     if labels is None:
         return [str(i) for i in range(classes)]
@@ -263,22 +280,12 @@ def export_saved_model(model, base_dir, *, name="p3d", version=None, labels=None
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, classes)
     check_export_args(model, resize_short_side, top_k, classes)
-    model_dir = pathlib.Path(base_dir) / name
-    version = next_version(model_dir) if version is None else version
-    if not isinstance(version, int) or version < 0:
-        raise ValueError(f"Expected a non-negative integer version. Received: version={version!r}")
-    final = model_dir / str(version)
-    if final.exists():
-        raise ValueError(f"Expected a new version directory. Received: version={version} ({final} exists)")
-
+    final, staging = new_version_dir(base_dir, name, version)
     module = build_serving_module(model, labels=labels, normalization=normalization,
                                   resize_short_side=resize_short_side, top_k=top_k)
     signatures = {SERVING_SIGNATURE: module.serve.get_concrete_function(),
                   FEATURES_SIGNATURE: module.features.get_concrete_function(),
                   ENCODED_SIGNATURE: module.serve_encoded.get_concrete_function()}
-    # Written next to the final directory and renamed, so a watching server never sees half an export.
-    staging = model_dir / f".tmp-{version}"
-    shutil.rmtree(staging, ignore_errors=True)
     tf.saved_model.save(module, os.fspath(staging), signatures=signatures)
     if warmup:
         frames = np.zeros((1, *model.input_shape[1:]), dtype="uint8")

@@ -10,6 +10,7 @@ import keras
 
 from p3d_keras.applications import P3DResNet, find_preset, load_labels
 from p3d_keras.core.labels import read_label_file
+from p3d_keras.core.layers import Normalize
 from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, modality_of_channels
 from p3d_keras.jobs import model_folder
 from p3d_keras.jobs.model_folder import P3DModel
@@ -172,6 +173,14 @@ def outputs_probabilities(model):
         raise ValueError("Expected a classifier ending in softmax or returning logits (classifier_activation="
                          f"'softmax' or None). Received: classifier_activation={name!r}")
     return name == "softmax"
+
+
+def inside_normalization(model):
+    """The normalisation preset `model` applies itself (a `p3d_keras.core.layers.Normalize` right
+    after its input, as `P3DResNet(include_preprocessing=True)` and a training model have: it takes
+    raw 0-255 frames), or None when it expects normalised clips."""
+    found = [layer.normalization for layer in model.layers[:2] if isinstance(layer, Normalize)]
+    return found[0] if found else None
 
 
 FEATURE_LAYER = "pool5"

@@ -35,7 +35,6 @@ import keras
 import numpy as np
 
 from p3d_keras.core.checks import expect
-from p3d_keras.core.layers import Normalize
 from p3d_keras.core.normalization import normalize
 from p3d_keras.jobs import models
 from p3d_keras.jobs.video_windows import (  # noqa: F401 (Frame, Window: part of this module's API)
@@ -88,7 +87,7 @@ class VideoInference:
         self.outputs, self.pool, self.batch_size = outputs, pool, batch_size
         self._network = keras.Model(self.model.inputs, {name: self._output(name) for name in outputs},
                                     name=f"{self.model.name}_windows")
-        self._takes_raw = any(isinstance(layer, Normalize) for layer in self.model.layers[:2])
+        self._takes_raw = models.inside_normalization(self.model) is not None
 
     def _output(self, name):
         if name == PROBABILITIES:

@@ -257,7 +257,10 @@ def train(spec, *, train, out, val=None, classes=None, epochs=10, batch_size=8, 
                              jit_compile=jit_compile, partial_bn=partial_bn)
         log.info("training %s: %d steps per epoch, %d epochs, batch %d, %s input", model.name, steps, epochs,
                  batch_size, input_dtype)
+        # Without validation_steps, Keras warns that the (finite) validation data "ran out" each epoch.
+        val_steps = -(-shards.count_records(val) // batch_size) if val else None
         history = trained.fit(train_data, validation_data=val_data, epochs=epochs, steps_per_epoch=steps,
+                              validation_steps=val_steps,
                               callbacks=training_callbacks(out, model, metadata, monitor_val=val_data is not None,
                                                            protocol=protocol),
                               verbose=verbose, shuffle=False)  # the reader shuffles; Keras would warn it cannot

@@ -33,11 +33,16 @@ EXTRAS = {
     "beam": ["apache-beam>=2.50", *VIDEO],  # the workers decode videos and write the shards
     "jax": ["jax[cpu]>=0.4.30"],
     "hub": ["huggingface_hub>=2.4"],  # hf:// model handles and p3d-publish (p3d_keras.jobs.hub)
+    "litert": ["ai-edge-litert>=2.3"],  # the LiteRT runtime for the 2D-ops form's .tflite files
 }
+# Where ai-edge-litert 2.3 has wheels; elsewhere the tests run LiteRT models with TensorFlow's interpreter.
+LITERT_WHEELS = ('(sys_platform == "linux" and platform_machine == "x86_64") or sys_platform == "win32" or '
+                 '(sys_platform == "darwin" and platform_machine == "arm64")')
 EXTRAS["test"] = sorted(set(
     ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
      "tensorboard", "torch==2.13.0", "scikit-video"]
     + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
+    + [f"{requirement}; {LITERT_WHEELS}" for requirement in EXTRAS["litert"]]
 ))
 
 setup(

@@ -343,32 +343,32 @@ Example:
 
 def P3DResNet63(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                 classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                include_preprocessing=False, normalization=None, name=None):
+                include_preprocessing=False, normalization=None, ops="3d", name=None):
     return P3DResNet(63, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
                      dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
-                     normalization=normalization, name=name)
+                     normalization=normalization, ops=ops, name=name)
 
 
 def P3DResNet131(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                  classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                 include_preprocessing=False, normalization=None, name=None):
+                 include_preprocessing=False, normalization=None, ops="3d", name=None):
     return P3DResNet(131, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
                      dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
-                     normalization=normalization, name=name)
+                     normalization=normalization, ops=ops, name=name)
 
 
 def P3DResNet199(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                  classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                 include_preprocessing=False, normalization=None, name=None):
+                 include_preprocessing=False, normalization=None, ops="3d", name=None):
     return P3DResNet(199, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
                      dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
-                     normalization=normalization, name=name)
+                     normalization=normalization, ops=ops, name=name)
 
 
 P3DResNet63.__doc__ = FAMILY_DOC.format(depth=63, resnet=50, temporal=13)

@@ -21,10 +21,10 @@ def as_2d_ops(model):
     `include_top`, `pooling`, `include_preprocessing`; a 2D-ops model is rebuilt too).
 
     Takes a `keras.Model` as `P3DResNet` returns it (or as saved and loaded). Returns a new
-    `keras.Model` with the same input `(batch, T, H, W, C)` and dtype, the same output, the same
-    input and layer names (each layer's output has the same shape as in `model`), the same weights (kernels
-    reshaped, trainable flags kept) and the same dtype policy, whose layers are all 2D: its outputs
-    equal `model`'s up to float rounding.
+    `keras.Model` with the same input `(batch, T, H, W, C)`, dtype and name, the same output, the
+    same layer names (each layer's output has the same shape as in `model`), the same weights
+    (kernels reshaped, trainable flags kept) and the same dtype policy, whose layers are all 2D:
+    its outputs equal `model`'s up to float rounding.
 
     Raises:
         ValueError: `model` is not a P3D ResNet (no `conv1` layer and P3D bottlenecks), or its

@@ -36,13 +36,18 @@ EXTRAS = {
     # p3d-export --format onnx|openvino|litert and their runners (p3d_keras.jobs.portable); none brings TensorFlow
     "onnx": ["onnxruntime>=1.31", "onnx>=1.23", "tf2onnx>=1.17"],  # tf2onnx to export
     "openvino": ["openvino>=2026.4"],
-    "litert": ["ai-edge-litert>=2.3", "flatbuffers>=25"],  # TensorFlow's converter writes, ai-edge-litert runs
+    # TensorFlow's converter writes the 2D-ops form's .tflite files, ai-edge-litert runs them
+    "litert": ["ai-edge-litert>=2.3", "flatbuffers>=25"],
 }
+# Where ai-edge-litert 2.3 has wheels; elsewhere the tests run LiteRT models with TensorFlow's interpreter.
+LITERT_WHEELS = ('(sys_platform == "linux" and platform_machine == "x86_64") or sys_platform == "win32" or '
+                 '(sys_platform == "darwin" and platform_machine == "arm64")')
 EXTRAS["test"] = sorted(set(
     ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
      "tensorboard", "torch==2.13.0", "scikit-video"]
     + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
-    + EXTRAS["onnx"] + EXTRAS["openvino"] + EXTRAS["litert"]
+    + EXTRAS["onnx"] + EXTRAS["openvino"]
+    + [f"{requirement}; {LITERT_WHEELS}" for requirement in EXTRAS["litert"]]
 ))
 
 setup(

@@ -11,14 +11,17 @@ import keras
 from keras import layers
 
 from p3d_keras.core.checks import check_choice
-from p3d_keras.core.layers import BN_EPSILON, BN_MOMENTUM, GRAPHS, Normalize, P3DBottleneck
-from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, NORMALIZATIONS
+from p3d_keras.core.layers import (BN_EPSILON, BN_MOMENTUM, GRAPHS, OPS, ClipMaxPooling, Framewise, Normalize,
+                                   P3DBottleneck)
+from p3d_keras.core.normalization import (DEFAULT_NORMALIZATION, MODALITY_CHANNELS, NORMALIZATIONS,
+                                          modality_of_channels)
 from p3d_keras.weights.cache import fetch_preset, load_weights
 
 from .presets import find_preset
 
 STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
 POOLINGS = (None, "avg", "max")
+GLOBAL_POOLS = {"avg": layers.GlobalAveragePooling3D, "max": layers.GlobalMaxPooling3D}
 # pool1 alignment: Caffe rounds up with windows starting at 0 (= pad after, then "valid");
 # the PyTorch port pads one on each side and rounds down. Exact with zeros: the input is post-ReLU.
 POOL1_PADDING = {"caffe": ((0, 0), (0, 1), (0, 1)), "pytorch": ((0, 0), (1, 1), (1, 1))}
@@ -98,7 +101,7 @@ def preset_arguments(weights, include_top, depth, width, **given):
 def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, input_shape=None,
               pooling=None, classes=None, classifier_activation="softmax", modality=None, graph=None,
               dropout_rate=None, width=64, temporal=True, include_preprocessing=False, normalization=None,
-              name=None):
+              ops="3d", name=None):
     """Builds a P3D ResNet.
 
     Args:
@@ -137,6 +140,13 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
             `p3d_keras.core.normalization.NORMALIZATIONS` (`"caffe"`, `"imagenet"`, `"unit"`,
             `"flow"`); default the preset's when `weights` names one, else the modality's
             (`"caffe"` for RGB, `"flow"` for flow).
+        ops: `"3d"` (the default: Conv3D and MaxPooling3D layers) or `"2d"`: the same network
+            (same layer names, outputs and weights up to unit axes of the kernels) built from 2D
+            ops only, for runtimes without 3D convolutions or pools (LiteRT builtins, mobile GPU
+            delegates): (1, k, k) convolutions are Conv2Ds over the frames folded into the batch,
+            (k, 1, 1) ones Conv2Ds with (k, 1) kernels over a (time, space) reshape, the max
+            pools 2D pools (`Framewise`, `ClipMaxPooling`, `P3DBottleneck(ops="2d")`). Weights
+            files are read into the 3D form and copied. See also `as_2d_ops`.
         name: model name, default `"p3d_resnet<depth>"`.
 
     Returns:
@@ -157,6 +167,7 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         probs = raw.predict(clips)  # uint8 clips, normalised by the model ("caffe": BGR minus mean)
     """
     stage_blocks = resolve_stage_blocks(depth)
+    check_choice("ops", ops, OPS)
     if normalization is not None:
         check_choice("normalization", normalization, tuple(NORMALIZATIONS))
         if not include_preprocessing:
@@ -170,11 +181,11 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
     check_choice("graph", graph, GRAPHS)
     check_choice("pooling", pooling, POOLINGS)
     channels = MODALITY_CHANNELS[modality]
-    normalization = args["normalization"] or DEFAULT_NORMALIZATION[modality]
-    if include_preprocessing and NORMALIZATIONS[normalization].channels != channels:
-        raise ValueError(f"normalization={normalization!r} is for {NORMALIZATIONS[normalization].channels} "
+    normalization_name = args["normalization"] or DEFAULT_NORMALIZATION[modality]
+    if include_preprocessing and NORMALIZATIONS[normalization_name].channels != channels:
+        raise ValueError(f"normalization={normalization_name!r} is for {NORMALIZATIONS[normalization_name].channels} "
                          f"channels; modality={modality!r} has {channels}. "
-                         f"Received: normalization={normalization!r}, modality={modality!r}")
+                         f"Received: normalization={normalization_name!r}, modality={modality!r}")
     if include_top and (not isinstance(classes, int) or classes < 1):
         raise ValueError(f"classes must be a positive integer with include_top=True. Received: classes={classes!r}")
     if input_tensor is not None:
@@ -186,37 +197,43 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         inputs = keras.Input(shape, dtype="uint8" if include_preprocessing else None, name="clip")
     bn = dict(epsilon=BN_EPSILON, momentum=BN_MOMENTUM)
 
-    x = Normalize(normalization, name="normalize")(inputs) if include_preprocessing else inputs
-    x = layers.ZeroPadding3D((0, 3, 3), name="conv1_pad")(x)
-    x = layers.Conv3D(width, (1, 7, 7), strides=(1, 2, 2), use_bias=False, name="conv1")(x)
+    x = Normalize(normalization_name, name="normalize")(inputs) if include_preprocessing else inputs
+    x = clip_padding((0, 3, 3), ops, name="conv1_pad")(x)
+    if ops == "3d":
+        x = layers.Conv3D(width, (1, 7, 7), strides=(1, 2, 2), use_bias=False, name="conv1")(x)
+    else:
+        x = Framewise(layers.Conv2D(width, (7, 7), strides=2, use_bias=False, name="conv1"), name="conv1")(x)
     x = layers.BatchNormalization(**bn, name="bn_conv1")(x)
     x = layers.Activation("relu", name="conv1_relu")(x)
-    x = layers.ZeroPadding3D(POOL1_PADDING[graph], name="pool1_pad")(x)
-    x = layers.MaxPooling3D((2, 3, 3), strides=(2, 2, 2), dtype=POOL_DTYPE, name="pool1")(x)
+    x = clip_padding(POOL1_PADDING[graph], ops, name="pool1_pad")(x)
+    x = clip_max_pooling((2, 3, 3), (2, 2, 2), ops, name="pool1")(x)
     kinds = block_kinds(stage_blocks, temporal)
     for stage, blocks in enumerate(stage_blocks):
         for b, suffix in enumerate(block_suffixes(blocks)):
             x = P3DBottleneck(width * 2 ** stage, kinds[stage][b], graph, strides=2 if b == 0 and stage else 1,
-                              projection=b == 0, name=f"res{stage + 2}{suffix}")(x)
+                              projection=b == 0, ops=ops, name=f"res{stage + 2}{suffix}")(x)
         if stage < 3:
-            x = layers.MaxPooling3D((2, 1, 1), strides=(2, 1, 1), dtype=POOL_DTYPE, name=f"pool{stage + 2}")(x)
+            x = clip_max_pooling((2, 1, 1), (2, 1, 1), ops, name=f"pool{stage + 2}")(x)
 
     if include_top:
-        x = layers.GlobalAveragePooling3D(name="pool5")(x)
+        x = GLOBAL_POOLS["avg"](name="pool5")(x)
         if dropout_rate:
             x = layers.Dropout(dropout_rate, name="dropout")(x)
         x = layers.Dense(classes, name="fc")(x)
         x = layers.Activation(classifier_activation, dtype="float32", name="predictions")(x)
-    elif pooling == "avg":
-        x = layers.GlobalAveragePooling3D(name="pool5")(x)
-    elif pooling == "max":
-        x = layers.GlobalMaxPooling3D(name="pool5")(x)
+    elif pooling is not None:
+        x = GLOBAL_POOLS[pooling](name="pool5")(x)
 
     if input_tensor is not None:
         inputs = keras.utils.get_source_inputs(input_tensor)
     default_name = f"p3d_resnet{depth}" if isinstance(depth, int) else "p3d_resnet"
     model = keras.Model(inputs, x, name=name or default_name)
-    if preset is not None:
+    if ops == "2d" and weights is not None:  # files hold the 3D form's weights: read them there, then copy
+        copy_weights(P3DResNet(depth, include_top=include_top, weights=weights, input_shape=shape, pooling=pooling,
+                               classes=classes, classifier_activation=classifier_activation, modality=modality,
+                               graph=graph, dropout_rate=dropout_rate, width=width, temporal=temporal,
+                               include_preprocessing=include_preprocessing, normalization=normalization), model)
+    elif preset is not None:
         load_preset(model, preset, lambda: P3DResNet(
             depth, weights=None, input_shape=shape, classes=preset.classes, classifier_activation=None,
             modality=modality, graph=graph, dropout_rate=dropout_rate, width=width))
@@ -243,12 +260,70 @@ def load_preset(model, preset, build_full_model):
     copy_weights(full, model)
 
 
+def clip_padding(padding, ops, name):
+    """`ZeroPadding3D(padding)`; for ops="2d" the same on each frame (`padding` pads no time steps)."""
+    if ops == "3d":
+        return layers.ZeroPadding3D(padding, name=name)
+    return Framewise(layers.ZeroPadding2D(padding[1:], name=name), name=name)
+
+
+def clip_max_pooling(pool_size, strides, ops, name):
+    """`MaxPooling3D(pool_size, strides)`, or for ops="2d" the same with 2D pools (`ClipMaxPooling`),
+    computed in `POOL_DTYPE`."""
+    pool = layers.MaxPooling3D if ops == "3d" else ClipMaxPooling
+    return pool(pool_size, strides=strides, dtype=POOL_DTYPE, name=name)
+
+
 def copy_weights(source, target, skip=()):
     """Copy the weights of every layer of `target` (except those named in `skip`) from the layer of
-    the same name in `source`: e.g. a preset's trunk into a network with another classifier."""
+    the same name in `source`: e.g. a preset's trunk into a network with another classifier, or the
+    3D form's weights into the 2D-ops form (`ops="2d"`), whose kernels differ by unit axes only and
+    are reshaped. Raises ValueError naming the layer when a weight differs otherwise."""
     for layer in target.layers:
         if layer.weights and layer.name not in skip:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+            values = source.get_layer(layer.name).get_weights()
+            if len(values) != len(layer.weights):
+                raise ValueError(f"Layer {layer.name!r}: Expected {len(layer.weights)} weights. "
+                                 f"Received: {len(values)} from {source.name!r}")
+            layer.set_weights([fit_unit_axes(value, variable.shape, f"{layer.name}/{variable.name}")
+                               for value, variable in zip(values, layer.weights)])
+
+
+def fit_unit_axes(value, shape, name):
+    """`value` reshaped to `shape` when the two differ by unit axes only (a (1, k, k, i, o) kernel and
+    a (k, k, i, o) one hold the same numbers in the same order); raises ValueError otherwise."""
+    shape = tuple(shape)
+    if value.shape == shape:
+        return value
+    if [d for d in value.shape if d != 1] != [d for d in shape if d != 1]:
+        raise ValueError(f"Weight {name!r}: Expected shape {shape} (up to unit axes). Received: shape {value.shape}")
+    return value.reshape(shape)
+
+
+def p3d_arguments(model):
+    """The `P3DResNet` arguments (all but `weights` and `input_tensor`) that build `model`'s
+    architecture again, read from its layers; None when `model` is not a P3D ResNet (no `conv1`
+    and no `P3DBottleneck` blocks). `dropout_rate` is 0.0 without a dropout layer, `classes`
+    None without a classifier; the classifier's activation comes back by name ("linear" for
+    logits)."""
+    blocks = [layer for layer in model.layers if isinstance(layer, P3DBottleneck)]
+    found = {layer.name: layer for layer in model.layers}
+    if not blocks or "conv1" not in found or len(model.inputs) != 1:
+        return None
+    shape = tuple(model.inputs[0].shape)
+    counts = tuple(sum(layer.name.startswith(f"res{stage}") for layer in blocks) for stage in (2, 3, 4, 5))
+    top = "fc" in found
+    pool5 = None if top else found.get("pool5")
+    normalize = found.get("normalize")
+    return dict(
+        depth=next((d for d, table in STAGE_BLOCKS.items() if table == counts), counts),
+        width=blocks[0].filters, graph=blocks[0].graph, modality=modality_of_channels(shape[-1]),
+        temporal=any(layer.kind != "2D" for layer in blocks), classes=found["fc"].units if top else None,
+        dropout_rate=float(found["dropout"].rate) if "dropout" in found else 0.0, include_top=top,
+        pooling=next((k for k, pool in GLOBAL_POOLS.items() if type(pool5) is pool), None),
+        classifier_activation=found["predictions"].get_config()["activation"] if "predictions" in found else None,
+        include_preprocessing=normalize is not None, normalization=normalize and normalize.normalization,
+        input_shape=shape[1:], ops=blocks[0].ops, name=model.name)
 
 
 FAMILY_DOC = """P3D ResNet-{depth} (from ResNet-{resnet} with {temporal} temporal convs).
@@ -268,32 +343,32 @@ Example:
 
 def P3DResNet63(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                 classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                include_preprocessing=False, normalization=None, name=None):
+                include_preprocessing=False, normalization=None, ops="3d", name=None):
     return P3DResNet(63, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
                      dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
-                     normalization=normalization, name=name)
+                     normalization=normalization, ops=ops, name=name)
 
 
 def P3DResNet131(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                  classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                 include_preprocessing=False, normalization=None, name=None):
+                 include_preprocessing=False, normalization=None, ops="3d", name=None):
     return P3DResNet(131, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
                      dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
-                     normalization=normalization, name=name)
+                     normalization=normalization, ops=ops, name=name)
 
 
 def P3DResNet199(*, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
                  classes=None, classifier_activation="softmax", modality=None, graph=None, dropout_rate=None,
-                 include_preprocessing=False, normalization=None, name=None):
+                 include_preprocessing=False, normalization=None, ops="3d", name=None):
     return P3DResNet(199, include_top=include_top, weights=weights, input_tensor=input_tensor,
                      input_shape=input_shape, pooling=pooling, classes=classes,
                      classifier_activation=classifier_activation, modality=modality, graph=graph,
                      dropout_rate=dropout_rate, include_preprocessing=include_preprocessing,
-                     normalization=normalization, name=name)
+                     normalization=normalization, ops=ops, name=name)
 
 
 P3DResNet63.__doc__ = FAMILY_DOC.format(depth=63, resnet=50, temporal=13)

@@ -32,17 +32,6 @@ def p3d_model(classifier_activation=None, **kwargs):
     return P3DModel(model, describe_model(model, normalization="caffe", class_names=LABELS), None)
 
 
-def builtin_model():
-    """A P3D-like classifier of LiteRT builtins (1x3x3 and 3x1x1 convs, pool5, softmax), standing in
-    for the 2D-ops P3D until `_litert_network` converts one (TODO(as_2d_ops))."""
-    clips = keras.Input(CLIP)
-    x = keras.layers.Conv3D(16, (1, 3, 3), padding="same", activation="relu")(clips)
-    x = keras.layers.Conv3D(16, (3, 1, 1), padding="same", activation="relu")(x)
-    x = keras.layers.GlobalAveragePooling3D(name=models.FEATURE_LAYER)(x)
-    model = keras.Model(clips, keras.layers.Dense(len(LABELS), activation="softmax")(x), name="builtin")
-    return P3DModel(model, describe_model(model, normalization="caffe", class_names=LABELS), None)
-
-
 def reference(loaded, clips):
     """What Keras computes from float clips normalised outside the network: probabilities, features."""
     x = normalize(clips.astype("float32"), loaded.metadata.normalization)
@@ -69,20 +58,11 @@ def clips():
 
 
 @pytest.fixture(scope="module")
-def builtin():
-    return builtin_model()
-
-
-@pytest.fixture(scope="module")
-def exported(tiny, builtin, tmp_path_factory):
-    """The tiny P3D as ONNX and OpenVINO (with features), the builtins stand-in as LiteRT float32."""
+def exported(tiny, tmp_path_factory):
+    """The tiny P3D as ONNX, OpenVINO and LiteRT float32, with features."""
     out = tmp_path_factory.mktemp("portable")
-    paths = {name: portable.export_portable(tiny, out / f"tiny{SUFFIX[name]}", format=name, features=True)
-             for name in ("onnx", "openvino")}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(portable, "_litert_network", lambda model: model)
-        paths["litert"] = portable.export_portable(builtin, out / "builtin.tflite", format="litert", features=True)
-    return paths
+    return {name: portable.export_portable(tiny, out / f"tiny{SUFFIX[name]}", format=name, features=True)
+            for name in ("onnx", "openvino", "litert")}
 
 
 @pytest.mark.parametrize("name", ["onnx", "openvino"])
@@ -97,42 +77,31 @@ def test_float32_matches_keras(exported, tiny, clips, name):
         np.testing.assert_allclose(outputs[key], value, atol=TOLERANCE, rtol=TOLERANCE)
 
 
-def test_litert_float32_matches_keras_and_has_builtin_operators_only(exported, builtin, clips):
+def test_litert_float32_matches_keras_and_has_builtin_operators_only(exported, tiny, clips):
+    """The LiteRT file holds the 2D-ops form (`applications.as_2d_ops`): builtin 2D operators only."""
     outputs = portable.load_portable(exported["litert"])(clips)  # batch 3 on a batch-1 model: clip by clip
-    expected = reference(builtin, clips)
+    expected = reference(tiny, clips)
     log.info("litert float32 max |delta| against Keras: %s", max_drift(outputs, expected))
     for key, value in expected.items():
         np.testing.assert_allclose(outputs[key], value, atol=TOLERANCE, rtol=TOLERANCE)
     operators = portable.litert_operators(exported["litert"])
-    assert operators["custom"] == [] and "CONV_3D" in operators["builtin"]
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="TODO(as_2d_ops): _litert_network returns the 3D network, whose MaxPool3D needs "
-                          "Select TF ops; remove this mark when the lead switches it to as_2d_ops")
-def test_litert_p3d_has_builtin_operators_only(tiny, clips, tmp_path):
-    path = portable.export_portable(tiny, tmp_path / "p3d.tflite", format="litert", features=True)
-    assert portable.litert_operators(path)["custom"] == []
-    outputs = portable.load_portable(path)(clips)
-    for key, value in reference(tiny, clips).items():
-        np.testing.assert_allclose(outputs[key], value, atol=TOLERANCE, rtol=TOLERANCE)
+    assert operators["custom"] == [] and "CONV_2D" in operators["builtin"]
+    assert not [name for name in operators["builtin"] if "3D" in name], operators
 
 
 @pytest.mark.parametrize("precision", ["float16", "int8-dynamic", "int8"])
-def test_litert_quantised_drift_is_reported(builtin, clips, tmp_path, monkeypatch, precision):
+def test_litert_quantised_drift_is_reported(tiny, clips, tmp_path, precision):
     """Not asserted against a bound: the drift and top-1 agreement are logged; only sanity is checked."""
-    monkeypatch.setattr(portable, "_litert_network", lambda model: model)
     calibration = None
     if precision == "int8":  # as the reader gives them: (uint8 clips, labels) batches
         rng = np.random.default_rng(1)
         calibration = [(rng.integers(0, 256, size=(2, *CLIP), dtype=np.uint8), np.zeros(2)) for _ in range(4)]
-    path = portable.export_portable(builtin, tmp_path / f"{precision}.tflite", format="litert", precision=precision,
+    path = portable.export_portable(tiny, tmp_path / f"{precision}.tflite", format="litert", precision=precision,
                                     features=True, calibration=calibration)
     runner = portable.load_portable(path)
-    outputs, expected = runner(clips), reference(builtin, clips)
+    outputs, expected = runner(clips), reference(tiny, clips)
     agreement = float(np.mean(outputs["probabilities"].argmax(-1) == expected["probabilities"].argmax(-1)))
     log.info("litert %s: top-1 agreement %.2f, max |delta| %s", precision, agreement, max_drift(outputs, expected))
-    print(f"litert {precision}: top-1 agreement {agreement:.2f}, max |delta| {max_drift(outputs, expected)}")
     assert runner.contract["precision"] == precision
     assert portable.litert_operators(path)["custom"] == []
     assert outputs["probabilities"].shape == (len(clips), len(LABELS))
@@ -142,16 +111,15 @@ def test_litert_quantised_drift_is_reported(builtin, clips, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize("name", ["onnx", "openvino", "litert"])
-def test_contract_round_trip(exported, tiny, builtin, name):
-    loaded = builtin if name == "litert" else tiny
+def test_contract_round_trip(exported, tiny, name):
     contract = portable.load_portable(exported[name]).contract
-    expected = portable.portable_contract(loaded.metadata, format=name, precision="float32", features=True)
+    expected = portable.portable_contract(tiny.metadata, format=name, precision="float32", features=True)
     assert contract == json.loads(json.dumps(expected))
     assert contract["class_names"] == LABELS and contract["normalized_inside"] is True
     assert contract["channel_order"] == "RGB" and contract["normalization"] == "caffe"
     assert contract["input"]["shape"][1:] == [16, 32, 32, 3] and contract["outputs"] == ["probabilities", "features"]
     fields = {key: contract[key] for key in ModelMetadata.__dataclass_fields__}
-    assert ModelMetadata.from_json(fields, name) == loaded.metadata
+    assert ModelMetadata.from_json(fields, name) == tiny.metadata
 
 
 BAD_CLIPS = {
@@ -195,22 +163,20 @@ def test_a_network_normalising_inside_is_not_normalised_twice(clips, tmp_path):
      "Expected uint8 calibration clips of shape \\[batch, 16, 32, 32, 3\\]"),
     (dict(format="litert", precision="int8", calibration=[]), "at least one calibration clip"),
 ])
-def test_export_rejects_bad_arguments(builtin, tmp_path, monkeypatch, kwargs, match):
-    monkeypatch.setattr(portable, "_litert_network", lambda model: model)
+def test_export_rejects_bad_arguments(tiny, tmp_path, kwargs, match):
     kwargs = {"path": f"model{SUFFIX.get(kwargs['format'], '.onnx')}", **kwargs}
     with pytest.raises(ValueError, match=match):
-        portable.export_portable(builtin, tmp_path / kwargs.pop("path"), **kwargs)
+        portable.export_portable(tiny, tmp_path / kwargs.pop("path"), **kwargs)
 
 
-def test_load_rejects_what_is_not_an_export(tmp_path, builtin, monkeypatch):
+def test_load_rejects_what_is_not_an_export(tmp_path, tiny, monkeypatch):
     with pytest.raises(ValueError, match="an export file ending in one of"):
         portable.load_portable(tmp_path / "model.pt")
     with pytest.raises(ValueError, match="an existing export file"):
         portable.load_portable(tmp_path / "missing.onnx")
     # A LiteRT file without the contract: the converter's own output.
     monkeypatch.setattr(portable, "_with_litert_metadata", lambda flatbuffer, key, value: flatbuffer)
-    monkeypatch.setattr(portable, "_litert_network", lambda model: model)
-    path = portable.export_portable(builtin, tmp_path / "bare.tflite", format="litert")
+    path = portable.export_portable(tiny, tmp_path / "bare.tflite", format="litert")
     with pytest.raises(ValueError, match="carrying its contract under the metadata key 'p3d_contract'"):
         portable.load_portable(path)
 

@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from p3d_keras.applications import PRESETS, P3DResNet, load_labels
-from p3d_keras.applications.p3d_resnet import STAGE_BLOCKS
+from p3d_keras.applications.p3d_resnet import p3d_arguments
 from p3d_keras.core.files import sha256_of
 from p3d_keras.core.layers import P3DBottleneck  # importing it registers the custom layers: model.keras loads
 from p3d_keras.core.normalization import DEFAULT_NORMALIZATION, MODALITY_CHANNELS, NORMALIZATIONS, modality_of_channels
@@ -163,17 +163,8 @@ def check_normalization(name, channels, source):
 def p3d_architecture(model):
     """The `P3DResNet` arguments (`ARCHITECTURE_KEYS`) of `model`, read from its layers' configs,
     or {} when `model` is not a P3D ResNet (no `res<stage><block>` P3D bottlenecks)."""
-    blocks = [layer for layer in model.layers if isinstance(layer, P3DBottleneck)]
-    names = {layer.name for layer in model.layers}
-    if not blocks or "conv1" not in names:
-        return {}
-    counts = [sum(layer.name.startswith(f"res{stage}") for layer in blocks) for stage in (2, 3, 4, 5)]
-    depth = next((d for d, table in STAGE_BLOCKS.items() if table == tuple(counts)), tuple(counts))
-    classes = model.get_layer("fc").units if "fc" in names else None
-    dropout = model.get_layer("dropout").rate if "dropout" in names else 0.0
-    return dict(depth=depth, width=model.get_layer("conv1").filters, graph=blocks[0].graph,
-                modality=modality_of_channels(model.input_shape[-1]),
-                temporal=any(layer.kind != "2D" for layer in blocks), classes=classes, dropout_rate=float(dropout))
+    arguments = p3d_arguments(model)
+    return {} if arguments is None else {key: arguments[key] for key in ARCHITECTURE_KEYS}
 
 
 def input_spec(model, source):

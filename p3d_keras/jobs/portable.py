@@ -42,6 +42,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from p3d_keras.applications import as_2d_ops
 from p3d_keras.core.checks import check_choice, expect
 from p3d_keras.core.layers import Normalize
 from p3d_keras.jobs import export, models
@@ -138,13 +139,6 @@ def check_clips(clips, shape, name="clips"):
 # Export
 
 
-def _litert_network(model):
-    """The network the LiteRT export converts: it must hold LiteRT builtin operators only."""
-    # TODO(as_2d_ops): return applications.ops2d.as_2d_ops(model), the same network with 2D ops only
-    # (the 3D max pools need Select TF ops today, so a P3D ResNet does not convert yet).
-    return model
-
-
 def export_portable(loaded, path, *, format, precision=None, features=False, calibration=None,
                     calibration_steps=100):
     """Export the classifier `loaded` (a `P3DModel`: `p3d_keras.load_model`, `jobs.models.load`)
@@ -186,7 +180,7 @@ def export_portable(loaded, path, *, format, precision=None, features=False, cal
     expect(isinstance(calibration_steps, int) and calibration_steps > 0, "calibration_steps to be a positive int",
            calibration_steps=calibration_steps)
     if format == "litert":
-        loaded = dataclasses.replace(loaded, model=_litert_network(loaded.model))
+        loaded = dataclasses.replace(loaded, model=as_2d_ops(loaded.model))  # LiteRT builtins only
     network = portable_network(loaded, features=features)
     contract = portable_contract(loaded.metadata, format=format, precision=precision, features=features)
     spec = tf.TensorSpec(contract["input"]["shape"], tf.uint8, name=INPUT_NAME)

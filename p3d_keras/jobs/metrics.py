@@ -64,3 +64,31 @@ def predict_clips(model, dataset):
 def evaluate_clips(model, dataset, k=(1, 5)):
     """Score an `evaluation_dataset` with `model` and return `clip_and_video_hits`."""
     return clip_and_video_hits(*predict_clips(model, dataset), k)
+
+
+def confusion_matrix(labels, predictions, classes):
+    """`[true, predicted]` counts of `classes` classes."""
+    matrix = np.zeros((classes, classes), dtype="int64")
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix, class_names):
+    """`{name: {"videos": count, "accuracy": fraction or None (no example)}}` from a confusion matrix."""
+    matrix = np.asarray(matrix)
+    result = {}
+    for index, name in enumerate(class_names):
+        total = int(matrix[index].sum())
+        result[name] = {"videos": total, "accuracy": float(matrix[index, index] / total) if total else None}
+    return result
+
+
+def evaluation_report(scores, labels, video_ids, class_names):
+    """Clip and video hit@1/5 (`clip_and_video_hits`), per-class video accuracy and the
+    video-level confusion matrix of clip `scores [N, classes]`, as a JSON-ready dict."""
+    report = clip_and_video_hits(scores, labels, video_ids, k=(1, 5))
+    _, video_scores, video_labels = average_by_video(scores, labels, video_ids, name="scores")
+    matrix = confusion_matrix(video_labels, video_scores.argmax(axis=1), len(class_names))
+    report.update(per_class_accuracy=per_class_accuracy(matrix, class_names), classes=list(class_names),
+                  confusion_matrix=matrix.tolist())
+    return report

@@ -1,4 +1,5 @@
-"""Clip and video hit@k from a model's clip scores (NumPy only, so any Keras backend's outputs work).
+"""Clip and video hit@k from a model's clip scores, per-class accuracy, confusion matrices and the
+evaluation report of `p3d-evaluate` and `p3d-fuse` (NumPy only, so any Keras backend's outputs work).
 
 Video scores are the mean of the scores of the video's clips, as in the paper. A clip or video is
 a hit at k when its label is among its k highest scores; ties count in its favour (a hit when

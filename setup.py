@@ -38,6 +38,7 @@ EXTRAS = {
     "openvino": ["openvino>=2026.4"],
     # TensorFlow's converter writes the 2D-ops form's .tflite files, ai-edge-litert runs them
     "litert": ["ai-edge-litert>=2.3", "flatbuffers>=25"],
+    "transfer": ["scikit-learn>=1.9", "matplotlib>=3.6"],  # p3d-transfer: the linear SVM, t-SNE and pictures
 }
 # Where ai-edge-litert 2.3 has wheels; elsewhere the tests run LiteRT models with TensorFlow's interpreter.
 LITERT_WHEELS = ('(sys_platform == "linux" and platform_machine == "x86_64") or sys_platform == "win32" or '
@@ -46,7 +47,7 @@ EXTRAS["test"] = sorted(set(
     ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
      "tensorboard", "torch==2.13.0", "scikit-video"]
     + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
-    + EXTRAS["onnx"] + EXTRAS["openvino"]
+    + EXTRAS["onnx"] + EXTRAS["openvino"] + EXTRAS["transfer"]
     + [f"{requirement}; {LITERT_WHEELS}" for requirement in EXTRAS["litert"]]
 ))
 
@@ -77,11 +78,13 @@ setup(
             "p3d-tfrecords=p3d_keras.cli.tfrecords:main",
             "p3d-train=p3d_keras.cli.train:main",
             "p3d-evaluate=p3d_keras.cli.evaluate:main",
+            "p3d-fuse=p3d_keras.cli.fuse:main",
             "p3d-extract-features=p3d_keras.cli.extract_features:main",
             "p3d-export=p3d_keras.cli.export:main",
             "p3d-predict=p3d_keras.cli.predict:main",
             "p3d-demo=p3d_keras.cli.demo:main",
             "p3d-publish=p3d_keras.cli.publish:main",
+            "p3d-transfer=p3d_keras.cli.transfer:main",
         ],
     },
 )

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from p3d_keras.cli import evaluate as evaluate_cli
-from p3d_keras.jobs import evaluation
+from p3d_keras.jobs import metrics
 
 
 def test_evaluation_report_against_hand_computed_values():
     scores = np.array([[0.6, 0.3, 0.1], [0.2, 0.7, 0.1],    # video a (label 0): mean [0.4, 0.5, 0.1] -> 1
                        [0.1, 0.2, 0.7], [0.1, 0.1, 0.8],    # video b (label 2): -> 2
                        [0.5, 0.4, 0.1]])                    # video c (label 1): -> 0
-    report = evaluation.evaluation_report(scores, [0, 0, 2, 2, 1], ["a", "a", "b", "b", "c"], ["x", "y", "z"])
+    report = metrics.evaluation_report(scores, [0, 0, 2, 2, 1], ["a", "a", "b", "b", "c"], ["x", "y", "z"])
     assert report["clip_hit@1"] == pytest.approx(3 / 5) and report["video_hit@1"] == pytest.approx(1 / 3)
     assert report["confusion_matrix"] == [[0, 1, 0], [1, 0, 0], [0, 0, 1]]
     assert report["per_class_accuracy"]["z"] == {"videos": 1, "accuracy": 1.0}

@@ -83,7 +83,8 @@ def test_every_console_script_is_a_thin_program(setup_kwargs):
     """Each entry point is `main(argv=None)` beside `build_parser()` in a module of p3d_keras.cli."""
     scripts = dict(entry.split("=") for entry in setup_kwargs["entry_points"]["console_scripts"])
     assert set(scripts) == {"p3d-convert-weights", "p3d-tfrecords", "p3d-train", "p3d-evaluate",
-                            "p3d-extract-features", "p3d-export", "p3d-predict", "p3d-demo", "p3d-publish"}
+                            "p3d-extract-features", "p3d-export", "p3d-predict", "p3d-demo", "p3d-publish",
+                            "p3d-fuse", "p3d-transfer"}
     for name, target in scripts.items():
         module_name, function = target.split(":")
         assert module_name.startswith("p3d_keras.cli.") and function == "main", name

@@ -14,8 +14,12 @@ def build_parser():
                                 "TFRecord shards (N clips per video, scores averaged per video as in the paper).")
     common.add_labels_argument(p, "labels.txt beside the shards")
     p.add_argument("--crops", choices=("center", "three"), default="center")
+    p.add_argument("--clip-scores", action="store_true",
+                   help="keep each clip's scores in scores.npz too (for p3d-fuse's clip hit@k; [clips, classes] "
+                        "floats: large for Kinetics)")
     common.add_shard_reading_arguments(
-        p, out_help="folder for report.json and confusion_matrix.png (the PNG needs the [plots] extra)")
+        p, out_help="folder for report.json, confusion_matrix.png (the [plots] extra) and scores.npz (per-video "
+                    "scores, what p3d-fuse fuses)")
     return p
 
 
@@ -24,7 +28,7 @@ def main(argv=None):
 
     def job():
         return evaluation.evaluate(common.model_spec(args), labels_file=args.labels, crops=args.crops,
-                                   **common.shard_reading_arguments(args))
+                                   clip_scores=args.clip_scores, **common.shard_reading_arguments(args))
 
     def done(report):
         log.info("%d videos, %d clips: clip hit@1 %.4f, hit@5 %.4f; video hit@1 %.4f, hit@5 %.4f; report in %s",

@@ -1,4 +1,5 @@
-"""Clip and video hit@k from a model's clip scores (NumPy only, so any Keras backend's outputs work).
+"""Clip and video hit@k from a model's clip scores, per-class accuracy, confusion matrices and the
+evaluation report of `p3d-evaluate` and `p3d-fuse` (NumPy only, so any Keras backend's outputs work).
 
 Video scores are the mean of the scores of the video's clips, as in the paper. A clip or video is
 a hit at k when its label is among its k highest scores; ties count in its favour (a hit when
@@ -64,3 +65,31 @@ def predict_clips(model, dataset):
 def evaluate_clips(model, dataset, k=(1, 5)):
     """Score an `evaluation_dataset` with `model` and return `clip_and_video_hits`."""
     return clip_and_video_hits(*predict_clips(model, dataset), k)
+
+
+def confusion_matrix(labels, predictions, classes):
+    """`[true, predicted]` counts of `classes` classes."""
+    matrix = np.zeros((classes, classes), dtype="int64")
+    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
+    return matrix
+
+
+def per_class_accuracy(matrix, class_names):
+    """`{name: {"videos": count, "accuracy": fraction or None (no example)}}` from a confusion matrix."""
+    matrix = np.asarray(matrix)
+    result = {}
+    for index, name in enumerate(class_names):
+        total = int(matrix[index].sum())
+        result[name] = {"videos": total, "accuracy": float(matrix[index, index] / total) if total else None}
+    return result
+
+
+def evaluation_report(scores, labels, video_ids, class_names):
+    """Clip and video hit@1/5 (`clip_and_video_hits`), per-class video accuracy and the
+    video-level confusion matrix of clip `scores [N, classes]`, as a JSON-ready dict."""
+    report = clip_and_video_hits(scores, labels, video_ids, k=(1, 5))
+    _, video_scores, video_labels = average_by_video(scores, labels, video_ids, name="scores")
+    matrix = confusion_matrix(video_labels, video_scores.argmax(axis=1), len(class_names))
+    report.update(per_class_accuracy=per_class_accuracy(matrix, class_names), classes=list(class_names),
+                  confusion_matrix=matrix.tolist())
+    return report

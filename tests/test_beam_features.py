@@ -1,4 +1,4 @@
-"""`jobs.beam_features` on the DirectRunner: the local extractor's folder, file for file (features
+"""`jobs.beam_features` on the in-process runner: the local extractor's folder, file for file (features
 within float tolerance, the rest equal); reruns skip finished videos; either extractor resumes
 the other's folder; the program's --beam mode."""
 import json
@@ -21,7 +21,7 @@ from p3d_keras.jobs import beam_features  # noqa: E402 (after the skip: needs ap
 
 LAYERS = ("pool5", "probabilities")
 ARGS = dict(layers=LAYERS, stride=8, batch_size=3)
-DIRECT = ["--runner=DirectRunner"]
+DIRECT = ["--runner=FnApiRunner"]  # in-process; DirectRunner would first try to download Prism
 
 
 def _files(out):
@@ -36,7 +36,11 @@ def setup(tmp_path_factory):
     videos = [*write_videos(root / "videos", lengths=(40, 20)), bad_video("short", root / "videos"),
               bad_video("corrupt", root / "videos")]
     model = str(root / "tiny")
-    summary = beam_features.run(videos, model, root / "beam", pipeline_args=DIRECT, **ARGS)
+    loads, load = [], beam_features.load_network
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(beam_features, "load_network", lambda *args: loads.append(args) or load(*args))
+        summary = beam_features.run(videos, model, root / "beam", pipeline_args=DIRECT, **ARGS)
+    assert len(loads) == 2  # once by the launcher, once by the one worker: not once per video
     local = extract_video_features(beam_features.load_network(model), videos, root / "local", **ARGS)
     return root, videos, model, summary, local
 
@@ -108,5 +112,5 @@ def test_the_programs_beam_mode_writes_the_folder(setup, tmp_path, capsys, caplo
     assert sorted(map(str, _files(tmp_path / "out"))) == ["short.npz", "v0.npz", "v1.npz"]
     assert (tmp_path / "out" / "settings.json").read_text() == (root / "beam" / "settings.json").read_text()
     assert extract_features.main([*args, "--out", str(tmp_path / "o2"), "--", *DIRECT]) == 2
-    assert "Expected runner arguments after -- only with --beam. Received: ['--runner=DirectRunner']" in caplog.text
+    assert "Expected runner arguments after -- only with --beam. Received: ['--runner=FnApiRunner']" in caplog.text
     assert not (tmp_path / "o2").exists()

@@ -21,6 +21,11 @@ with a saved model or weights. Each worker checks that its network gives the fol
 DirectRunner, one machine) or shared (NFS and the like, for a cluster). Object stores (`gs://`,
 `s3://`) are refused: the folder's lock, journal and atomic renames need a file system.
 
+Resume: `run` leaves out the videos whose file exists (and those an earlier run recorded as
+failed, unless `retry_failed`); a worker skips a video whose file exists (a retried bundle). The
+journal gets this run's lines at the end: after a killed pipeline, its files are kept (a rerun
+gives them their lines) and its failures are tried again.
+
 Order: videos are spread over the workers (`beam.Reshuffle`), each video's windows are batched
 on its own (features equal the local run's within float tolerance, timestamps exactly).
 """

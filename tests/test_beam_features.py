@@ -12,6 +12,7 @@ from p3d_keras.cli import extract_features
 from p3d_keras.jobs import models
 from p3d_keras.jobs.model_folder import save_model_folder
 from p3d_keras.jobs.video_features import extract_video_features, read_features
+from p3d_keras.tfrecords_tools import video
 from test_predict import bad_video
 from test_video_features import write_videos
 
@@ -100,6 +101,10 @@ def test_bad_model_references_and_folders_are_refused(setup):
                                   normalization=None)
     fn._ready = object()  # a loaded network is never pickled
     assert pickle.loads(pickle.dumps(fn))._ready is None
+    other = beam_features._ExtractFn(model, root / "beam", layers=LAYERS, plan={"stride": 16},
+                                     decode=video.DecodeOptions(), batch_size=1, normalization=None)
+    with pytest.raises(ValueError, match=r"earlier run in .*beam.* Received: changed \['plan'\]"):
+        other.setup()  # a worker whose settings are not the folder's writes nothing
 
 
 def test_the_programs_beam_mode_writes_the_folder(setup, tmp_path, capsys, caplog):

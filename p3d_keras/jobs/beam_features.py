@@ -83,10 +83,10 @@ class _ExtractFn:
     loaded on the first call, once per instance (Beam keeps an instance per worker thread and
     reuses it for every bundle), and never pickled."""
 
-    def __init__(self, model, out, *, layers, plan, decode, batch_size, normalization):
+    def __init__(self, model, out, *, layers, plan, decode, batch_size, normalization, provenance_json=None):
         self.model, self.out, self.layers, self.plan = model, str(out), tuple(layers), dict(plan)
         self.decode, self.batch_size, self.normalization = decode, batch_size, normalization
-        self._ready = None
+        self.provenance, self._ready = provenance_json, None
 
     def __getstate__(self):
         return {**self.__dict__, "_ready": None}
@@ -101,7 +101,7 @@ class _ExtractFn:
         (pathlib.Path(self.out) / WORK_DIR).mkdir(parents=True, exist_ok=True)
         check_or_write_settings(pathlib.Path(self.out) / SETTINGS, settings, self.out)
         geometry = FrameGeometry(inference.metadata.resize_short_side, inference.metadata.crop_size)
-        self._ready = inference, plan, geometry, provenance(inference, settings)
+        self._ready = inference, plan, geometry, self.provenance or provenance(inference, settings)
 
     def __call__(self, row):
         if self._ready is None:
@@ -134,19 +134,23 @@ def _finish(entries, out):
 
 
 def build_pipeline(pipeline, items, model, out, *, layers=(models.FEATURE_LAYER,), window=None, stride=None,
-                   stride_seconds=None, decode=video.DecodeOptions(), batch_size=8, normalization=None):
+                   stride_seconds=None, decode=video.DecodeOptions(), batch_size=8, normalization=None,
+                   provenance_json=None):
     """Add the extraction of `items` (`sources.VideoItem`s or video paths) into the folder `out`
     to `pipeline` (a `beam.Pipeline`). `model` and `normalization`: `load_network`'s; the other
     arguments are `video_features.extract_video_features`'. Every item is decoded, except those
     whose file exists (`run` leaves out those an earlier run did or failed). The workers raise
-    ValueError when their network's settings differ from the folder's `settings.json`."""
+    ValueError when their network's settings differ from the folder's `settings.json` (they
+    write it into a new folder). `provenance_json` is stored in every file (`run` passes the
+    launcher's); None: each worker's own (`video_features.provenance`: a model folder's is the
+    same in every load, a network described on load says when it was loaded)."""
     import apache_beam as beam  # noqa: PLC0415 (optional extra: [beam])
 
     out = check_folder(out)
     rows = [dataclasses.astuple(item) for item in as_items(items)]  # plain tuples pickle on every runner
     plan = dict(window=window, stride=stride, stride_seconds=stride_seconds)
     extract = _ExtractFn(model, out, layers=layers, plan=plan, decode=decode, batch_size=batch_size,
-                         normalization=normalization)
+                         normalization=normalization, provenance_json=provenance_json)
     (pipeline
      | "Items" >> beam.Create(rows)
      | "Reshuffle" >> beam.Reshuffle()  # spread videos over workers
@@ -174,15 +178,15 @@ def run(items, model, out, *, layers=(models.FEATURE_LAYER,), window=None, strid
     out, items = check_folder(out), as_items(items)
     inference = VideoInference(load_network(model, normalization), layers, batch_size=batch_size)
     plan = inference.plan(window=window, stride=stride, stride_seconds=stride_seconds)
-    started = time.monotonic()
-    with output_folder(out, run_settings(inference, plan, decode)) as folder:
+    started, settings = time.monotonic(), run_settings(inference, plan, decode)
+    with output_folder(out, settings) as folder:
         todo = [item for _, item in pending(folder, items, retry_failed)]
         log.info("%d of %d videos to do (the others done before)", len(todo), len(items))
         if todo:
             with beam.Pipeline(options=PipelineOptions(list(pipeline_args))) as pipeline:
                 build_pipeline(pipeline, todo, model, folder, layers=layers, window=window, stride=stride,
                                stride_seconds=stride_seconds, decode=decode, batch_size=batch_size,
-                               normalization=normalization)
+                               normalization=normalization, provenance_json=provenance(inference, settings))
         else:
             write_lists(folder)
         entries = read_journal(folder)

@@ -34,6 +34,9 @@ window is not a failure: it gives ONE window that loops its frames (the library'
 written with `looped=True` and counted in the summary (`Summary.looped`). An error of the
 output side (no space left) stops the run (`OutputError`) without marking any video failed.
 
+Beyond one machine: `jobs.beam_features` writes the same folder with an Apache Beam pipeline,
+from the pieces here (`output_folder`, `pending`, `write_video`, the journal, `write_lists`).
+
 Memory: windows travel through a bounded queue and are batched across videos; a video's
 features `[N, D]` are all that is kept of it until its file is written.
 """

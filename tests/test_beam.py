@@ -9,7 +9,7 @@ beam_lib = pytest.importorskip("apache_beam")
 
 
 @pytest.mark.slow
-def test_direct_runner_writes_the_same_records(tmp_path):
+def test_the_pipeline_writes_the_same_records(tmp_path):
     from p3d_keras.tfrecords_tools import beam, index
     from p3d_keras.tfrecords_tools import inspection
 
@@ -19,7 +19,7 @@ def test_direct_runner_writes_the_same_records(tmp_path):
     label_map = sources.build_label_map(items)
     decode = video.DecodeOptions(size=(32, 48), max_frames=4)
     beam.run(items, label_map, str(tmp_path / "beam" / "data"), decode=decode, num_shards=2,
-             pipeline_args=["--runner=DirectRunner"])
+             pipeline_args=["--runner=FnApiRunner"])  # in process: DirectRunner would first try to download Prism
     local = writer.convert(items, label_map, tmp_path / "local", decode=decode, workers=0)
 
     def records(paths):

@@ -3,12 +3,15 @@
     p3d-extract-features --data shards/ --out features.npz --model runs/p3d/best        # shards
     p3d-extract-features --videos talks/ --out features/ --model runs/p3d/best \\
         --layers pool5,res5c --stride 0.5s --workers 4                                # videos
+    p3d-extract-features --csv list.csv --out /nfs/features/ --model hf://me/p3d --beam \\
+        -- --runner=FlinkRunner --flink_master=host:8081                              # videos, Beam
 
 Shard mode (`--data`): pool5 features per clip and their per-video mean into one .npz file
 (`jobs.features.extract_features`). Video mode (`--videos` a file or a folder, or `--csv` and
 `--layout` as p3d-tfrecords lists a collection): one file per video with each window's features
 and times, an index and failures.jsonl in the folder `--out`, resumable
-(`jobs.video_features.extract_video_features`).
+(`jobs.video_features.extract_video_features`). With `--beam`, the same video mode as an Apache
+Beam pipeline (`jobs.beam_features.run`); the arguments after `--` go to the Beam runner.
 
 The jobs are imported when they run: the decoding processes of the video mode import this module
 (spawn) and must not load TensorFlow.
@@ -20,6 +23,7 @@ import sys
 from p3d_keras.cli import common
 from p3d_keras.cli.progress import ProgressDisplay
 from p3d_keras.core.output_folder import OutputError
+from p3d_keras.tfrecords_tools.collection import FAILURES
 
 PROG = "p3d-extract-features"
 log = logging.getLogger(PROG)
@@ -43,6 +47,10 @@ def build_parser():
     group.add_argument("--retry-failed", action="store_true", help="decode again the videos that failed before")
     group.add_argument("--strict", action="store_true", help="exit 1 if any video failed")
     group.add_argument("--no-progress", action="store_true", help="plain log lines even on a terminal")
+    group.add_argument("--beam", action="store_true",
+                       help="run as an Apache Beam pipeline (the [beam] extra; --out a folder every worker sees); "
+                            "arguments after -- go to the Beam runner (default DirectRunner); --workers and "
+                            "--no-progress are the local run's")
     common.add_window_arguments(p)
     return p
 
@@ -86,11 +94,26 @@ def _video_mode(args):
             retry_failed=args.retry_failed, on_progress=display, **common.window_arguments(args))
     finally:
         display.close()
+    return _report(summary, args)
+
+
+def _beam_mode(args, pipeline_args):
+    from p3d_keras.jobs import beam_features  # noqa: PLC0415 (Keras and Beam: at run time, as the other modes)
+
+    summary = beam_features.run(_videos(args), common.model_spec(args), args.out, layers=args.layers,
+                                batch_size=args.batch_size, normalization=args.normalization,
+                                retry_failed=args.retry_failed, pipeline_args=pipeline_args,
+                                **common.window_arguments(args))
+    return _report(summary, args)
+
+
+def _report(summary, args):
+    """Print what a video run did (a `video_features.Summary`); the exit code."""
     p = summary.progress
     print(f"{p.written} videos written ({p.windows} windows, {p.looped} looped: shorter than a window), "
           f"{p.resumed} done before, {len(summary.failures)} failed -> {summary.out}")
     if summary.failures:
-        log.warning("%d videos failed; see %s", len(summary.failures), f"{summary.out}/{video_features.FAILURES}")
+        log.warning("%d videos failed; see %s", len(summary.failures), f"{summary.out}/{FAILURES}")
     return 1 if args.strict and summary.failures else 0
 
 
@@ -104,6 +127,8 @@ def _shard_mode(args):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, pipeline_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     args = build_parser().parse_args(argv)
 
     def job():
@@ -111,6 +136,12 @@ def main(argv=None):
         if (args.data is not None) == videos:
             raise ValueError(f"Expected either --data (shards) or --videos/--csv (video files). Received: "
                              f"{'both' if videos else 'neither'}")
+        if pipeline_args and not args.beam:
+            raise ValueError(f"Expected runner arguments after -- only with --beam. Received: {pipeline_args}")
+        if args.beam and not videos:
+            raise ValueError("Expected --beam with --videos/--csv (video files). Received: --data (shards)")
+        if args.beam:
+            return _beam_mode(args, pipeline_args)
         return _video_mode(args) if videos else _shard_mode(args)
 
     return common.run(PROG, job, done=lambda code: code, expected=(OutputError,))

@@ -34,10 +34,14 @@ window is not a failure: it gives ONE window that loops its frames (the library'
 written with `looped=True` and counted in the summary (`Summary.looped`). An error of the
 output side (no space left) stops the run (`OutputError`) without marking any video failed.
 
+Beyond one machine: `jobs.beam_features` writes the same folder with an Apache Beam pipeline,
+from the pieces here (`output_folder`, `pending`, `write_video`, the journal, `write_lists`).
+
 Memory: windows travel through a bounded queue and are batched across videos; a video's
 features `[N, D]` are all that is kept of it until its file is written.
 """
 import collections
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -277,32 +281,105 @@ def extract_video_features(model, videos, out, *, layers=(models.FEATURE_LAYER,)
     expect(isinstance(workers, int) and workers >= 0, "workers to be an int >= 0", workers=workers)
     inference = VideoInference(model, layers, batch_size=batch_size)
     plan = inference.plan(window=window, stride=stride, stride_seconds=stride_seconds)
+    settings = run_settings(inference, plan, decode)
+    with output_folder(out, settings) as out:
+        return _Run(inference, items, out, provenance(inference, settings)).run(
+            plan, decode, workers, retry_failed, on_progress)
+
+
+@contextlib.contextmanager
+def output_folder(out, settings):
+    """The folder `out` (a `pathlib.Path`) held by this run for the block: created, locked
+    (`core.output_folder.locked`), its `settings.json` written or checked against `settings`
+    (`run_settings`), its output-side OSErrors raised as `OutputError`. Raises ValueError when
+    `out` is a file or holds other settings, `OutputError` when another run holds it."""
     out = pathlib.Path(out)
     expect(not out.exists() or out.is_dir(), "out to be a folder (new or existing)", out=str(out))
-    settings = run_settings(inference, plan, decode)
     with output_side(out, WHAT):
         (out / WORK_DIR).mkdir(parents=True, exist_ok=True)
         with locked(out / WORK_DIR, WHAT):
             check_or_write_settings(out / SETTINGS, settings, out)
-            return _Run(inference, items, out, provenance(inference, settings)).run(
-                plan, decode, workers, retry_failed, on_progress)
+            yield out
+
+
+def write_video(out, item, done, inference, provenance_json):
+    """Write the file of a finished `_Video` of `item` into the folder `out` (atomically, its
+    folders made) and return its index entry (`video_file`)."""
+    data, entry = video_file(item, done, inference, provenance_json)
+    path = pathlib.Path(out) / entry["file"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, data)
+    return entry
+
+
+def entry_of_file(out, item):
+    """The journal entry of `item` whose file in the folder `out` exists (from the file)."""
+    data = read_features(pathlib.Path(out) / output_name(item.media_id))
+    return {"media_id": item.media_id, "path": item.path, "file": output_name(item.media_id),
+            "windows": len(data["timestamps"]), "seconds": data["seconds"], "looped": data["looped"],
+            "status": "done"}
+
+
+def pending(out, items, retry_failed=False):
+    """`(number, item)` of each of `items` still to do in the folder `out`: those without a file
+    (those an earlier run recorded as failed only with `retry_failed`). A file without its journal
+    line (a run killed between the two) gets its line."""
+    entries, todo = read_journal(out), []
+    for number, item in enumerate(items):
+        latest = entries.get(item.media_id)
+        if (pathlib.Path(out) / output_name(item.media_id)).exists():
+            if latest is None or "reason" in latest:  # killed between its file and its line
+                append_journal(out, [entry_of_file(out, item)])
+        elif latest is None or "reason" not in latest or retry_failed:
+            todo.append((number, item))
+    return todo
+
+
+def read_journal(out):
+    """The latest journal entry of each media id of the folder `out` (a line cut by a kill is
+    skipped, and ended so that the next entry starts a line of its own)."""
+    journal, entries = pathlib.Path(out) / WORK_DIR / JOURNAL, {}
+    if journal.exists():
+        with open(journal, "rb+") as f:
+            if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+        for line in journal.read_text(encoding="utf-8").splitlines():
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            entries[entry["media_id"]] = entry
+    return entries
+
+
+def append_journal(out, entries):
+    """Append `entries` (with their `status`: done or failed) to the journal of the folder `out`, synced."""
+    with open(pathlib.Path(out) / WORK_DIR / JOURNAL, "a", encoding="utf-8") as f:
+        f.write("".join(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n" for entry in entries))
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def write_lists(out):
+    """index.jsonl and failures.jsonl of the folder `out` from its journal (every run's videos,
+    by media id); returns the failures."""
+    entries = sorted(read_journal(out).values(), key=lambda e: e["media_id"])
+    done = [{k: v for k, v in e.items() if k != "status"} for e in entries if e["status"] == "done"]
+    failed = [failure(sources.VideoItem(e["path"], "", e["media_id"]), e["reason"])
+              for e in entries if e["status"] == "failed"]
+    for name, lines in ((INDEX, done), (FAILURES, failed)):
+        write_atomic(pathlib.Path(out) / name, "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n"
+                                                       for e in lines).encode("utf-8"))
+    return failed
 
 
 class _Run:
     def __init__(self, inference, items, out, provenance_json):
         self.inference, self.items, self.out, self.provenance = inference, items, out, provenance_json
-        self.journal = out / WORK_DIR / JOURNAL
 
     def run(self, plan, decode, workers, retry_failed, on_progress):
-        entries = self._read_journal()
-        todo = []
-        for number, item in enumerate(self.items):
-            latest = entries.get(item.media_id)
-            if (self.out / output_name(item.media_id)).exists():
-                if latest is None or "reason" in latest:  # killed between its file and its line
-                    self._append(self._entry_of_file(item))
-            elif latest is None or "reason" not in latest or retry_failed:
-                todo.append(Task(number, item.path, item.start, item.end))
+        todo = [Task(number, item.path, item.start, item.end)
+                for number, item in pending(self.out, self.items, retry_failed)]
         progress = Progress(len(self.items) - len(todo), len(self.items), len(self.items) - len(todo))
         if progress.resumed:
             log.info("Resuming: %d of %d videos already done", progress.resumed, progress.total)
@@ -315,14 +392,11 @@ class _Run:
                 item = self.items[number]
                 if done is None:
                     log.warning("Skipped %s: %s", item.path, reason)
-                    self._append({**failure(item, reason), "status": "failed"})
+                    append_journal(self.out, [{**failure(item, reason), "status": "failed"}])
                     progress.failed += 1
                 else:
-                    data, entry = video_file(item, done, self.inference, self.provenance)
-                    path = self.out / entry["file"]
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    write_atomic(path, data)
-                    self._append({**entry, "status": "done"})
+                    entry = write_video(self.out, item, done, self.inference, self.provenance)
+                    append_journal(self.out, [{**entry, "status": "done"}])
                     progress.written, progress.looped = progress.written + 1, progress.looped + done.looped
                     progress.windows += entry["windows"]
                 progress.done += 1
@@ -332,44 +406,4 @@ class _Run:
         finally:
             stream.close()
         progress.elapsed_s = time.monotonic() - started
-        return Summary(str(self.out), progress, self._write_lists())
-
-    def _read_journal(self):
-        """The latest journal entry of each media id (a line cut by a kill is skipped, and ended
-        so that the next entry starts a line of its own)."""
-        entries = {}
-        if self.journal.exists():
-            with open(self.journal, "rb+") as f:
-                if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-                    f.write(b"\n")
-            for line in self.journal.read_text(encoding="utf-8").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                entries[entry["media_id"]] = entry
-        return entries
-
-    def _append(self, entry):
-        with open(self.journal, "a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-    def _entry_of_file(self, item):
-        data = read_features(self.out / output_name(item.media_id))
-        return {"media_id": item.media_id, "path": item.path, "file": output_name(item.media_id),
-                "windows": len(data["timestamps"]), "seconds": data["seconds"], "looped": data["looped"],
-                "status": "done"}
-
-    def _write_lists(self):
-        """index.jsonl and failures.jsonl from the journal (every run's videos, by media id);
-        returns the failures."""
-        entries = sorted(self._read_journal().values(), key=lambda e: e["media_id"])
-        done = [{k: v for k, v in e.items() if k != "status"} for e in entries if e["status"] == "done"]
-        failed = [failure(sources.VideoItem(e["path"], "", e["media_id"]), e["reason"])
-                  for e in entries if e["status"] == "failed"]
-        for name, lines in ((INDEX, done), (FAILURES, failed)):
-            write_atomic(self.out / name, "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n"
-                                                  for e in lines).encode("utf-8"))
-        return failed
+        return Summary(str(self.out), progress, write_lists(self.out))

@@ -11,7 +11,8 @@ from p3d_keras.applications import P3DResNet
 from p3d_keras.cli import extract_features
 from p3d_keras.jobs import models
 from p3d_keras.jobs.model_folder import save_model_folder
-from p3d_keras.jobs.video_features import extract_video_features, read_features
+from p3d_keras.jobs.feature_files import read_features
+from p3d_keras.jobs.video_features import extract_video_features
 from p3d_keras.tfrecords_tools import video
 from test_predict import bad_video
 from test_video_features import write_videos

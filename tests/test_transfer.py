@@ -1,6 +1,7 @@
 """Transfer evaluation (`jobs.transfer`, `p3d-transfer`): the linear SVM on separable and on random
 features, both feature-file formats of p3d-extract-features, bad inputs, the t-SNE picture."""
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -150,3 +151,10 @@ def test_transfer_program_errors_exit_2(tmp_path, caplog, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn", None)  # `import sklearn...` raises ImportError
     assert transfer_cli.main(["--train", train, "--test", train, "--out", str(tmp_path)]) == 2
     assert "Expected scikit-learn (pip install 'p3d_keras[transfer]')" in caplog.text
+
+
+def test_the_program_never_loads_tensorflow():
+    """Reading feature files needs NumPy only (`jobs.feature_files`): no TensorFlow start-up lines."""
+    code = "import sys, p3d_keras.cli.transfer; print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout

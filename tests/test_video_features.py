@@ -11,7 +11,8 @@ from p3d_keras import load_model
 from p3d_keras.applications import P3DResNet
 from p3d_keras.core.output_folder import WORK_DIR
 from p3d_keras.jobs import synthetic, video_features
-from p3d_keras.jobs.video_features import extract_video_features, output_name, read_features
+from p3d_keras.jobs.feature_files import read_features
+from p3d_keras.jobs.video_features import extract_video_features, output_name
 from p3d_keras.jobs.video_inference import VideoInference
 from p3d_keras.tfrecords_tools import sources
 from test_predict import bad_video

@@ -10,7 +10,7 @@ also brings matplotlib for the pictures).
 Feature files, as `p3d-extract-features` writes them:
 - shards mode: one `.npz` with `video_features [V, D]`, `video_labels [V]` (class indices) and
   `video_ids [V]`. Class names from `labels_file` (indices into it), else the indices.
-- video mode: a folder of per-video `.npz` files (`jobs.video_features.read_features`); a video's
+- video mode: a folder of per-video `.npz` files (`jobs.feature_files.read_features`); a video's
   feature is the mean of its windows' `features/<layer>` rows. Its class is the `labels_csv`
   row of its media id (`media_id,label` rows; a `media_id,label` header line is skipped), else
   the name of the folder holding the video (the media id `class/video` of a `<root>/<class>/`
@@ -34,7 +34,7 @@ import numpy as np
 from p3d_keras.core.checks import check_choice, expect
 from p3d_keras.core.labels import read_label_file
 from p3d_keras.core.output_folder import WORK_DIR
-from p3d_keras.jobs import metrics, reports, video_features
+from p3d_keras.jobs import feature_files, metrics, reports
 
 log = logging.getLogger(__name__)
 
@@ -111,14 +111,14 @@ def _pick_layer(layers, layer, file):
 
 
 def _video_folder_features(folder, layer, labels):
-    files = sorted(p for p in pathlib.Path(folder).rglob(f"*{video_features.SUFFIX}")
+    files = sorted(p for p in pathlib.Path(folder).rglob(f"*{feature_files.SUFFIX}")
                    if WORK_DIR not in p.relative_to(folder).parts)
     expect(bool(files), "a folder of per-video feature files (p3d-extract-features --videos --out)",
            folder=str(folder), files=0)
     rows, ids = [], []
     for file in files:
         try:
-            video = video_features.read_features(file)
+            video = feature_files.read_features(file)
         except (KeyError, ValueError, OSError) as error:
             raise ValueError(f"Expected a per-video feature file of p3d-extract-features. Received: {file} "
                              f"({type(error).__name__}: {error})") from None

@@ -15,7 +15,7 @@ The output folder `out`:
   `fps`, `seconds` (what the decoded frames cover), `media_id`, `path`, `looped`, and
   `provenance` (a JSON string: the model's metadata provenance and architecture, the layers,
   the window plan and the decode options). Written atomically: a file that exists is complete.
-  `read_features` reads one back.
+  `feature_files.read_features` reads one back.
 - `index.jsonl`: one line per finished video (media_id, path, file, windows, seconds, looped);
   `failures.jsonl`: one line per failed video (path, media_id, reason), as the converter's.
   Both are written at the end of a run (from `.work/journal.jsonl`, which the run appends to as
@@ -44,7 +44,6 @@ import collections
 import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -59,6 +58,7 @@ from p3d_keras.core.checks import expect
 from p3d_keras.core.files import write_atomic
 from p3d_keras.core.output_folder import WORK_DIR, check_or_write_settings, locked, output_side
 from p3d_keras.jobs import models, window_workers
+from p3d_keras.jobs.feature_files import SUFFIX, encode_features, read_features
 from p3d_keras.jobs.video_inference import VideoInference
 from p3d_keras.jobs.window_workers import DONE, FAILED, WINDOW, FrameGeometry, Task
 from p3d_keras.tfrecords_tools import sources, video
@@ -68,11 +68,9 @@ from p3d_keras.version import __version__
 log = logging.getLogger(__name__)
 
 FORMAT = 1  # of the files and settings; part of the settings
-FEATURES = "features/"  # npz key prefix: features/<layer>
 INDEX = "index.jsonl"
 SETTINGS = "settings.json"
 JOURNAL = "journal.jsonl"  # in .work: one line per video as it ends
-SUFFIX = ".npz"
 WHAT = "feature extraction"  # the job, in the messages of core.output_folder
 _SAFE = frozenset(string.ascii_letters + string.digits + "-_.@+=,")
 _MAX_NAME = 200  # bytes of one path component, below every file system's 255
@@ -167,29 +165,6 @@ def provenance(inference, settings):
     return json.dumps({**settings, "model": {**settings["model"], "provenance": inference.metadata.provenance,
                                              "weights_sha256": inference.metadata.weights_sha256},
                        "p3d_keras": __version__}, sort_keys=True)
-
-
-def encode_features(item, features, timestamps, decoded, looped, provenance_json):
-    """The bytes of one video's file (the module docstring says what it holds): `features`
-    `{layer: [N, D]}`, `timestamps` `[N, 2]` seconds, `decoded` a `window_workers.Decoded`."""
-    buffer = io.BytesIO()
-    np.savez(buffer, **{f"{FEATURES}{name}": np.asarray(value, "float32") for name, value in features.items()},
-             timestamps=np.asarray(timestamps, "float64").reshape(-1, 2), fps=np.float64(decoded.fps),
-             seconds=np.float64(decoded.seconds), media_id=np.str_(item.media_id), path=np.str_(item.path),
-             looped=np.bool_(looped), provenance=np.str_(provenance_json))
-    return buffer.getvalue()
-
-
-def read_features(path):
-    """One video's file as a dict: `features` `{layer: [N, D]}`, `timestamps`, `fps`, `seconds`,
-    `media_id`, `path`, `looped` (Python values) and `provenance` (parsed)."""
-    with np.load(path) as data:
-        result = {"features": {k[len(FEATURES):]: data[k] for k in data.files if k.startswith(FEATURES)},
-                  "timestamps": data["timestamps"]}
-        result.update(fps=float(data["fps"]), seconds=float(data["seconds"]), media_id=str(data["media_id"]),
-                      path=str(data["path"]), looped=bool(data["looped"]),
-                      provenance=json.loads(str(data["provenance"])))
-    return result
 
 
 @dataclasses.dataclass

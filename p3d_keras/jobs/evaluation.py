@@ -39,12 +39,10 @@ def evaluation_report(scores, labels, video_ids, class_names):
     return report
 
 
-def save_confusion_png(matrix, class_names, path):
-    """Draw a labelled confusion-matrix heat map (rows: true class, columns: predicted) into `path`.
-
-    Returns `path`, or None when matplotlib (the `p3d_keras[plots]` extra) is not installed: then
-    nothing is drawn and one warning says which extra to install.
-    """
+def pyplot(path):
+    """`matplotlib.pyplot` on the Agg backend, to draw `path`; None when matplotlib (the
+    `p3d_keras[plots]` extra) is not installed, after one warning that `path` is not drawn and
+    which extra to install."""
     try:
         import matplotlib  # noqa: PLC0415 (the optional [plots] extra)
     except ImportError:
@@ -52,8 +50,20 @@ def save_confusion_png(matrix, class_names, path):
         return None
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    import matplotlib.pyplot as plt  # noqa: PLC0415 (the optional [plots] extra)
 
+    return plt
+
+
+def save_confusion_png(matrix, class_names, path):
+    """Draw a labelled confusion-matrix heat map (rows: true class, columns: predicted) into `path`.
+
+    Returns `path`, or None when matplotlib (the `p3d_keras[plots]` extra) is not installed: then
+    nothing is drawn and one warning says which extra to install.
+    """
+    plt = pyplot(path)
+    if plt is None:
+        return None
     matrix = np.asarray(matrix, dtype="float64")
     rates = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.35 * len(class_names) + 2)

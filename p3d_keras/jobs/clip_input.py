@@ -1,6 +1,7 @@
-"""A video's uint8 frames -> the model's input, as the exported SavedModel does it in its graph and
-`p3d-predict` does it outside: the centre window of `T_model` frames, a resize of the short side
-(bilinear, no antialiasing), a centre crop, then `p3d_keras.core.normalization.normalize`."""
+"""A video's uint8 frames -> the model's input, as the exported SavedModel does it in its graph: the
+centre window of `T_model` frames, a resize of the short side (bilinear, no antialiasing), a centre
+crop, then `p3d_keras.core.normalization.normalize` (`jobs.video_inference` prepares the frames of
+a Keras network the same way, with PyAV's scaler)."""
 import tensorflow as tf
 
 from p3d_keras.core.normalization import normalize

@@ -206,7 +206,7 @@ def annotate_video(source, out, times, probabilities, class_names=None, *, decod
             k = max(bisect.bisect_right(starts, frame.time_us / 1e6 + 1e-9) - 1, 0)
             image = Image.fromarray(np.pad(frame.pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge"))
             draw = ImageDraw.Draw(image)
-            text = f"{_label(class_names, int(best[k]))} {confidence[k]:.0%}  {frame.time_us / 1e6:.1f}s"
+            text = f"{_label(class_names, int(best[k]))}  {confidence[k]:.0%}   {frame.time_us / 1e6:.1f} s"
             *_, right, bottom = draw.textbbox((4, 4), text, font=font)
             draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
             draw.text((4, 4), text, fill=(255, 255, 255), font=font)

@@ -105,8 +105,9 @@ def draw_timeline(path, times, probabilities, class_names=None, *, thumbnails=()
                   title=None):
     """Draw a video's predictions over time into the PNG `path` (`FIGURE_SIZE` at `DPI`).
 
-    The `top` classes (those reaching the highest probability in some window) as lines of
-    probability against time (seconds; each window at its centre), a legend of their names;
+    The `top` classes (those that are top-1 in the most windows, then those reaching the highest
+    probability) as lines of probability against time (seconds; each window at its centre), a
+    legend of their names (and of the other classes in the bars);
     below, the predicted `segments` (and `true_segments`, `[(start, end, label)]`, when given) as
     coloured bars; above, the `thumbnails` (`[(time, image)]`) in a strip, each joined to its time
     by a line and the time marked by a dotted rule. Returns `path`, or None without matplotlib
@@ -116,7 +117,8 @@ def draw_timeline(path, times, probabilities, class_names=None, *, thumbnails=()
     plt = pyplot(path)
     if plt is None:
         return None
-    shown = [int(i) for i in np.argsort(-probabilities.max(axis=0), kind="stable")[:top]]
+    wins = np.bincount(probabilities.argmax(axis=1), minlength=probabilities.shape[1])
+    shown = [int(i) for i in np.lexsort((-probabilities.max(axis=0), -wins))[:top]]
     predicted = segments(times, probabilities, class_names)
     truth = [(float(s), float(e), str(label)) for s, e, label in (true_segments or ())]
     colours = _colours([_label(class_names, i) for i in shown] + [s.label for s in predicted]
@@ -135,7 +137,9 @@ def draw_timeline(path, times, probabilities, class_names=None, *, thumbnails=()
     plot.set(xlim=(0, end), ylim=(0, 1.02), ylabel="probability")
     plot.tick_params(labelbottom=False)
     plot.grid(alpha=0.3)
-    plot.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, title=f"top {len(shown)} classes")
+    others = [_patch(colours[label], label) for label in colours if label not in {_label(class_names, i) for i in shown}]
+    plot.legend(handles=plot.get_legend_handles_labels()[0] + others, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                frameon=False, title=f"top {len(shown)} classes" + (" (+ in the bars)" if others else ""))
 
     bars = figure.add_subplot(grid[2], sharex=plot)
     rows = [("predicted", [(s.start, s.end, s.label) for s in predicted])] + ([("true", truth)] if truth else [])
@@ -173,6 +177,12 @@ def _joining_line(box, plot, second):
                            color="0.3", linewidth=0.8, linestyle=":")
 
 
+def _patch(colour, label):
+    from matplotlib.patches import Patch  # noqa: PLC0415 (the optional [plots] extra)
+
+    return Patch(color=colour, label=label)
+
+
 def _colours(labels):
     """A colour per distinct label, in order of first appearance (tab10, then grey)."""
     from matplotlib import colormaps  # noqa: PLC0415 (the optional [plots] extra)
@@ -184,8 +194,8 @@ def _colours(labels):
 
 def annotate_video(source, out, times, probabilities, class_names=None, *, decode=video.DecodeOptions()):
     """Write a copy of the video file `source` to the mp4 `out` (atomically), every frame with its
-    current window's top-1 label, probability and time drawn on it: the window that started last at
-    or before the frame (the last window for the frames after it). Frames are read, drawn and
+    current window's top-1 label and probability drawn on it (in its top left corner): the window
+    that started last at or before the frame (the last window for the frames after it). Frames are read, drawn and
     encoded one at a time (`synthetic.video_writer`, H.264), at the source's own size (an odd side
     padded by one pixel) and frame rate (from its first frame's duration); `decode` gives the
     threads (the copy has every frame of the source, not `decode.fps`'s). Returns `out`. Raises
@@ -194,19 +204,19 @@ def annotate_video(source, out, times, probabilities, class_names=None, *, decod
 
     times, probabilities = _check(times, probabilities)
     starts = list(times[:, 0])
-    best, confidence = probabilities.argmax(axis=1), probabilities.max(axis=1)
+    texts = [f"{_label(class_names, int(i))}  {p:.0%}" for i, p in zip(probabilities.argmax(axis=1),
+                                                                      probabilities.max(axis=1))]
     frames = iter(video_frames(source, None, video.DecodeOptions(threads=decode.threads)))
     first = next(frames)
     height, width = first.pixels.shape[:2]
     rate = fractions.Fraction(1_000_000, first.duration_us or 40_000).limit_denominator(1001)
-    font = _font(max(10, min(height, width) // 14))
+    font = _font(max(texts, key=len), max(10, min(height, width) // 14), width - 8)
     with atomic_path(out, suffix=".mp4") as tmp, synthetic.video_writer(tmp, height + height % 2, width + width % 2,
                                                                          fps=rate) as write:
         for frame in itertools.chain([first], frames):
-            k = max(bisect.bisect_right(starts, frame.time_us / 1e6 + 1e-9) - 1, 0)
+            text = texts[max(bisect.bisect_right(starts, frame.time_us / 1e6 + 1e-9) - 1, 0)]
             image = Image.fromarray(np.pad(frame.pixels, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge"))
             draw = ImageDraw.Draw(image)
-            text = f"{_label(class_names, int(best[k]))}  {confidence[k]:.0%}   {frame.time_us / 1e6:.1f} s"
             *_, right, bottom = draw.textbbox((4, 4), text, font=font)
             draw.rectangle((0, 0, right + 4, bottom + 4), fill=(0, 0, 0))
             draw.text((4, 4), text, fill=(255, 255, 255), font=font)
@@ -214,11 +224,14 @@ def annotate_video(source, out, times, probabilities, class_names=None, *, decod
     return out
 
 
-def _font(size):
-    """PIL's default font at `size` pixels (a bitmap font on a Pillow too old to scale it)."""
+def _font(text, size, width):
+    """PIL's default font at `size` pixels, smaller if `text` would be wider than `width` (at
+    least 6 pixels; a fixed bitmap font on a Pillow too old to scale it)."""
     from PIL import ImageFont  # noqa: PLC0415 (the optional [video] extra)
 
     try:
-        return ImageFont.load_default(size=size)
+        font = ImageFont.load_default(size=size)
     except TypeError:  # Pillow < 10.1
         return ImageFont.load_default()
+    wide = font.getlength(text)
+    return font if wide <= width else ImageFont.load_default(size=max(6, int(size * width / wide)))

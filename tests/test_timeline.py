@@ -37,7 +37,8 @@ def test_overlapping_windows_give_segments_that_touch():
     assert [(s.start, s.end, s.label) for s in found] == [(0.0, 1.0, "run"), (1.0, 3.5, "jump")]
 
 
-@pytest.mark.parametrize("times, probabilities", [(np.zeros((0, 2)), np.zeros((0, 3))), (np.zeros((2, 3)), np.zeros((2, 3))),
+@pytest.mark.parametrize("times, probabilities", [(np.zeros((0, 2)), np.zeros((0, 3))),
+                                                  (np.zeros((2, 3)), np.zeros((2, 3))),
                                                   (np.zeros((2, 2)), np.zeros((3, 3)))])
 def test_bad_arrays_raise(times, probabilities):
     with pytest.raises(ValueError, match="Expected .* Received: "):

@@ -137,7 +137,8 @@ def draw_timeline(path, times, probabilities, class_names=None, *, thumbnails=()
     plot.set(xlim=(0, end), ylim=(0, 1.02), ylabel="probability")
     plot.tick_params(labelbottom=False)
     plot.grid(alpha=0.3)
-    others = [_patch(colours[label], label) for label in colours if label not in {_label(class_names, i) for i in shown}]
+    lines = {_label(class_names, i) for i in shown}
+    others = [_patch(colours[label], label) for label in colours if label not in lines]
     plot.legend(handles=plot.get_legend_handles_labels()[0] + others, loc="upper left", bbox_to_anchor=(1.01, 1.0),
                 frameon=False, title=f"top {len(shown)} classes" + (" (+ in the bars)" if others else ""))
 

@@ -71,6 +71,8 @@ def test_a_saved_model_without_metadata_takes_the_clip_length_from_its_graph(tin
                                  stride=8)
     assert served.class_names is None and served.top(1)[0][1] == str(served.top(1)[0][0])  # class numbers
     np.testing.assert_allclose(served.probabilities, kept.probabilities, atol=1e-5)
+    with pytest.raises(ValueError, match=f"Expected an exported SavedModel version folder .* Received: '{tmp_path}'"):
+        predict.SavedModelInference(tmp_path)
 
 
 def test_timeline_of_a_real_video(tiny_classifier, tmp_path, capsys):

@@ -19,7 +19,6 @@ current label drawn on it (`jobs.timeline.annotate_video`).
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import re
 
@@ -35,7 +34,6 @@ from p3d_keras.jobs.video_inference import (PROBABILITIES, VideoInference, Windo
                                             video_frames)
 from p3d_keras.tfrecords_tools import video
 
-log = logging.getLogger(__name__)
 
 # The assertion of `clip_input.make_preprocess` in an exported graph: it names the clip length.
 CLIP_LENGTH_ASSERTION = re.compile(rb"Expected at least (\d+) frames")

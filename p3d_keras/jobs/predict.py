@@ -97,7 +97,8 @@ def video_errors(path):
     try:
         yield
     except video.VideoError as error:
-        raise ValueError(f"Expected a video file that PyAV can decode. Received: {path!r}: {error}") from error
+        raise ValueError(f"Expected a video file that PyAV can decode. Received: {os.fspath(path)!r}: "
+                         f"{error}") from error
 
 
 @dataclasses.dataclass(frozen=True)

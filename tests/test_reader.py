@@ -188,8 +188,8 @@ def test_resized_uint8_clips_are_the_float32_clips_rounded(shards):
 
 
 def test_end_to_end_from_converter_output(tmp_path):
-    from p3d_keras.jobs import predict
     from p3d_keras.jobs import synthetic
+    from p3d_keras.jobs.video_inference import video_frames
     from p3d_keras.tfrecords_tools import sources, video, writer
 
     rng = np.random.default_rng(0)
@@ -215,7 +215,7 @@ def test_end_to_end_from_converter_output(tmp_path):
             seen.setdefault(media_id.decode(), []).append((clip, label))
     assert len(seen) == 4 and all(len(v) == 2 for v in seen.values())
     item = next(i for i in items if i.media_id in seen)
-    source = predict.read_video(item.path)  # 20 frames; window 0 of 2 starts at frame 1
+    source = np.stack([f.pixels for f in video_frames(item.path, None)])  # 20 frames; window 0 of 2 starts at 1
     clip, label = seen[item.media_id][0]
     assert label == label_map[item.label]
     error = np.abs(clip * 255 - source[1:17]).mean()

@@ -75,11 +75,11 @@ def test_predict_uses_the_folders_normalization_and_labels(imagenet_run, tmp_pat
     video = tmp_path / "clip.mp4"
     synthetic.write_video(video, synthetic.render_clip("move_left", np.random.default_rng(1), frames=24, size=48))
     folder = imagenet_run / "best"
-    results = [predict.predict_video(str(video), spec=ModelSpec(model=str(folder)), top=3),
+    results = [predict.predict_video(str(video), spec=ModelSpec(model=str(folder))).top(3),
                predict.predict_video(str(video), spec=ModelSpec(model=str(folder / MODEL_FILE)),
-                                     normalization="imagenet", top=3),
+                                     normalization="imagenet").top(3),
                predict.predict_video(str(video), spec=ModelSpec(model=str(folder / MODEL_FILE)),
-                                     normalization="caffe", top=3)]
+                                     normalization="caffe").top(3)]
     assert [label for _, label, _ in results[0]] != ["0", "1", "2"]  # the folder's class names
     assert [(i, p) for i, _, p in results[0]] == [(i, p) for i, _, p in results[1]]
     assert [p for *_, p in results[0]] != [p for *_, p in results[2]]

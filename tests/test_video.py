@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import tfrecords_fixtures as fx
-from p3d_keras.jobs import predict
+from p3d_keras.jobs.video_inference import video_frames
 from p3d_keras.tfrecords_tools import video
 
 
@@ -92,7 +92,7 @@ def test_bad_options_raise(kwargs):
 @pytest.mark.parametrize("rotation, hflip", [(90, False), (-90, False), (180, False), (None, True), (90, True)])
 def test_display_matrix_is_applied_frames_stored_upright(tmp_path, rotation, hflip):
     """A phone video (its frames stored sideways, a display matrix saying how to show them)
-    is encoded as displayed, by the converter's path and by p3d-predict's read_video."""
+    is encoded as displayed, by the converter's path and by video_inference's (p3d-predict's)."""
     path = fx.make_video(tmp_path / "phone", "h264", num_frames=4, rotation=rotation, hflip=hflip)
     expected = np.stack([fx.displayed(fx.synthetic_frame(i), rotation, hflip) for i in range(4)]).astype(np.float32)
     clip = video.encode_clip(path, video.DecodeOptions(short_side=48, jpeg_quality=95))
@@ -102,7 +102,7 @@ def test_display_matrix_is_applied_frames_stored_upright(tmp_path, rotation, hfl
     as_decoded = np.stack([fx.synthetic_frame(i) for i in range(4)])
     if as_decoded.shape == stored.shape:  # the pattern tells orientations apart
         assert np.abs(stored - as_decoded).mean() > 30
-    frames = predict.read_video(str(path))
+    frames = np.stack([frame.pixels for frame in video_frames(str(path), None)])
     assert frames.shape == (4, *expected.shape[1:]) and frames.dtype == np.uint8
     assert np.abs(frames - expected).mean() < 12
 
@@ -134,8 +134,8 @@ def test_dangling_symlink_folder_and_fifo_are_failed_videos_never_opened(tmp_pat
         "not a regular file (a folder, FIFO, socket or device)",
         "not a regular file (a folder, FIFO, socket or device)",
     ]
-    with pytest.raises(ValueError, match=r"Expected a video file that PyAV can decode. Received: '.*dangling.mp4': dangling"):
-        predict.read_video(str(tmp_path / "dangling.mp4"))
+    with pytest.raises(video.VideoError, match=r"^dangling symlink to '.*gone.mp4'"):
+        next(video_frames(str(tmp_path / "dangling.mp4"), None))
 
 
 REASONS = """

@@ -4,7 +4,7 @@ Decoded frames are encoded and dropped one at a time; `stream_clip` hands each J
 (the converter writes it to a file), so memory does not grow with the video's length, and
 `encode_clip` keeps the JPEGs of a clip in memory. Frames are turned upright as they are
 displayed: a display matrix (a phone video's 90 degree rotation, a mirror) is applied
-(`upright_image`, also what `p3d_keras.jobs.predict.read_video` reads frames with).
+(`upright_image`, also what `p3d_keras.jobs.video_inference.video_frames` reads frames with).
 """
 import dataclasses
 import io

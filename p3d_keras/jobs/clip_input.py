@@ -1,7 +1,8 @@
-"""A video's uint8 frames -> the model's input, as the exported SavedModel does it in its graph and
-`p3d-predict` does it outside: the centre window of `T_model` frames (the evaluation reader's, one clip
-per video: `tfrecords_tools.sampling.evaluation_indices`), a resize of the short side (bilinear, no
-antialiasing), a centre crop, then `p3d_keras.core.normalization.normalize`. The same from serialised
+"""A video's uint8 frames -> the model's input, as the exported SavedModel does it in its graph: the
+centre window of `T_model` frames (the evaluation reader's, one clip per video:
+`tfrecords_tools.sampling.evaluation_indices`), a resize of the short side (bilinear, no
+antialiasing), a centre crop, then `p3d_keras.core.normalization.normalize` (`jobs.video_inference`
+prepares the frames of a Keras network the same way, with PyAV's scaler). The same from serialised
 records of the converter's format (`make_record_preprocess`: the SavedModel's `serving_encoded`)."""
 import tensorflow as tf
 

@@ -23,6 +23,7 @@ from p3d_keras.applications import top_classes
 from p3d_keras.core.labels import read_label_file
 from p3d_keras.jobs import evaluation, export, predict, synthetic, training
 from p3d_keras.jobs.models import ModelSpec, parse_depth
+from p3d_keras.jobs.video_inference import video_frames
 from p3d_keras.tfrecords_tools import collection, sources, video, writer
 
 log = logging.getLogger(__name__)
@@ -123,9 +124,8 @@ def run_demo(out, cfg=DemoConfig()):
     labels = collection.collection_labels(os.path.join(records, "train"))
     log.info("5/5 classifying a held-out video through the SavedModel")
     sample = os.path.join(videos, "test", synthetic.CLASSES[1], f"{synthetic.CLASSES[1]}_0000.mp4")
-    frames = predict.read_video(sample)
-    probabilities, _ = predict.saved_model_probabilities(frames, saved)
-    top = top_classes(probabilities, labels, 3)
+    top = top_classes(predict.predict_video(sample, saved_model=saved).mean, labels, 3)
+    frames = np.stack([frame.pixels for frame in video_frames(sample, None)])  # a short clip: all of it
     picture = draw_prediction(frames, f"{os.path.basename(sample)}: predicted {top[0][1]} ({top[0][2]:.0%})",
                               os.path.join(out, "prediction.png"))
     summary = {

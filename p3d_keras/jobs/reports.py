@@ -15,7 +15,7 @@ REPORT = "report.json"
 CONFUSION_PNG = "confusion_matrix.png"
 
 
-def _pyplot(path):
+def pyplot(path):
     """matplotlib.pyplot on the Agg backend, or None (with a warning that `path` is not drawn)
     when matplotlib is not installed."""
     try:
@@ -35,7 +35,7 @@ def save_confusion_png(matrix, class_names, path):
     Returns `path`, or None when matplotlib (the `p3d_keras[plots]` extra) is not installed: then
     nothing is drawn and one warning says which extra to install.
     """
-    plt = _pyplot(path)
+    plt = pyplot(path)
     if plt is None:
         return None
     matrix = np.asarray(matrix, dtype="float64")
@@ -63,7 +63,7 @@ def save_embedding_png(points, labels, class_names, path, *, title=None):
     """Draw 2-D `points [N, 2]` as dots coloured by class (`labels [N]` index `class_names`), with
     a legend of the classes present (at most 40 entries), into `path`. Returns `path`, or None
     without matplotlib (as `save_confusion_png`)."""
-    plt = _pyplot(path)
+    plt = pyplot(path)
     if plt is None:
         return None
     points, labels = np.asarray(points), np.asarray(labels)

@@ -18,11 +18,13 @@ random generator state even the first frames are identical. A clip played backwa
 the opposite class (left <-> right, cw <-> ccw, approach <-> recede) with the same distribution,
 so a model that ignores frame order is at chance within each pair.
 
-`render_clip` makes one clip as a NumPy array, `write_video` writes frames to an mp4 with PyAV,
+`render_clip` makes one clip as a NumPy array, `write_video` writes frames to an mp4 with PyAV
+(`video_writer` one frame at a time, for a video of any length),
 and `make_motion_dataset` writes `root/<split>/<class>/<class>_<i:04d>.mp4` trees that the
 folder-per-class converter reads.
 """
 import concurrent.futures
+import contextlib
 import json
 import logging
 import multiprocessing
@@ -227,17 +229,28 @@ def write_video(path, frames, *, fps=25, codec="h264"):
     H and W must be even (4:2:0 chroma subsampling). With libx264 or mpeg4 the bytes are a pure
     function of the arguments (see `rgb_to_yuv420p`).
     """
-    import av  # noqa: PLC0415 (optional dependency: the `video` extra)
-
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
         raise ValueError(
             "Expected uint8 frames of shape (T, H, W, 3) with T >= 1. "
             f"Received: frames.shape={frames.shape}, frames.dtype={frames.dtype}"
         )
-    height, width = frames.shape[1:3]
+    with video_writer(path, frames.shape[1], frames.shape[2], fps=fps, codec=codec) as write:
+        for frame in frames:
+            write(frame)
+
+
+@contextlib.contextmanager
+def video_writer(path, height, width, *, fps=25, codec="h264"):
+    """A context giving `write(frame)`, which encodes one uint8 RGB `frame` (height, width, 3)
+    into the mp4 file `path` (yuv420p) at once, so a video of any length is written in constant
+    memory; the file is complete when the context exits. `fps` is an int or a `Fraction`;
+    `codec` as in `write_video`. Raises ValueError for an odd height or width (4:2:0 chroma
+    subsampling), an unknown codec, or a frame of another shape."""
+    import av  # noqa: PLC0415 (optional dependency: the `video` extra)
+
     if height % 2 or width % 2:
-        raise ValueError(f"Expected an even frame height and width (yuv420p). Received: frames.shape={frames.shape}")
+        raise ValueError(f"Expected an even frame height and width (yuv420p). Received: {height}x{width} ({path})")
     if codec not in CODECS:
         raise ValueError(f"Unknown codec. Expected one of {list(CODECS)}. Received: codec={codec!r}")
     name, options, attributes = _encoder(codec)
@@ -246,8 +259,14 @@ def write_video(path, frames, *, fps=25, codec="h264"):
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         for key, value in attributes.items():
             setattr(stream.codec_context, key, value)
-        for frame in frames:
+
+        def write(frame):
+            if frame.shape != (height, width, 3) or frame.dtype != np.uint8:
+                raise ValueError(f"Expected a uint8 frame of shape {(height, width, 3)}. Received: "
+                                 f"shape {frame.shape}, dtype {frame.dtype} ({path})")
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb_to_yuv420p(frame), format="yuv420p")))
+
+        yield write
         container.mux(stream.encode())
 
 

@@ -20,7 +20,8 @@ from p3d_keras.tfrecords_tools import video
 class Frame:
     """One decoded frame: presentation time and duration in microseconds from the video's start
     (the duration is the time to the next frame; for the last one, its own duration or the one
-    before), and the uint8 RGB pixels `[crop, crop, 3]` the network sees."""
+    before), and the uint8 RGB pixels `[crop, crop, 3]` the network sees (`[H, W, 3]` as
+    displayed, from `video_frames(path, None)`)."""
     time_us: int
     duration_us: int
     pixels: np.ndarray
@@ -84,19 +85,23 @@ def video_frames(path, metadata, decode=video.DecodeOptions(), start=None, end=N
     """The frames of the video file `path` as the network of `metadata` (a `ModelMetadata`) sees
     them, one `Frame` at a time: upright, short side resized to `metadata.resize_short_side`
     (bilinear, PyAV's scaler, as the converter with that `short_side`), centre-cropped to
-    `metadata.crop_size`. `decode` gives fps resampling, threads and `max_frames` (its size
-    settings are replaced by the model's). With `start`/`end` (seconds), only that segment, its
-    times counted from `start` (`video.iter_frames`). Raises `video.VideoError` for an unreadable,
-    non-video, zero-frame or truncated file (the last after the frames before the damage)."""
-    decode = dataclasses.replace(decode, short_side=metadata.resize_short_side)
+    `metadata.crop_size`. With `metadata=None`, upright at the video's own displayed size (for a
+    network that resizes them itself, e.g. an exported SavedModel, or to draw on them). `decode`
+    gives fps resampling, threads and `max_frames` (its size settings are replaced by the
+    model's). With `start`/`end` (seconds), only that segment, its times counted from `start`
+    (`video.iter_frames`). Raises `video.VideoError` for an unreadable, non-video, zero-frame or
+    truncated file (the last after the frames before the damage)."""
+    if metadata is not None:
+        decode = dataclasses.replace(decode, short_side=metadata.resize_short_side)
     frames = video.iter_frames(path, decode, start, end)
     size, last, pending, count = None, None, None, 0
     for time_us, frame in frames:
         if size is None:
-            size = decode.output_size(*video.display_size(frame))
+            size = video.display_size(frame) if metadata is None else decode.output_size(*video.display_size(frame))
         if frame is not last:  # fps upsampling repeats a frame: convert it once
-            last, pixels = frame, _centre_crop(np.asarray(video.upright_image(frame, *size, decode.threads)),
-                                               metadata.crop_size)
+            last, pixels = frame, np.asarray(video.upright_image(frame, *size, decode.threads))
+            if metadata is not None:
+                pixels = _centre_crop(pixels, metadata.crop_size)
         if pending is not None:
             yield Frame(pending[0], time_us - pending[0], pending[1])
         pending, count = (time_us, pixels), count + 1

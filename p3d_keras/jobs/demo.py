@@ -8,7 +8,9 @@
    `training.train` (`p3d-train`);
 4. evaluate both on held-out videos (`evaluation.evaluate`: video accuracy, and per direction pair);
 5. export the P3D as a SavedModel (`export.export_saved_model`) and classify a held-out video through it;
-6. draw a picture of that video's frames with the prediction.
+6. draw a picture of that video's frames with the prediction;
+7. label a long video of eight motions in a row window by window (`jobs.video_inference`) and draw
+   the predicted segments against the true ones (`jobs.timeline`).
 
 `run_demo` does it all; the `p3d-demo` program (`make demo`) prints its summary.
 """
@@ -21,7 +23,7 @@ import numpy as np
 
 from p3d_keras.applications import top_classes
 from p3d_keras.core.labels import read_label_file
-from p3d_keras.jobs import evaluation, export, predict, synthetic, training
+from p3d_keras.jobs import evaluation, export, model_folder, predict, synthetic, timeline, training, video_inference
 from p3d_keras.jobs.models import ModelSpec, parse_depth
 from p3d_keras.jobs.video_inference import video_frames
 from p3d_keras.tfrecords_tools import collection, sources, video, writer
@@ -106,35 +108,74 @@ def draw_prediction(frames, title, path, shown=8):
     return path
 
 
+# The long video: one segment per class, in an order where each class follows a different one.
+LONG_VIDEO_CLASSES = ("move_left", "rotate_cw", "move_up", "approach", "move_right", "rotate_ccw", "move_down",
+                      "recede")
+LONG_SEGMENT_FRAMES = 64
+LONG_STRIDE = 8  # frames between window starts on the long video
+
+
+def make_long_video(path, cfg, classes=LONG_VIDEO_CLASSES, segment_frames=LONG_SEGMENT_FRAMES, fps=25):
+    """Write one video of several motion segments in a row (a new object each time) and return
+    the true segments as `[(start seconds, end seconds, class), ...]`."""
+    rng = np.random.default_rng([cfg.seed, 1])
+    clips = [synthetic.render_clip(cls, rng, frames=segment_frames, size=cfg.size) for cls in classes]
+    synthetic.write_video(path, np.concatenate(clips), fps=fps)
+    return [(i * segment_frames / fps, (i + 1) * segment_frames / fps, cls) for i, cls in enumerate(classes)]
+
+
+def label_long_video(model_path, out, cfg):
+    """Run the trained P3D along the long video: its windows (the training clips' 32 frames, every
+    `LONG_STRIDE` frames), the predicted segments against the true ones, the share of windows whose
+    top class is the true class at the window's middle, and a timeline picture."""
+    path = os.path.join(out, "long_video.mp4")
+    truth = make_long_video(path, cfg)
+    inference = video_inference.VideoInference(model_folder.load_model(model_path), batch_size=cfg.batch_size)
+    result = inference.run(path, window=16 * cfg.frame_stride, stride=LONG_STRIDE)
+    names = inference.metadata.class_names
+    top = result.outputs["probabilities"].argmax(axis=1)
+    middles = result.times.mean(axis=1)
+    true_at = [next(cls for start, end, cls in truth if start <= t < end) for t in middles]
+    accuracy = float(np.mean([names[i] == cls for i, cls in zip(top, true_at)]))
+    predicted = timeline.segments(result.times, result.outputs["probabilities"], names)
+    picture = timeline.draw_timeline(os.path.join(out, "timeline.png"), result.times,
+                                     result.outputs["probabilities"], names, true_segments=truth,
+                                     title="the demo's P3D along a video of 8 motions in a row")
+    return {"video": path, "windows": len(top), "window_accuracy": accuracy, "true_segments": truth,
+            "predicted_segments": predicted, "picture": picture}
+
+
 def run_demo(out, cfg=DemoConfig()):
     """Run every step; returns the summary dict (also written to `out/summary.json`)."""
     videos, records = os.path.join(out, "videos"), os.path.join(out, "records")
-    log.info("1/5 rendering the synthetic motion dataset into %s", videos)
+    log.info("1/6 rendering the synthetic motion dataset into %s", videos)
     synthetic.make_motion_dataset(videos, splits={"train": cfg.train_per_class, "test": cfg.test_per_class},
                                   frames=cfg.frames, size=cfg.size, seed=cfg.seed, workers=None)
-    log.info("2/5 converting to TFRecords")
+    log.info("2/6 converting to TFRecords")
     for split in ("train", "test"):
         convert(videos, records, split)
-    log.info("3/5 training the P3D and the 2D control")
+    log.info("3/6 training the P3D and the 2D control")
     p3d_path, p3d = train_and_evaluate(records, out, cfg, temporal=True)
     _, control = train_and_evaluate(records, out, cfg, temporal=False)
-    log.info("4/5 exporting the P3D as a SavedModel")
+    log.info("4/6 exporting the P3D as a SavedModel")
     saved = export.export_model(ModelSpec(model=p3d_path), base_dir=os.path.join(out, "serving"), name="p3d_motion",
                                 warmup=False)  # the model folder's class names and normalisation
     labels = collection.collection_labels(os.path.join(records, "train"))
-    log.info("5/5 classifying a held-out video through the SavedModel")
+    log.info("5/6 classifying a held-out video through the SavedModel")
     sample = os.path.join(videos, "test", synthetic.CLASSES[1], f"{synthetic.CLASSES[1]}_0000.mp4")
     top = top_classes(predict.predict_video(sample, saved_model=saved).mean, labels, 3)
     frames = np.stack([frame.pixels for frame in video_frames(sample, None)])  # a short clip: all of it
     picture = draw_prediction(frames, f"{os.path.basename(sample)}: predicted {top[0][1]} ({top[0][2]:.0%})",
                               os.path.join(out, "prediction.png"))
+    log.info("6/6 labelling a long video of several motions in a row, window by window")
+    long_video = label_long_video(p3d_path, out, cfg)
     summary = {
         "config": dataclasses.asdict(cfg),
         "p3d": {"video_accuracy": p3d["video_hit@1"], "pairs": {"/".join(p): pair_accuracy(p3d, p) for p in PAIRS}},
         "control_2d": {"video_accuracy": control["video_hit@1"],
                        "pairs": {"/".join(p): pair_accuracy(control, p) for p in PAIRS}},
         "test_videos": p3d["num_videos"], "saved_model": saved, "sample": sample, "sample_top3": top,
-        "picture": picture,
+        "picture": picture, "long_video": long_video,
     }
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -153,4 +194,13 @@ def format_summary(summary):
     index, label, p = summary["sample_top3"][0]
     lines.append(f"SavedModel {summary['saved_model']} classifies {os.path.basename(summary['sample'])} "
                  f"as {label} ({p:.1%}); picture: {summary['picture']}")
+    long_video = summary["long_video"]
+    lines.append(f"long video {long_video['video']} ({len(long_video['true_segments'])} motions in a row): "
+                 f"{long_video['window_accuracy']:.1%} of {long_video['windows']} windows right; "
+                 f"timeline: {long_video['picture']}")
+    lines.append(f"  {'true':>24}   predicted")
+    for start, end, cls in long_video["true_segments"]:
+        found = [f"{label} {max(s, start):.1f}-{min(e, end):.1f}s" for s, e, label in long_video["predicted_segments"]
+                 if s < end and e > start]
+        lines.append(f"  {cls:>12} {start:4.1f}-{end:4.1f}s   {', '.join(found)}")
     return "\n".join(lines)

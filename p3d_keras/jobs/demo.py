@@ -137,10 +137,12 @@ def label_long_video(model_path, out, cfg):
     middles = result.times.mean(axis=1)
     true_at = [next(cls for start, end, cls in truth if start <= t < end) for t in middles]
     accuracy = float(np.mean([names[i] == cls for i, cls in zip(top, true_at)]))
-    predicted = timeline.segments(result.times, result.outputs["probabilities"], names)
+    predicted = [(s.start, s.end, s.label) for s in timeline.segments(result.times, result.outputs["probabilities"],
+                                                                       names)]
+    shown = timeline.thumbnails(path, timeline.thumbnail_times(np.asarray(truth)[:, :2].astype(float), len(truth)))
     picture = timeline.draw_timeline(os.path.join(out, "timeline.png"), result.times,
-                                     result.outputs["probabilities"], names, true_segments=truth,
-                                     title="the demo's P3D along a video of 8 motions in a row")
+                                     result.outputs["probabilities"], names, thumbnails=shown, true_segments=truth,
+                                     top=len(names), title="the demo's P3D along a video of 8 motions in a row")
     return {"video": path, "windows": len(top), "window_accuracy": accuracy, "true_segments": truth,
             "predicted_segments": predicted, "picture": picture}
 

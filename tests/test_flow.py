@@ -222,3 +222,19 @@ def test_motion_data_converted_to_flow_train_a_tiny_flow_p3d(tmp_path):
     trained = read_model_folder(tmp_path / "run" / "last")
     assert trained.metadata.modality == "flow" and trained.metadata.normalization == "flow"
     assert trained.model.input_shape == (None, 16, 32, 32, 2)
+
+
+def test_serving_records_store_flow_as_the_converter_does():
+    from p3d_keras.jobs.export import encode_record
+
+    xy = np.stack([flow.uint8_flow(a, b) for a, b in zip(translating(3), translating(3)[1:])])
+    record = inspection_record(encode_record(xy))
+    assert record[schema.MODALITY] == b"flow"
+    for jpeg, stored in zip(record[schema.ENCODED], xy):
+        decoded = tf.io.decode_jpeg(jpeg, channels=3).numpy()
+        assert decoded[..., 2].max() <= 2 and np.abs(decoded[..., :2].astype(int) - stored).mean() < 2
+
+
+def inspection_record(serialized):
+    parsed, _ = schema.parse_record(tf.constant(serialized))
+    return {key: value.numpy() for key, value in parsed.items()}

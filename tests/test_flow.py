@@ -5,6 +5,7 @@ demo's motion data converted to flow and trained on."""
 import dataclasses
 import io
 import json
+import sys
 
 import keras
 import numpy as np
@@ -238,3 +239,15 @@ def test_serving_records_store_flow_as_the_converter_does():
 def inspection_record(serialized):
     parsed, _ = schema.parse_record(tf.constant(serialized))
     return {key: value.numpy() for key, value in parsed.items()}
+
+
+def test_without_opencv_contrib_the_converter_stops_before_any_video(flow_shards, tmp_path, monkeypatch, caplog):
+    _, items, _ = flow_shards
+    monkeypatch.setitem(sys.modules, "cv2", None)  # `import cv2` raises ImportError
+    with pytest.raises(ImportError, match=r"Expected OpenCV with its contrib modules for TV-L1 flow: pip install "
+                                          r"'p3d_keras\[flow\]'"):
+        writer.convert(items[:1], {"class0": 0}, tmp_path / "out", decode=FLOW, workers=0)
+    (tmp_path / "list.csv").write_text(f"{items[0].path},a\n")
+    code = tfrecords_cli.main(["convert", "--layout", "csv", "--csv", str(tmp_path / "list.csv"), "--output",
+                               str(tmp_path / "cli"), "--modality", "flow", "--workers", "0"])
+    assert code == 2 and "p3d-tfrecords: Expected OpenCV with its contrib modules" in caplog.text

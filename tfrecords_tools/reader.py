@@ -277,7 +277,6 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
     if reads not in READS:
         raise ValueError(f"Expected reads to be one of {READS}. Received: reads={reads!r}")
     paths = shard_files(file_pattern, argument="file_pattern")
-    check_modality(paths, modality, compression)
     if reads == "auto":
         reads = resolve_reads(paths, compression=compression, skip_corrupt=skip_corrupt, cycle_length=cycle_length)
     elif reads == "windows":  # (auto has just checked what it picked)
@@ -285,6 +284,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         if obstacle:
             raise ValueError("Expected local, uncompressed shards, google-crc32c and cycle_length=None with "
                              f"reads='windows'. Received: {obstacle}; use reads='records'")
+    check_modality(paths, modality, compression)
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
     native = clip_decoder.resolve(decoder)

@@ -101,7 +101,8 @@ def test_stored_frames_have_x_y_then_zero_and_full_chroma():
      r"Expected first to be a uint8 frame \[H, W\] or RGB \[H, W, 3\]. Received: first of shape \(8, 8\)"),
     (lambda: flow.FlowOptions(bound=0), r"Expected bound > 0. Received: bound=0"),
     (lambda: flow.FlowOptions(warps=0), r"Expected warps to be a positive int. Received: warps=0"),
-    (lambda: video.DecodeOptions(flow="tvl1"), r"Expected flow to be None or a flow.FlowOptions. Received: flow='tvl1'"),
+    (lambda: video.DecodeOptions(flow="tvl1"),
+     r"Expected flow to be None or a flow.FlowOptions. Received: flow='tvl1'"),
 ])
 def test_bad_flow_arguments(call, message):
     with pytest.raises(ValueError, match=message):
@@ -137,7 +138,8 @@ def test_the_converter_writes_flow_records_and_says_so(flow_shards):
         assert record[schema.MODALITY] == b"flow" and len(record[schema.ENCODED]) == 16
         # timestamps: each flow frame's first frame; the clip's span is the decoded frames'
         assert record[schema.TIMESTAMP].tolist() == plain[schema.TIMESTAMP].tolist()[:16]
-        assert (record[schema.CLIP_START], record[schema.CLIP_END]) == (plain[schema.CLIP_START], plain[schema.CLIP_END])
+        span = (record[schema.CLIP_START], record[schema.CLIP_END])
+        assert span == (plain[schema.CLIP_START], plain[schema.CLIP_END])
         xy = interior(decoded_flow(record[schema.ENCODED][5]))
         assert abs(np.median(xy[..., 0]) - SHIFT) < 0.5 and abs(np.median(xy[..., 1])) < 0.5
     assert shards.shard_modality(next((root / "rgb").glob("*.tfrecord"))) == "rgb"
@@ -205,15 +207,16 @@ def test_a_single_frame_video_is_a_failure_for_flow(tmp_path):
     synthetic.write_video(path, np.stack(translating(1)))
     summary = writer.convert([sources.VideoItem(str(path), "a", "one")], {"a": 0}, tmp_path / "out", decode=FLOW,
                              workers=0)
-    assert summary.converted == 0 and summary.failures[0]["reason"] == "too short for flow: 1 frame decoded (flow needs 2)"
+    assert summary.converted == 0
+    assert summary.failures[0]["reason"] == "too short for flow: 1 frame decoded (flow needs 2)"
 
 
 def test_motion_data_converted_to_flow_train_a_tiny_flow_p3d(tmp_path):
     classes = ("move_left", "move_right", "move_up", "move_down")
     synthetic.make_motion_dataset(tmp_path / "videos", splits={"train": 2}, frames=17, size=32, classes=classes)
     code = tfrecords_cli.main(["--log-level", "WARNING", "convert", "--layout", "folder", "--root",
-                               str(tmp_path / "videos" / "train"), "--output", str(tmp_path / "flow"), "--size", "32x32",
-                               "--modality", "flow", "--workers", "0", "--no-progress", "--strict"])
+                               str(tmp_path / "videos" / "train"), "--output", str(tmp_path / "flow"),
+                               "--size", "32x32", "--modality", "flow", "--workers", "0", "--no-progress", "--strict"])
     assert code == 0
     assert json.loads((tmp_path / "flow" / "manifest.json").read_text())["totals"]["frames"] == 8 * 16
     spec = ModelSpec(depth=(1, 1, 1, 1), width=4, frames=16, size=32, modality="flow")

@@ -304,7 +304,7 @@ def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
         on_frame(jpeg)
         timestamps.append(t_us)
     check_complete(frames, decode, len(decoded), decoded[-1] if decoded else None, end)
-    if not timestamps:
+    if not timestamps:  # frames were decoded (check_complete), so this is flow's: N frames give N-1
         raise VideoError("too short for flow: 1 frame decoded (flow needs 2)")
     frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us

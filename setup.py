@@ -29,6 +29,8 @@ EXTRAS = {
     "tf-cpu": [f"tensorflow-cpu>={TF}; {TF_CPU_WHEELS}", f"tensorflow>={TF}; {NO_TF_CPU_WHEELS}", "tensorboard"],
     "tf-gpu": [f"tensorflow[and-cuda]>={TF}", "tensorboard"],  # CUDA wheels exist for Linux only
     "video": VIDEO,
+    # p3d-tfrecords convert --modality flow: OpenCV's TV-L1 (contrib); install no other OpenCV package beside it
+    "flow": ["opencv-contrib-python-headless>=5.0", *VIDEO],
     "plots": ["matplotlib>=3.6"],
     "beam": ["apache-beam>=2.50", *VIDEO],  # the workers decode videos and write the shards
     "jax": ["jax[cpu]>=0.4.30"],
@@ -46,7 +48,7 @@ LITERT_WHEELS = ('(sys_platform == "linux" and platform_machine == "x86_64") or 
 EXTRAS["test"] = sorted(set(
     ["pytest>=7", f"tensorflow-cpu==2.21.0; {TF_CPU_WHEELS}", f"tensorflow==2.21.0; {NO_TF_CPU_WHEELS}",
      "tensorboard", "torch==2.13.0", "scikit-video"]
-    + EXTRAS["video"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
+    + EXTRAS["video"] + EXTRAS["flow"] + EXTRAS["beam"] + EXTRAS["jax"] + EXTRAS["plots"] + EXTRAS["hub"]
     + EXTRAS["onnx"] + EXTRAS["openvino"] + EXTRAS["transfer"]
     + [f"{requirement}; {LITERT_WHEELS}" for requirement in EXTRAS["litert"]]
 ))

@@ -19,19 +19,21 @@ def frame(index, height, width):
     return np.stack([red, green, blue], axis=-1).astype(np.uint8)
 
 
-def video_example(num_frames, label, media_id, height=32, width=48):
-    """A serialised SequenceExample of `num_frames` synthetic JPEG frames."""
-    return record_of_frames(jpeg_frames(num_frames, height, width), label, media_id, height, width)
+def video_example(num_frames, label, media_id, height=32, width=48, modality="rgb"):
+    """A serialised SequenceExample of `num_frames` synthetic JPEG frames (saying `modality`)."""
+    return record_of_frames(jpeg_frames(num_frames, height, width), label, media_id, height, width, modality)
 
 
-def write_shards(directory, videos, *, num_shards=1, compression=None, prefix="train", height=32, width=48):
+def write_shards(directory, videos, *, num_shards=1, compression=None, prefix="train", height=32, width=48,
+                 modality="rgb"):
     """Write `videos` (a list of `(num_frames, label)`, media ids `v0, v1, ...`) round-robin into
-    `<prefix>-0000i-of-0000n.tfrecord[.gz]` shards; returns the shard paths."""
+    `<prefix>-0000i-of-0000n.tfrecord[.gz]` shards; returns the shard paths. `modality="flow"`
+    marks the records as flow (their frames stay the synthetic ones)."""
     suffix = ".tfrecord.gz" if compression == "GZIP" else ".tfrecord"
     paths = [str(directory / f"{prefix}-{i:05d}-of-{num_shards:05d}{suffix}") for i in range(num_shards)]
     writers = [tf.io.TFRecordWriter(p, options=compression) for p in paths]
     for n, (num_frames, label) in enumerate(videos):
-        writers[n % num_shards].write(video_example(num_frames, label, f"v{n}", height, width))
+        writers[n % num_shards].write(video_example(num_frames, label, f"v{n}", height, width, modality))
     for w in writers:
         w.close()
     return paths
@@ -48,11 +50,12 @@ def jpeg_frames(num_frames, height=32, width=48):
     return [tf.io.encode_jpeg(frame(i, height, width), quality=95).numpy() for i in range(num_frames)]
 
 
-def record_of_frames(encoded, label, media_id, height=32, width=48):
+def record_of_frames(encoded, label, media_id, height=32, width=48, modality="rgb"):
     """A serialised SequenceExample holding the given encoded frames as they are."""
     return schema.make_example(
         encoded_frames=encoded, timestamps_us=[40_000 * i for i in range(len(encoded))], height=height,
         width=width, frame_rate=25.0, label_index=label, label_string=f"class{label}", media_id=media_id,
+        modality=modality,
     )
 
 

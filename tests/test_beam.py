@@ -44,3 +44,22 @@ def test_indexes_only_for_local_uncompressed_shards():
     assert beam.writes_indexes("/data/shards/train", None)
     assert not beam.writes_indexes("/data/shards/train", "GZIP")
     assert not beam.writes_indexes("gs://bucket/shards/train", None)
+
+
+@pytest.mark.slow
+def test_beam_modality_flow_writes_the_converters_flow_records(tmp_path):
+    pytest.importorskip("cv2", reason="TV-L1 flow needs opencv-contrib-python-headless")
+    import tensorflow as tf
+    from p3d_keras.cli import tfrecords as tfrecords_cli
+    from p3d_keras.tfrecords_tools import flow
+
+    path = fx.make_video(tmp_path / "in" / "a", "h264", 5)
+    (tmp_path / "list.csv").write_text(f"{path},a\n")
+    code = tfrecords_cli.main(["--log-level", "WARNING", "beam", "--layout", "csv", "--csv", str(tmp_path / "list.csv"),
+                               "--output", str(tmp_path / "beam" / "flow"), "--size", "32x48", "--modality", "flow",
+                               "--shards", "1", "--", "--runner=DirectRunner"])
+    assert code == 0
+    decode = video.DecodeOptions(size=(32, 48), flow=flow.FlowOptions())
+    expected, frames = writer.convert_item(sources.VideoItem(str(path), "a", "in/a"), 0, decode)
+    records = [r.numpy() for r in tf.data.TFRecordDataset(str(tmp_path / "beam" / "flow-00000-of-00001.tfrecord"))]
+    assert records == [expected] and frames == 4

@@ -248,7 +248,8 @@ def test_an_unwritable_build_cache_falls_back_to_tensorflow(tmp_path, monkeypatc
     dict(output_dtype="uint8", multiscale=True),
 ])
 def test_readers_give_the_same_clips_with_either_decoder(tmp_path, native, options):
-    shards = write_shards(tmp_path, [(12, 0), (5, 1), (20, 2), (9, 1)], num_shards=2, height=40, width=70)
+    shards = write_shards(tmp_path, [(12, 0), (5, 1), (20, 2), (9, 1)], num_shards=2, height=40, width=70,
+                          modality=options.get("modality", "rgb"))
     clip = dict(clip_length=4, crop_size=24, **options)
     multiscale = clip.pop("multiscale", False)
 

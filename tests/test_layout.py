@@ -34,7 +34,7 @@ def modules():
 # and TensorFlow where the converter's worker processes must not load it.
 LATE_IMPORTS = {"av", "PIL", "apache_beam", "matplotlib", "jax", "google_crc32c", "torch", "fcntl", "msvcrt",
                 "huggingface_hub", "onnx", "tf2onnx", "onnxruntime", "openvino", "ai_edge_litert", "flatbuffers",
-                "sklearn"}
+                "sklearn", "cv2"}
 LATE_TENSORFLOW = ("p3d_keras.tfrecords_tools.", "p3d_keras.cli.")
 # The one late import of p3d_keras outside the programs: `p3d_keras.load_model`, resolved on first
 # access by the package's `__getattr__`, so that `import p3d_keras` (the converter's worker

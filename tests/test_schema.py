@@ -17,6 +17,9 @@ CASES = {  # name: make_example's arguments
     "a 3 MB frame (4-byte length), float rounding": dict(
         encoded_frames=[bytes(range(256)) * 12_000], timestamps_us=[123_456_789], height=1, width=1,
         frame_rate=1 / 3, label_index=0, label_string="a", media_id="b"),
+    "flow records": dict(
+        encoded_frames=JPEGS[:2], timestamps_us=[0, 40_000], height=8, width=10, frame_rate=25.0, label_index=3,
+        label_string="run", media_id="v", modality="flow"),
     "no frames": dict(
         encoded_frames=[], timestamps_us=[], height=1, width=1, frame_rate=0.0, label_index=1,
         label_string="x", media_id="y"),
@@ -24,7 +27,7 @@ CASES = {  # name: make_example's arguments
 
 
 def _tf_example(*, encoded_frames, timestamps_us, height, width, frame_rate, label_index, label_string,
-                media_id, start_us=0, end_us=None, image_format="JPEG"):
+                media_id, start_us=0, end_us=None, image_format="JPEG", modality="rgb"):
     """The same record built with TensorFlow's protos (the reference the encoding must match)."""
     int64 = lambda v: tf.train.Feature(int64_list=tf.train.Int64List(value=[v]))  # noqa: E731
     data = lambda v: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v]))  # noqa: E731
@@ -34,7 +37,7 @@ def _tf_example(*, encoded_frames, timestamps_us, height, width, frame_rate, lab
         schema.MEDIA_ID: data(media_id.encode()), schema.CLIP_START: int64(start_us),
         schema.CLIP_END: int64(end_us), schema.HEIGHT: int64(height), schema.WIDTH: int64(width),
         schema.FRAME_RATE: tf.train.Feature(float_list=tf.train.FloatList(value=[frame_rate])),
-        schema.FORMAT: data(image_format.encode()),
+        schema.FORMAT: data(image_format.encode()), schema.MODALITY: data(modality.encode()),
     }))
     lists = example.feature_lists.feature_list
     lists[schema.ENCODED].feature.extend(data(f) for f in encoded_frames)
@@ -55,7 +58,8 @@ def test_streamed_parts_make_the_same_record(name):
     context = schema.encode_context(
         height=args["height"], width=args["width"], frame_rate=args["frame_rate"],
         label_index=args["label_index"], label_string=args["label_string"], media_id=args["media_id"],
-        start_us=args.get("start_us", 0), end_us=end_us, image_format=args.get("image_format", "JPEG"))
+        start_us=args.get("start_us", 0), end_us=end_us, image_format=args.get("image_format", "JPEG"),
+        modality=args.get("modality", "rgb"))
     frames = [schema.encode_frame(f) for f in args["encoded_frames"]]
     head, tail = schema.record_parts(context, sum(map(len, frames)), args["timestamps_us"])
     assert head + b"".join(frames) + tail == schema.make_example(**args)

@@ -1,6 +1,7 @@
 """The same records, beyond one machine: an Apache Beam pipeline (`pip install p3d_keras[beam]`).
 
-Each item becomes the record `writer.convert_item` makes (same bytes as the local converter);
+Each item becomes the record `writer.convert_item` makes (same bytes as the local converter; flow
+records with `decode.flow`, when the workers have `p3d_keras[flow]` too);
 failures go to `<output_prefix>-failures*.jsonl`. Record order and shard assignment are the
 runner's (Beam does not promise an order), so compare record sets, not shard bytes.
 
@@ -59,6 +60,8 @@ def build_pipeline(pipeline, items, label_map, output_prefix, *, decode=video_li
 
     if compression not in writer.COMPRESSIONS:
         raise ValueError(f"Expected compression in {writer.COMPRESSIONS}. Received: compression={compression!r}")
+    if decode.flow is not None:
+        decode.flow.algorithm()  # OpenCV's TV-L1 is there (the workers need p3d_keras[beam,flow] too)
     rows = [dataclasses.astuple(item) for item in items]  # plain tuples pickle on every runner
     results = (
         pipeline

@@ -19,8 +19,8 @@ from . import sampling
 from . import schema
 from .shards import enforce
 
-__all__ = ["centre_clip", "check_frames", "crop_windows", "decode_frames", "finish_clip", "parse_checked",
-           "split_channel_order"]
+__all__ = ["centre_clip", "check_frames", "crop_windows", "decode_frames", "finish_clip", "mirror_flow",
+           "parse_checked", "split_channel_order"]
 
 
 @functools.cache
@@ -119,6 +119,16 @@ def decode_frames(encoded, box, channels, *, flip=False, reverse_channels=False,
             frames = tf.reverse(frames, axis=[-1])
     frames = frames if channels == 3 else frames[..., :channels]
     return tf.ensure_shape(frames, [None, None, None, channels])
+
+
+def mirror_flow(frames, flip):
+    """The stored flow `frames[..., 2]` (uint8) of a clip mirrored left-right where the scalar
+    bool `flip` is true: the x motion reverses, stored x becoming `255 - x` (exactly the negated
+    flow of `flow.to_uint8`'s mapping), as TSN's flip of flow images does; y is unchanged."""
+    def mirrored():
+        return tf.concat([255 - frames[..., :1], frames[..., 1:]], axis=-1)
+
+    return tf.cond(flip, mirrored, lambda: frames) if flip is not False else frames
 
 
 def decode_whole_frames(encoded, numbers, where, channels):

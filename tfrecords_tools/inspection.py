@@ -55,18 +55,20 @@ def iter_records(paths, compression="auto"):
 
 
 def summarize(paths, compression="auto"):
-    """`{"records", "labels": {string: count}, "frames": {min, max, mean, total},
-    "sizes": {"HxW": count}, "jpeg_bytes": {mean per frame}}` over all records of `paths`."""
-    labels, sizes = collections.Counter(), collections.Counter()
+    """`{"records", "modalities": {modality: count}, "labels": {string: count}, "frames": {min, max,
+    mean, total}, "sizes": {"HxW": count}, "jpeg_bytes": {mean per frame}}` over all records of `paths`."""
+    labels, sizes, modalities = collections.Counter(), collections.Counter(), collections.Counter()
     frame_counts, jpeg_bytes = [], 0
     for record in iter_records(paths, compression):
         labels[f"{record[schema.LABEL_INDEX]} {record[schema.LABEL_STRING].decode()}"] += 1
         sizes[f"{record[schema.HEIGHT]}x{record[schema.WIDTH]}"] += 1
+        modalities[record[schema.MODALITY].decode()] += 1
         frame_counts.append(len(record[schema.ENCODED]))
         jpeg_bytes += sum(len(f) for f in record[schema.ENCODED])
     total = sum(frame_counts)
     return {
         "records": len(frame_counts),
+        "modalities": dict(sorted(modalities.items())),
         "labels": dict(sorted(labels.items())),
         "frames": {"min": min(frame_counts, default=0), "max": max(frame_counts, default=0),
                    "mean": total / len(frame_counts) if frame_counts else 0.0, "total": total},

@@ -55,10 +55,11 @@ from . import framing
 from . import index as index_lib
 from . import sampling
 from . import schema
-from .clips import check_frames, crop_windows, decode_frames, finish_clip, parse_checked, split_channel_order
+from .clips import (check_frames, crop_windows, decode_frames, finish_clip, mirror_flow, parse_checked,
+                    split_channel_order)
 from .collection import shard_files
-from .shards import (CorruptRecordCounter, drop_invalid, enforced, read_records, read_window, read_window_or_raise,
-                     record_name, shard_compression)
+from .shards import (CorruptRecordCounter, check_modality, drop_invalid, enforced, read_records, read_window,
+                     read_window_or_raise, record_name, shard_compression)
 
 __all__ = ["training_dataset", "evaluation_dataset"]
 
@@ -212,10 +213,11 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
 
     Each epoch reads every video once, as one window of `clip_length` frames `frame_stride` apart
     (or a stride drawn per video from `stride_range=(low, high)`) at a random start; videos
-    shorter than the window loop their frames. The whole clip gets one crop box and one flip:
-    a random `crop_size` square; or with `multiscale=True` TSN's multi-scale corner crop resized
-    to `crop_size`; or with `scale_jitter=(low, high)` a random square of side
-    `crop_size / factor`, factor uniform in the range, resized to `crop_size`.
+    shorter than the window loop their frames. The whole clip gets one crop box and one flip (a
+    flipped flow clip has its x motion negated too: `clips.mirror_flow`): a random `crop_size`
+    square; or with `multiscale=True` TSN's multi-scale corner crop resized to `crop_size`; or
+    with `scale_jitter=(low, high)` a random square of side `crop_size / factor`, factor uniform
+    in the range, resized to `crop_size`.
 
     Args:
         file_pattern: a folder of shards, a glob, a shard file, or a list of these
@@ -229,7 +231,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             normalise on its device with `p3d_keras.core.layers.Normalize(preset)`: the same values as
             float32 output with that preset, at a lower CPU cost: `bench/README.md`). A clip that is resized (multi-scale or jittered crops,
             frames smaller than the crop) is rounded back to uint8.
-        modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels).
+        modality: `rgb`, or `flow` (JPEG frames holding the x, y flow in their first two channels,
+            as `p3d-tfrecords convert --modality flow` writes them). Shards of the other modality
+            are refused (a `ValueError` naming the shard: `shards.check_modality`, which reads
+            the first record of each shard; records that do not say are RGB).
         shuffle_buffer: windows (not whole videos) held for shuffling; 0 disables shuffling. With
             `reads="windows"` any nonzero value shuffles all the videos of the epoch (the index
             is in memory, so no buffer is needed).
@@ -259,8 +264,9 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
             can be built, else `tf` with a warning saying why.
 
     Raises:
-        ValueError: a bad option, naming it; `file_pattern` naming no shard; `reads="windows"`
-            with shards or options it cannot read (`windows_obstacle`). Errors in the shards are
+        ValueError: a bad option, naming it; `file_pattern` naming no shard; shards of another
+            `modality`, naming one; `reads="windows"` with shards or options it cannot read
+            (`windows_obstacle`). Errors in the shards are
             raised (or counted) when the dataset is iterated: see the module docstring.
     """
     norm = _check_options(batch_size=batch_size, clip_length=clip_length, frame_stride=frame_stride,
@@ -278,6 +284,7 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         if obstacle:
             raise ValueError("Expected local, uncompressed shards, google-crc32c and cycle_length=None with "
                              f"reads='windows'. Received: {obstacle}; use reads='records'")
+    check_modality(paths, modality, compression)
     channels = MODALITY_CHANNELS[modality]
     bgr, norm = split_channel_order(norm)
     native = clip_decoder.resolve(decoder)
@@ -321,8 +328,10 @@ def training_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride=1
         else:
             side = crop_size if scale_jitter is None else sampling.jittered_box_side(crop_size, scale_jitter, seed_scale)
             box = sampling.random_crop_box(height, width, side, side, seed_box)
-        clip = decode_frames(encoded, box, channels, flip=sampling.flip_decision(seed_flip) if flip else False,
-                             reverse_channels=bgr, native=native)
+        flipped = sampling.flip_decision(seed_flip) if flip else False
+        clip = decode_frames(encoded, box, channels, flip=flipped, reverse_channels=bgr, native=native)
+        if modality == "flow":
+            clip = mirror_flow(clip, flipped)  # a mirrored motion moves the other way
         clip = finish_clip(clip, crop_size, norm)
         return tf.ensure_shape(clip, [clip_length, crop_size, crop_size, channels]), label
 
@@ -361,8 +370,10 @@ def evaluation_dataset(file_pattern, *, batch_size, clip_length=16, frame_stride
     bgr, norm = split_channel_order(norm)
     native = clip_decoder.resolve(decoder)
     counter = CorruptRecordCounter() if skip_corrupt else None
-    records = read_records(shard_files(file_pattern, argument="file_pattern"), compression=compression, deterministic=True,
-                           cycle_length=cycle_length, counter=counter, numbered=True)
+    paths = shard_files(file_pattern, argument="file_pattern")
+    check_modality(paths, modality, compression)
+    records = read_records(paths, compression=compression, deterministic=True, cycle_length=cycle_length,
+                           counter=counter, numbered=True)
 
     def video_frames(path, number, serialized):
         where = record_name(path, number)

@@ -22,6 +22,9 @@ HEIGHT = "image/height"                   # int64
 WIDTH = "image/width"                     # int64
 FRAME_RATE = "image/frame_rate"           # float
 FORMAT = "image/format"                   # bytes, e.g. b"JPEG"
+MODALITY = "clip/modality"                # bytes: b"rgb" or b"flow" (`MODALITIES`); absent (older records): rgb
+MODALITIES = ("rgb", "flow")  # what a record's frames hold: RGB, or TV-L1 flow x, y (`flow`)
+DEFAULT_MODALITY = "rgb"  # a record without `MODALITY` (written before flow records existed)
 # The context features a record must have one value of (`parse_record`); the others have defaults.
 REQUIRED = (LABEL_INDEX, LABEL_STRING, MEDIA_ID, HEIGHT, WIDTH, FRAME_RATE)
 # Feature lists (one value per frame).
@@ -59,8 +62,10 @@ def _map_entry(key, value):
 
 
 def encode_context(*, height, width, frame_rate, label_index, label_string, media_id, start_us,
-                   end_us, image_format="JPEG"):
-    """The serialised context `Features` message of one record."""
+                   end_us, image_format="JPEG", modality=DEFAULT_MODALITY):
+    """The serialised context `Features` message of one record (`modality`: one of `MODALITIES`)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"Expected modality in {MODALITIES}. Received: modality={modality!r}")
     features = {
         LABEL_INDEX: _int64_feature(label_index),
         LABEL_STRING: _bytes_feature(label_string.encode("utf-8")),
@@ -71,6 +76,7 @@ def encode_context(*, height, width, frame_rate, label_index, label_string, medi
         WIDTH: _int64_feature(width),
         FRAME_RATE: _float_feature(frame_rate),
         FORMAT: _bytes_feature(image_format.encode("ascii")),
+        MODALITY: _bytes_feature(modality.encode("ascii")),
     }
     return b"".join(_map_entry(key, features[key]) for key in sorted(features))
 
@@ -102,7 +108,7 @@ def record_parts(context, frames_size, timestamps_us):
 
 
 def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, label_index,
-                 label_string, media_id, start_us=0, end_us=None, image_format="JPEG"):
+                 label_string, media_id, start_us=0, end_us=None, image_format="JPEG", modality=DEFAULT_MODALITY):
     """The serialised SequenceExample (bytes) of one video or segment, built in memory."""
     if len(encoded_frames) != len(timestamps_us):
         raise ValueError(
@@ -113,7 +119,7 @@ def make_example(*, encoded_frames, timestamps_us, height, width, frame_rate, la
         end_us = start_us + (int(timestamps_us[-1]) if len(timestamps_us) else 0)
     context = encode_context(height=height, width=width, frame_rate=frame_rate, label_index=label_index,
                              label_string=label_string, media_id=media_id, start_us=start_us,
-                             end_us=end_us, image_format=image_format)
+                             end_us=end_us, image_format=image_format, modality=modality)
     frames = b"".join(encode_frame(frame) for frame in encoded_frames)
     head, tail = record_parts(context, len(frames), timestamps_us)
     return head + frames + tail
@@ -162,6 +168,33 @@ def locate_frames(f, start, end):
     if label is None:
         raise ValueError(f"Expected a SequenceExample with the context feature {LABEL_INDEX!r}. Received: none")
     return label, frames
+
+
+def record_modality(f, start, end):
+    """The `MODALITY` of the serialised SequenceExample at bytes `[start, end)` of the seekable
+    binary file `f` (`DEFAULT_MODALITY` when it has none), reading only the context: the fields
+    before it and its entries' headers (the converter writes the context first, so the frames are
+    never read). Raises a `ValueError` for bytes that are not such a record or a `MODALITY` that
+    is not one string."""
+    for field, wire, size, at in pw.iter_file_fields(f, start, end):
+        if field == _CONTEXT and wire == pw.LENGTH_DELIMITED:
+            for key, feature_at, feature_size in _file_map_entries(f, at, at + size):
+                if key == MODALITY:
+                    f.seek(feature_at)
+                    return _single_bytes(f.read(feature_size)).decode("utf-8", "replace")
+            break
+    return DEFAULT_MODALITY
+
+
+def _single_bytes(feature):
+    """The one value of a `BytesList` `Feature`."""
+    values = [bytes(pw.payload(value_wire, value))
+              for field, wire, bytes_list in pw.iter_fields(feature) if field == _BYTES_LIST
+              for value_field, value_wire, value in pw.iter_fields(pw.payload(wire, bytes_list))
+              if value_field == _VALUE]
+    if len(values) != 1:
+        raise ValueError(f"Expected one bytes value in {MODALITY!r}. Received: {len(values)}")
+    return values[0]
 
 
 def _file_map_entries(f, start, end):
@@ -233,6 +266,7 @@ def parse_record(serialized, name=None):
         CLIP_START: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         CLIP_END: tf.io.FixedLenFeature([], tf.int64, default_value=0),
         FORMAT: tf.io.FixedLenFeature([], tf.string, default_value="JPEG"),
+        MODALITY: tf.io.FixedLenFeature([], tf.string, default_value=DEFAULT_MODALITY),
     })
     sequence_spec = {
         ENCODED: tf.io.FixedLenSequenceFeature([], tf.string, allow_missing=True),

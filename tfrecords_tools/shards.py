@@ -12,6 +12,7 @@ ignored and checks, at the shard's end, that the records it read add up to the s
 the next shard. With a counter, records whose bytes are not a protocol buffer are counted and
 skipped too (`_skip_unparsable`). The check runs once per `RECORDS_PER_CHECK` records.
 """
+import gzip
 import json
 import os
 import struct
@@ -24,9 +25,9 @@ from . import compression as compression_lib
 from . import framing
 from . import schema
 
-__all__ = ["CorruptRecordCounter", "RECORDS_PER_CHECK", "count_records", "drop_invalid", "enforce", "enforced",
-           "expected_record_bytes", "read_records", "read_window", "read_window_or_raise", "record_name",
-           "shard_compression"]
+__all__ = ["CorruptRecordCounter", "RECORDS_PER_CHECK", "check_modality", "count_records", "drop_invalid", "enforce",
+           "enforced", "expected_record_bytes", "read_records", "read_window", "read_window_or_raise", "record_name",
+           "shard_compression", "shard_modality"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Records per call of the corrupt-record check (`_read_shard`): fewer calls, but this many records
@@ -257,3 +258,34 @@ def count_records(path):
         with open(manifest, encoding="utf-8") as f:
             return int(json.load(f)["totals"]["records"])
     return int(read_records(collection.shard_files(path)).reduce(0, lambda n, _: n + 1))
+
+
+# --- modality -------------------------------------------------------------------------------
+
+def shard_modality(path, compression="auto"):
+    """What the records of the shard `path` hold, `rgb` or `flow` (`schema.MODALITY` of its first
+    record: the converter writes one modality per folder; a record without it is RGB), or None
+    for a shard without a readable first record (empty, or corrupt: the reader reports it when it
+    gets there). Reads the first record's framing header and context only, through
+    `tf.io.gfile` (so `gs://` paths work), GZIP or not as its bytes say (`shard_compression`)."""
+    with tf.io.gfile.GFile(path, "rb") as raw:
+        f = gzip.GzipFile(fileobj=raw, mode="rb") if shard_compression(path, compression) == "GZIP" else raw
+        try:
+            header = f.read(framing.HEADER_BYTES)
+            if len(header) < framing.HEADER_BYTES:
+                return None
+            end = framing.HEADER_BYTES + struct.unpack("<Q", header[:8])[0]
+            return schema.record_modality(f, framing.HEADER_BYTES, end)
+        except (ValueError, EOFError, OSError, tf.errors.OpError):  # also gzip's BadGzipFile
+            return None
+
+
+def check_modality(paths, modality, compression="auto"):
+    """Raise a `ValueError` naming the first of the shards `paths` whose records are not of
+    `modality` (`shard_modality`): RGB records for a flow model or flow records for an RGB one."""
+    for path in paths:
+        found = shard_modality(path, compression)
+        if found is not None and found != modality:
+            hint = " (convert the videos with `p3d-tfrecords convert --modality flow`)" if modality == "flow" else ""
+            raise ValueError(f"Expected {modality} records for modality={modality!r}{hint}. Received: {found} records "
+                             f"in shard={path} ({schema.MODALITY!r} of its first record)")

@@ -39,6 +39,11 @@ class DecodeOptions:
         of the converter's N worker processes, else FFmpeg picks (up to all cores). FFmpeg's own
         choice in every worker would oversubscribe the cores (the scaler alone starts a thread
         per core), which is slower per frame (`bench/README.md`). Does not change the output.
+    flow: None stores the frames (RGB); a `flow.FlowOptions` stores the TV-L1 flow between
+        consecutive frames instead (`flow`), computed on the frames at the stored size (after
+        the resize: `size` or `short_side`) and after fps resampling; `max_frames` and
+        `min_frames` count the decoded frames (N of them give N-1 flow frames). This module
+        calls its methods and never imports `flow` (nor NumPy): RGB conversions load neither.
     """
     size: tuple = PAPER_SIZE
     short_side: int | None = None
@@ -47,6 +52,12 @@ class DecodeOptions:
     max_frames: int | None = None
     min_frames: int = 1
     threads: int = 0
+    flow: object = None  # a flow.FlowOptions
+
+    @property
+    def modality(self):
+        """`rgb` or `flow`: what the records' frames hold (`schema.MODALITIES`)."""
+        return "rgb" if self.flow is None else "flow"
 
     def __post_init__(self):
         expect(self.size is not None and len(self.size) == 2 and min(self.size) > 0,
@@ -59,6 +70,8 @@ class DecodeOptions:
                "max_frames to be a positive int or None", max_frames=self.max_frames)
         expect(self.min_frames >= 1, "min_frames >= 1", min_frames=self.min_frames)
         expect(self.threads >= 0, "threads >= 0", threads=self.threads)
+        flow_like = dataclasses.is_dataclass(self.flow) and callable(getattr(self.flow, "jpegs", None))
+        expect(self.flow is None or flow_like, "flow to be None or a flow.FlowOptions", flow=self.flow)
 
     def output_size(self, height, width):
         """`(height, width)` of the encoded frames for a source of `height x width`."""
@@ -266,28 +279,63 @@ def encode_jpeg(frame, height, width, quality, threads=0):
 
 def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
     """Decode `path` (optionally the segment `[start, end)` seconds), call `on_frame(jpeg)` with
-    each frame's JPEG bytes in order as soon as it is encoded, and return a `ClipInfo`.
+    each stored frame's JPEG bytes in order as soon as it is encoded, and return a `ClipInfo`.
 
-    Nothing here keeps the JPEGs: memory does not grow with the video's length unless
-    `on_frame` keeps them. Raises `VideoError` (with the reason) for unreadable, non-video,
-    truncated, empty or too short inputs (possibly after some frames went to `on_frame`); an
-    OSError raised here is `on_frame`'s (e.g. the converter's disk is full), never the video's."""
+    The stored frames are the decoded frames, or with `decode.flow` the flow between each two
+    consecutive ones (`flow.flow_frames`), each with the timestamp of its first frame; the clip's
+    `start_us` and `end_us` are the decoded frames' either way. Nothing here keeps the JPEGs:
+    memory does not grow with the video's length unless `on_frame` keeps them. Raises
+    `VideoError` (with the reason) for unreadable, non-video, truncated, empty or too short
+    inputs (possibly after some frames went to `on_frame`); an OSError raised here is
+    `on_frame`'s (e.g. the converter's disk is full), never the video's."""
     frames = iter_frames(path, decode, start, end)
+    decoded, size = [], []  # the decoded frames' timestamps; the stored (height, width)
+
+    def sized():
+        for t_us, frame in frames:
+            if not size:
+                size.extend(decode.output_size(*display_size(frame)))
+            decoded.append(t_us)
+            yield t_us, frame
+
+    stored = _rgb_jpegs(sized(), decode, size) if decode.flow is None else _flow_jpegs(sized(), decode, size)
     timestamps = []
-    size = None
-    last_jpeg, last_frame = None, None
-    for t_us, frame in frames:
-        if size is None:
-            size = decode.output_size(*display_size(frame))
-        if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
-            last_jpeg, last_frame = encode_jpeg(frame, *size, decode.jpeg_quality, decode.threads), frame
-        on_frame(last_jpeg)
+    for t_us, jpeg in stored:
+        on_frame(jpeg)
         timestamps.append(t_us)
-    check_complete(frames, decode, len(timestamps), timestamps[-1] if timestamps else None, end)
+    check_complete(frames, decode, len(decoded), decoded[-1] if decoded else None, end)
+    if not timestamps:  # frames were decoded (check_complete), so this is flow's: N frames give N-1
+        raise VideoError("too short for flow: 1 frame decoded (flow needs 2)")
     frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
-    end_us = start_us + (timestamps[-1] + round(1e6 / frame_rate) if frame_rate else timestamps[-1])
+    end_us = start_us + (decoded[-1] + round(1e6 / frame_rate) if frame_rate else decoded[-1])
     return ClipInfo(timestamps, size[0], size[1], float(frame_rate), start_us, end_us)
+
+
+def _rgb_jpegs(frames, decode, size):
+    """`(timestamp, JPEG)` of each `(timestamp, av.VideoFrame)` of `frames`, upright, at `size`."""
+    last_jpeg, last_frame = None, None
+    for t_us, frame in frames:
+        if frame is not last_frame:  # fps upsampling repeats a frame: encode it once
+            last_jpeg, last_frame = encode_jpeg(frame, *size, decode.jpeg_quality, decode.threads), frame
+        yield t_us, last_jpeg
+
+
+def _flow_jpegs(frames, decode, size):
+    """`(timestamp of its first frame, JPEG)` of the flow between each two consecutive
+    `(timestamp, av.VideoFrame)` of `frames`, upright, at `size` (`flow.FlowOptions.jpegs`)."""
+    timestamps = []
+
+    def images():
+        last_frame = last_image = None
+        for t_us, frame in frames:
+            timestamps.append(t_us)
+            if frame is not last_frame:  # a repeated frame stays the same object: no motion, not computed
+                last_image, last_frame = upright_image(frame, *size, decode.threads), frame
+            yield last_image
+
+    for number, jpeg in enumerate(decode.flow.jpegs(images(), decode.jpeg_quality)):
+        yield timestamps[number], jpeg
 
 
 def encode_clip(path, decode=DecodeOptions(), start=None, end=None):

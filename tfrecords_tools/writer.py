@@ -127,15 +127,18 @@ def convert(items, label_map, output_dir, *, decode=video_lib.DecodeOptions(), n
     """Convert `items` (`sources.VideoItem`s) into `num_shards` TFRecord shards in `output_dir`.
 
     workers: processes (None = all cores, 0 = in this process). compression: None or "GZIP".
+    decode: `video.DecodeOptions`; with `decode.flow` the records hold TV-L1 flow (`flow`), and
+    the manifest says so (`modality`, and the flow parameters in `params.decode.flow`).
     Rerunning with the same arguments after an interruption (an exception, `kill -9`, a full
     disk) resumes and writes the shards an uninterrupted run writes; different arguments in a
     non-empty output dir raise ValueError. Returns a `Summary`; failed videos are skipped and
     listed in failures.jsonl. Raises `OutputError` when the output side fails or another run
     holds `output_dir` (see the module docstring), ValueError for bad arguments (also an
-    `output_dir` that is an existing file)."""
+    `output_dir` that is an existing file), ImportError for flow without OpenCV's contrib modules
+    (`flow.FlowOptions.algorithm`)."""
     items = shard_order(items)
     num_shards = default_num_shards(len(items)) if num_shards is None else num_shards
-    _validate(items, num_shards, compression, workers)
+    _validate(items, num_shards, compression, workers, decode)
     out = pathlib.Path(output_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"Expected output_dir to be a folder (new or existing). Received: "
@@ -153,7 +156,7 @@ def convert(items, label_map, output_dir, *, decode=video_lib.DecodeOptions(), n
     return Summary(str(out), manifest, failures, resumed, time.monotonic() - started)
 
 
-def _validate(items, num_shards, compression, workers):
+def _validate(items, num_shards, compression, workers, decode):
     if not items:
         raise ValueError("Expected at least one video to convert. Received: 0 items")
     if not isinstance(num_shards, int) or num_shards < 1:
@@ -162,12 +165,16 @@ def _validate(items, num_shards, compression, workers):
         raise ValueError(f"Expected compression in {COMPRESSIONS}. Received: compression={compression!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 0):
         raise ValueError(f"Expected workers to be an int >= 0 or None. Received: workers={workers!r}")
+    if decode.flow is not None:
+        decode.flow.algorithm()  # OpenCV's TV-L1 is there: not one failure per video without it
 
 
 def _params(items, label_map, decode, num_shards, prefix, compression):
     listing = json.dumps([dataclasses.astuple(item) for item in items]).encode("utf-8")
-    decode = dataclasses.asdict(decode)
+    decode = dataclasses.asdict(decode)  # with the flow parameters (`flow.FlowOptions`) of flow records
     del decode["threads"]  # changes speed, not records: a resume may use other --workers/--threads
+    if decode["flow"] is None:
+        del decode["flow"]  # RGB: the parameters of the folders written before flow records existed
     return {
         "decode": decode,
         "num_shards": num_shards,
@@ -195,6 +202,7 @@ def write_record(item, label_index, decode, out, spool, framed=False):
     context = schema.encode_context(
         height=info.height, width=info.width, frame_rate=info.frame_rate, label_index=label_index,
         label_string=item.label, media_id=item.media_id, start_us=info.start_us, end_us=info.end_us,
+        modality=decode.modality,
     )
     frames_size = spool.tell() - origin
     head, tail = schema.record_parts(context, frames_size, info.timestamps_us)
@@ -402,6 +410,7 @@ class _Job:
             json.dumps(f, ensure_ascii=False, sort_keys=True) + "\n" for f in failures
         ).encode("utf-8"))
         manifest = {
+            "modality": self.decode.modality,  # what the records' frames hold (`schema.MODALITY`)
             "params": params,
             "shards": shards,
             "totals": {"videos": len(self.items), "records": sum(s["records"] for s in shards),

@@ -1,6 +1,7 @@
 """`p3d-tfrecords`: convert a video collection into sharded TFRecords, index or inspect shards.
 
     p3d-tfrecords convert --layout folder --root videos/ --output shards/ --workers 8
+    p3d-tfrecords convert --layout folder --root videos/ --output flow_shards/ --modality flow
     p3d-tfrecords beam --layout csv --csv list.csv --output gs://bucket/shards/data -- --runner=DataflowRunner ...
     p3d-tfrecords index shards/        # window indexes of other shards (convert, and beam into a local folder, write them)
     p3d-tfrecords inspect shards/ --contact-sheet sheet.png
@@ -37,6 +38,11 @@ def _add_input_args(parser):
     group.add_argument("--max-frames", type=common.positive_int, help="keep at most N frames per video")
     group.add_argument("--min-frames", type=common.positive_int, default=1,
                        help="fewer frames is a failure (default 1)")
+    group.add_argument("--modality", choices=("rgb", "flow"), default="rgb",
+                       help="store the frames (rgb, default) or the TV-L1 optical flow between consecutive frames "
+                            "at the stored size (flow: x, y in the first two channels; needs p3d_keras[flow])")
+    group.add_argument("--flow-bound", type=common.positive_float, default=20.0,
+                       help="flow: clip x, y to +-BOUND pixels per frame, mapped to 0..255 (default 20)")
     group = parser.add_argument_group("output")
     group.add_argument("--output", "-o", required=True, help="output folder (beam: file prefix)")
     group.add_argument("--shards", type=common.positive_int, help="number of shards")
@@ -72,9 +78,15 @@ def build_parser():
 
 
 def _decode_options(args, threads=0):
+    flow_options = None
+    if args.modality == "flow":
+        # here, not at the top: the converter's spawned workers import this module, and RGB ones load no NumPy
+        from p3d_keras.tfrecords_tools import flow  # noqa: PLC0415
+
+        flow_options = flow.FlowOptions(bound=args.flow_bound)
     return video.DecodeOptions(size=args.size, short_side=args.short_side, fps=args.fps,
                                jpeg_quality=args.jpeg_quality, max_frames=args.max_frames,
-                               min_frames=args.min_frames, threads=threads)
+                               min_frames=args.min_frames, threads=threads, flow=flow_options)
 
 
 def _describe(p):
@@ -158,7 +170,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     commands = {"convert": _convert, "beam": lambda a: _beam(a, pipeline_args), "index": _index, "inspect": _inspect}
     return common.run("p3d-tfrecords", lambda: commands[args.command](args), done=lambda code: code,
-                      expected=(writer.OutputError,), log_level=args.log_level)
+                      expected=(writer.OutputError, ImportError), log_level=args.log_level)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ import tensorflow as tf
 from p3d_keras.core.protowire import group_fields, length_delimited, payload
 from p3d_keras.jobs import model_folder, models
 from p3d_keras.jobs.clip_input import default_resize_short_side, make_preprocess, make_record_preprocess
-from p3d_keras.tfrecords_tools import schema
+from p3d_keras.tfrecords_tools import flow, schema
 
 log = logging.getLogger(__name__)
 
@@ -172,12 +172,13 @@ def encode_record(frames, quality=90):
     first two of three): a `serving_encoded` request's record. The context a converter writes
     (label, frame rate) is filled with placeholders: serving reads none of it."""
     frames = np.asarray(frames)
-    if frames.shape[-1] == 2:
-        frames = np.concatenate([frames, np.zeros_like(frames[..., :1])], axis=-1)
-    jpegs = [tf.io.encode_jpeg(frame, quality=quality).numpy() for frame in frames]
+    is_flow = frames.shape[-1] == 2
+    if is_flow:  # full-resolution chroma, as `flow.encode_jpeg`
+        frames = flow.stored_frame(frames)
+    jpegs = [tf.io.encode_jpeg(frame, quality=quality, chroma_downsampling=not is_flow).numpy() for frame in frames]
     return schema.make_example(encoded_frames=jpegs, timestamps_us=list(range(len(jpegs))), height=frames.shape[1],
                                width=frames.shape[2], frame_rate=0.0, label_index=-1, label_string="",
-                               media_id="request")
+                               media_id="request", modality="flow" if is_flow else "rgb")
 
 
 def warmup_inputs(frames):

@@ -10,7 +10,10 @@ import pytest
 
 from p3d_keras.applications import PRESETS, P3DResNet, inflation
 from p3d_keras.applications.p3d_resnet import fit_unit_axes
+from p3d_keras.cli import common
+from p3d_keras.cli import train as train_cli
 from p3d_keras.core.layers import P3DBottleneck
+from p3d_keras.core.normalization import normalize
 from p3d_keras.jobs import model_folder, models, training
 from program_fixtures import SPEC
 
@@ -166,7 +169,11 @@ def test_weights_imagenet_builds_the_inflated_network(no_download, resnet50):
 
 
 def test_p3d_train_weights_imagenet(no_download, resnet50):
-    spec = dataclasses.replace(SPEC, depth=63, width=64, weights="imagenet", size=32)
+    """The flags of `p3d-train --depth 63 --weights imagenet` give the inflated network to train."""
+    args = train_cli.build_parser().parse_args(["--train", "t", "--out", "o", "--depth", "63", "--weights", "imagenet",
+                                                "--size", "32"])
+    spec = common.model_spec(args)
+    assert spec == dataclasses.replace(SPEC, depth=63, width=64, weights="imagenet", size=32)
     loaded = training.model_for_classes(spec, classes=3, class_names=["jump", "run", "sit"])
     np.testing.assert_array_equal(loaded.model.get_layer("conv1").get_weights()[0][0],
                                   resnet50.get_layer("conv1_conv").get_weights()[0])
@@ -179,3 +186,40 @@ def test_inflated_rows_in_the_preset_table():
         preset = PRESETS[name]
         assert preset.inflated and preset.temporal_init == init and preset.labels is None
         assert preset.normalization == "imagenet_caffe" and preset.modality == "rgb"
+
+
+def test_imagenet_caffe_normalization_is_keras_resnet_preprocessing():
+    frames = np.random.default_rng(2).uniform(0, 255, (2, 5, 5, 3)).astype("float32")
+    np.testing.assert_allclose(normalize(frames, PRESETS["imagenet"].normalization),
+                               keras.applications.resnet.preprocess_input(frames.copy()), rtol=1e-6, atol=1e-5)
+
+
+def test_inflated_p3d63_2d_ops_form(no_download, resnet50):
+    model = P3DResNet(63, weights="imagenet", graph="caffe", include_top=False, pooling="avg", ops="2d",
+                      input_shape=(FRAMES, SIZE, SIZE, 3))
+    np.testing.assert_allclose(np.asarray(model(static_clip())), np.asarray(caffe_aligned(resnet50)(static_clip()[:, 0])),
+                               rtol=RTOL, atol=ATOL)
+
+
+def test_inflated_p3d131_from_resnet101():
+    resnet = randomize(keras.applications.ResNet101(weights=None, include_top=False, pooling="avg",
+                                                    input_shape=(32, 32, 3)))
+    model = inflation.inflate_resnet(resnet, P3DResNet(131, include_top=False, pooling="avg", graph="pytorch",
+                                                       input_shape=(16, 32, 32, 3)))
+    clip = static_clip(size=32)
+    np.testing.assert_allclose(np.asarray(model(clip)), np.asarray(resnet(clip[:, 0])), rtol=RTOL, atol=ATOL)
+
+
+@pytest.mark.slow
+def test_p3d_train_program_weights_imagenet(no_download, resnet50, shards, tmp_path):
+    code = train_cli.main(["--train", str(shards / "train"), "--out", str(tmp_path), "--epochs", "1",
+                           "--batch-size", "4", "--verbose", "0", "--depth", "63", "--weights", "imagenet",
+                           "--graph", "pytorch", "--frames", "16", "--size", "32"])
+    assert code == 0
+    saved = model_folder.read_model_folder(tmp_path / "best")
+    assert saved.metadata.normalization == "imagenet_caffe" and saved.metadata.class_names == ("jump", "run", "sit")
+    assert saved.metadata.provenance["preset"] == "imagenet" and saved.model.output_shape == (None, 3)
+    # partial BN: every BatchNorm but the first kept its inflated statistics
+    np.testing.assert_allclose(saved.model.get_layer("res5c").bn_expand.moving_mean.numpy(),
+                               resnet50.get_layer("conv5_block3_3_bn").moving_mean.numpy()
+                               - resnet50.get_layer("conv5_block3_3_conv").bias.numpy(), rtol=1e-6, atol=1e-7)

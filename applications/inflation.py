@@ -41,8 +41,8 @@ The temporal convolutions T (3x1x1, 'same', so zero-padded in time) and the Batc
   any kernel that mixes neighbouring frames would not be.
 - "gaussian": the paper's: every tap of T drawn from N(0, 0.001^2), BN_t as above. Then T's
   output is ~1e-3 of its input: the B and port-C blocks stay close to their 2D bottleneck, the A
-  and Caffe-C blocks do not (u ~ 0 and u ~ s/2), so the static-clip features differ from the 2D
-  ResNet's (they rely on training, with BN_t in training mode, to scale T up).
+  and Caffe-C blocks do not (u ~ 0 and u ~ s/2; the shortcut still carries x), so the static-clip
+  features differ from the 2D ResNet's (training, with BN_t in training mode, scales T up).
 
 The pools: pool1 is a 3x3 stride-2 max pool in both; Keras' ResNet zero-pads one on each side and
 rounds down, as the PyTorch port's graph (`graph="pytorch"`), which therefore reproduces the 2D

@@ -122,7 +122,8 @@ def test_gaussian_temporal_init_is_the_papers(resnet50):
     assert abs(kernels.std() - inflation.GAUSSIAN_STDDEV) < 1e-5 and abs(kernels.mean()) < 1e-5
     clip = static_clip()
     expected, features = np.asarray(identity(clip)), np.asarray(gaussian(clip))
-    assert np.isfinite(features).all() and np.abs(features - expected).max() > 100 * ATOL
+    # differs, but stays close: the shortcuts carry what the A blocks (u ~ 0) drop (4 % here)
+    assert 1e-3 < np.linalg.norm(features - expected) / np.linalg.norm(expected) < 0.2
 
 
 def test_bad_inputs_are_named(resnet50):

@@ -51,8 +51,8 @@ only): its static-clip features equal those of the same 2D ResNet with pool1 pad
 ((0, 1), (0, 1)) instead (`tests/test_inflation.py` builds that 2D reference from the ResNet's own
 layers). The temporal max pools and the time average are the identity on identical frames.
 """
-import numpy as np
 import keras
+import numpy as np
 
 from p3d_keras.core.layers import P3DBottleneck
 

@@ -123,8 +123,9 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
             ImageNet ResNet-50/101/152, downloaded and cached by Keras, the temporal convs such
             that a clip of identical frames gives the 2D ResNet's features, a new classifier; see
             `applications.inflation`), `"imagenet_gaussian"` (the same, the temporal convs drawn
-            from N(0, 0.001^2) as in the paper), a Keras weights file (`.weights.h5`), or an original checkpoint (`.pth`,
-            `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), mapped onto the model on load.
+            from N(0, 0.001^2) as in the paper), a Keras weights file (`.weights.h5`), or an original
+            checkpoint (`.pth`, `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), mapped
+            onto the model on load.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: `(T, H, W, C)`, default `(16, 160, 160, C)`. T must be a multiple of 16,
             H and W at least 32; C is 3 for RGB and 2 for flow.

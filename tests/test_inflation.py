@@ -198,7 +198,8 @@ def test_imagenet_caffe_normalization_is_keras_resnet_preprocessing():
 def test_inflated_p3d63_2d_ops_form(no_download, resnet50):
     model = P3DResNet(63, weights="imagenet", graph="caffe", include_top=False, pooling="avg", ops="2d",
                       input_shape=(FRAMES, SIZE, SIZE, 3))
-    np.testing.assert_allclose(np.asarray(model(static_clip())), np.asarray(caffe_aligned(resnet50)(static_clip()[:, 0])),
+    clip = static_clip()
+    np.testing.assert_allclose(np.asarray(model(clip)), np.asarray(caffe_aligned(resnet50)(clip[:, 0])),
                                rtol=RTOL, atol=ATOL)
 
 

@@ -17,6 +17,7 @@ from p3d_keras.core.normalization import (DEFAULT_NORMALIZATION, MODALITY_CHANNE
                                           modality_of_channels)
 from p3d_keras.weights.cache import fetch_preset, load_weights
 
+from .inflation import IMAGENET_RESNETS, imagenet_resnet, inflate_resnet
 from .presets import find_preset
 
 STAGE_BLOCKS = {63: (3, 4, 6, 3), 131: (3, 4, 23, 3), 199: (3, 8, 36, 3)}
@@ -85,17 +86,25 @@ def preset_arguments(weights, include_top, depth, width, **given):
     left None stays None without a preset (its default depends on the modality)."""
     preset = find_preset(weights)
     if preset is None:
-        return {k: ARCHITECTURE_DEFAULTS.get(k) if v is None else v for k, v in given.items()}, None
+        return {k: first_given(v, ARCHITECTURE_DEFAULTS.get(k)) for k, v in given.items()}, None
     fixed = dict(depth=depth, width=width, graph=given["graph"], modality=given["modality"],
                  normalization=given.get("normalization"))
     if include_top:
         fixed["classes"] = given["classes"]
     for key, value in fixed.items():
-        if value is not None and value != getattr(preset, key):
+        if value is not None and getattr(preset, key) is not None and value != getattr(preset, key):
             hint = " (with include_top=False any classes work)" if key == "classes" else ""
             raise ValueError(f"weights={weights!r} is a {key}={getattr(preset, key)!r} model{hint}. "
                              f"Received: {key}={value!r}")
-    return {k: getattr(preset, k) if v is None else v for k, v in given.items()}, preset
+    if preset.inflated and not (isinstance(depth, int) and depth in IMAGENET_RESNETS):
+        raise ValueError(f"weights={weights!r} is inflated from an ImageNet ResNet: Expected depth in "
+                         f"{sorted(IMAGENET_RESNETS)}. Received: depth={depth!r}")
+    return {k: first_given(v, getattr(preset, k), ARCHITECTURE_DEFAULTS.get(k)) for k, v in given.items()}, preset
+
+
+def first_given(*values):
+    """The first of `values` that is not None (None if all are)."""
+    return next((v for v in values if v is not None), None)
 
 
 def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, input_shape=None,
@@ -110,8 +119,13 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
         include_top: whether to end with global average pooling, dropout and the classifier.
         weights: `None` (random initialisation), a preset name (see `PRESETS`; it sets the
             defaults of `classes`, `modality`, `graph` and `dropout_rate`, and conflicting values
-            raise), a Keras weights file (`.weights.h5`), or an original checkpoint (`.pth`,
-            `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), mapped onto the model on load.
+            raise), `"imagenet"` (depth 63, 131 or 199 only: the 2D layers from keras.applications'
+            ImageNet ResNet-50/101/152, downloaded and cached by Keras, the temporal convs such
+            that a clip of identical frames gives the 2D ResNet's features, a new classifier; see
+            `applications.inflation`), `"imagenet_gaussian"` (the same, the temporal convs drawn
+            from N(0, 0.001^2) as in the paper), a Keras weights file (`.weights.h5`), or an original
+            checkpoint (`.pth`, `.pth.tar`, `.npz` in the PyTorch port's names, `.caffemodel`), mapped
+            onto the model on load.
         input_tensor: optional Keras tensor to use as the model input.
         input_shape: `(T, H, W, C)`, default `(16, 160, 160, C)`. T must be a multiple of 16,
             H and W at least 32; C is 3 for RGB and 2 for flow.
@@ -233,6 +247,8 @@ def P3DResNet(depth=199, *, include_top=True, weights=None, input_tensor=None, i
                                classes=classes, classifier_activation=classifier_activation, modality=modality,
                                graph=graph, dropout_rate=dropout_rate, width=width, temporal=temporal,
                                include_preprocessing=include_preprocessing, normalization=normalization), model)
+    elif preset is not None and preset.inflated:
+        inflate_resnet(imagenet_resnet(depth), model, temporal_init=preset.temporal_init)
     elif preset is not None:
         load_preset(model, preset, lambda: P3DResNet(
             depth, weights=None, input_shape=shape, classes=preset.classes, classifier_activation=None,

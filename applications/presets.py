@@ -1,9 +1,15 @@
-"""Weight presets: one row per released P3D model. Weights are data, not code.
+"""Weight presets: one row per released P3D model, and the ImageNet initialisations. Weights are
+data, not code.
 
-A preset says where its original was published, which graph and input it was trained with, how
-frames must be normalised, and (once a maintainer publishes the Keras weights file) the URL and
-sha256 of that file. See `p3d_keras.weights.cache` for how a preset is found, downloaded or mapped
-from its original file.
+A released preset says where its original was published, which graph and input it was trained
+with, how frames must be normalised, and (once a maintainer publishes the Keras weights file) the
+URL and sha256 of that file. See `p3d_keras.weights.cache` for how a preset is found, downloaded or
+mapped from its original file.
+
+An inflated preset (`origin="inflated"`: `imagenet`, `imagenet_gaussian`) is built rather than
+downloaded: the P3D's 2D layers from keras.applications' ImageNet ResNet of its depth, its
+temporal convs as `temporal_init` says (`applications.inflation`). It fixes the modality, width
+and normalisation; depth (63, 131, 199), graph and classes are the caller's, the classifier new.
 """
 import dataclasses
 import os
@@ -20,18 +26,27 @@ class WeightPreset:
     description: str
     original_file: str        # the file name as released
     published_at: str         # where the original was published
-    graph: str                # "caffe" or "pytorch"
+    graph: str                # "caffe" or "pytorch" (None: any, for an inflated row)
     modality: str             # "rgb" or "flow"
-    classes: int
-    labels: str               # label file in p3d_keras/applications/labels/ (without .txt)
+    classes: int              # None: any (an inflated row's classifier is new)
+    labels: str               # None, or the label file in p3d_keras/applications/labels/ (without .txt)
     normalization: str        # a key of p3d_keras.core.normalization.NORMALIZATIONS
     dropout_rate: float       # head dropout of the released deploy graph
     reported: str = "-"       # accuracy the authors report for this model
-    depth: object = 199
+    depth: object = 199       # None: any of 63, 131, 199 (an inflated row)
     width: int = 64
     input_shape: tuple = (16, 160, 160, 3)
     url: str = None           # the Keras weights file, once published
     sha256: str = None
+    origin: str = "released"  # "released" (downloaded or mapped from `original_file`) or "inflated" (built)
+    temporal_init: str = None  # an inflated row's `applications.inflation.TEMPORAL_INITS` choice
+
+    @property
+    def inflated(self):
+        """Whether this row is built from keras.applications' ImageNet ResNet of the P3D's depth
+        (`applications.inflation`) rather than loaded from a released P3D model. Such a row has no
+        classes, labels, graph or depth of its own (None: any, the classifier is new)."""
+        return self.origin == "inflated"
 
     @property
     def filename(self):
@@ -40,6 +55,7 @@ class WeightPreset:
 
 
 _CAFFE = "authors' OneDrive (github.com/ZhaofanQiu/pseudo-3d-residual-networks)"
+_KERAS = "Keras' weights store (keras.applications; Keras downloads and caches them)"
 _PORT = "PyTorch port's Google Drive (github.com/qijiezhao/pseudo-3d-pytorch)"
 
 PRESETS = {
@@ -65,6 +81,13 @@ PRESETS = {
                      original_file="p3d_flow_199.checkpoint.pth.tar", published_at=_PORT, graph="pytorch",
                      modality="flow", classes=400, labels="kinetics400", normalization="flow", dropout_rate=0.5,
                      input_shape=(16, 160, 160, 2)),
+        *(WeightPreset(name=name, description=f"P3D-63/131/199 inflated from Keras' ImageNet ResNet-50/101/152, "
+                                              f"{init} temporal convs, new classifier",
+                       original_file="keras.applications.ResNet{50,101,152}(weights='imagenet')",
+                       published_at=_KERAS, graph=None, modality="rgb", classes=None, labels=None,
+                       normalization="imagenet_caffe", dropout_rate=0.5, depth=None, origin="inflated",
+                       temporal_init=init)
+          for name, init in (("imagenet", "identity"), ("imagenet_gaussian", "gaussian"))),
     )
 }
 

@@ -101,8 +101,8 @@ def test_describe_model_reads_the_network():
 
 @pytest.mark.parametrize("kwargs, message", [
     (dict(normalization="flow"), "Expected a normalization for 3 channels. Received: normalization='flow'"),
-    (dict(normalization="nope"), "Expected normalization in ['caffe', 'flow', 'imagenet', 'unit']. Received: "
-                                 "normalization='nope'"),
+    (dict(normalization="nope"), "Expected normalization in ['caffe', 'flow', 'imagenet', 'imagenet_caffe', 'unit']. "
+                                 "Received: normalization='nope'"),
     (dict(normalization="caffe", class_names=["a", "b"]), "Expected one class name per output of the classifier "
                                                           "(output shape (None, 3)). Received: 2 class names"),
     (dict(normalization="caffe", resize_short_side=20), "Expected resize_short_side >= crop_size=32. Received: "

@@ -33,7 +33,7 @@ def test_bad_inputs_raise():
         get_normalization("bgr")
     with pytest.raises(ValueError, match="expects 2 channels"):
         normalize(np.zeros((1, 3), "float32"), "flow")
-    assert set(NORMALIZATIONS) == {"caffe", "imagenet", "unit", "flow"}
+    assert set(NORMALIZATIONS) == {"caffe", "imagenet_caffe", "imagenet", "unit", "flow"}
 
 
 def test_same_values_on_numpy_tf_and_jax_with_static_and_dynamic_width():

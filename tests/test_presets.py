@@ -5,7 +5,7 @@ from p3d_keras.applications import PRESETS, P3DResNet, P3DResNet199, WeightPrese
 
 
 def test_unknown_preset_lists_the_known_ones():
-    with pytest.raises(ValueError, match=r"Expected one of \['kinetics400', .*'sports1m'\].*Received: weights='ucf'"):
+    with pytest.raises(ValueError, match=r"Expected one of \['imagenet', .*'sports1m'\].*Received: weights='ucf'"):
         P3DResNet199(weights="ucf")
     with pytest.raises(ValueError, match="is a depth=199 model. Received: depth=63"):
         P3DResNet(63, weights="kinetics400")
@@ -13,9 +13,10 @@ def test_unknown_preset_lists_the_known_ones():
 
 def test_preset_table_is_complete():
     assert set(PRESETS) == {"sports1m", "kinetics400", "kinetics400_flow", "kinetics400_pytorch",
-                            "kinetics400_flow_pytorch"}
+                            "kinetics400_flow_pytorch", "imagenet", "imagenet_gaussian"}
     for preset in PRESETS.values():
-        assert preset.graph in ("caffe", "pytorch") and preset.modality in ("rgb", "flow")
+        assert preset.origin in ("released", "inflated") and preset.modality in ("rgb", "flow")
+        assert preset.graph in ((None,) if preset.inflated else ("caffe", "pytorch"))
         assert preset.input_shape[-1] == (3 if preset.modality == "rgb" else 2)
         assert get_preset(preset.name) is preset
 

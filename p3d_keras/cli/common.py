@@ -52,7 +52,8 @@ def add_model_arguments(parser, *, classes=False):
     group.add_argument("--depth", default="199",
                        help="63, 131, 199, or four comma-separated block counts (default 199)")
     group.add_argument("--width", type=positive_int, default=64, help="res2 bottleneck width (default 64)")
-    group.add_argument("--weights", help="a preset name, a .weights.h5 file or an original checkpoint")
+    group.add_argument("--weights", help="a preset name (imagenet: inflated from Keras' ImageNet ResNet, --depth "
+                                         "63, 131 or 199), a .weights.h5 file or an original checkpoint")
     group.add_argument("--graph", choices=("caffe", "pytorch"), help="default: caffe, or the preset's")
     group.add_argument("--modality", choices=("rgb", "flow"), help="default: rgb, or the preset's")
     group.add_argument("--frames", type=positive_int, default=16, help="clip length T (default 16)")

@@ -49,6 +49,9 @@ NORMALIZATIONS = {
         Normalization("caffe", 3, bgr=True, mean=(104.0, 117.0, 123.0),
                       description="BGR, 0-255 minus the per-channel mean [104, 117, 123] "
                                   "(the authors' Caffe weights)"),
+        Normalization("imagenet_caffe", 3, bgr=True, mean=(103.939, 116.779, 123.68),
+                      description="BGR, 0-255 minus the ImageNet mean [103.939, 116.779, 123.68] (Keras' ImageNet "
+                                  "ResNets, keras.applications.resnet.preprocess_input: the inflated weights)"),
         Normalization("imagenet", 3, scale=255.0, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
                       description="RGB on [0, 1], minus ImageNet mean, divided by ImageNet std"),
         Normalization("unit", 3, scale=255.0, description="RGB on [0, 1]"),

@@ -323,8 +323,12 @@ def read_model_folder(path):
 
 
 def preset_model(name):
-    """The `P3DModel` of the preset `name`: `P3DResNet(weights=name)` and the preset row's metadata."""
+    """The `P3DModel` of the preset `name`: `P3DResNet(weights=name)` and the preset row's metadata.
+    Raises ModelFolderError for an inflated preset (an initialisation, not a trained model)."""
     preset = PRESETS[name]
+    if preset.inflated:
+        raise ModelFolderError(f"Expected a trained model. Received: {name!r}, an ImageNet initialisation with a new "
+                               f"classifier: fine-tune it first (p3d-train --depth 63 --weights {name})")
     model = P3DResNet(preset.depth, weights=name, width=preset.width, input_shape=preset.input_shape)
     evaluation = None if preset.reported == "-" else {"protocol": {"source": "reported by the authors"},
                                                       "results": {"reported": preset.reported}}

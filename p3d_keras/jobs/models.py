@@ -129,11 +129,12 @@ def model_modality(model):
 
 
 def class_names(spec, labels_file=None):
-    """Class names from the file `labels_file`, else the preset's of `spec`, else None."""
+    """Class names from the file `labels_file`, else the preset's of `spec` (an inflated preset has
+    none), else None."""
     if labels_file:
         return read_label_file(labels_file)
     preset = spec.preset
-    return list(load_labels(preset.labels)) if preset else None
+    return list(load_labels(preset.labels)) if preset and preset.labels else None
 
 
 def normalization_for(spec, modality, normalization=None):

@@ -9,7 +9,7 @@ from p3d_keras.jobs import model_folder
 from p3d_keras.weights.original import assign_original, read_original
 
 # What the original files were trained with, by graph and modality: what their presets say.
-ORIGINAL_NORMALIZATION = {(p.graph, p.modality): p.normalization for p in PRESETS.values()}
+ORIGINAL_NORMALIZATION = {(p.graph, p.modality): p.normalization for p in PRESETS.values() if not p.inflated}
 
 
 def save_as_keras_weights(src, dst, *, depth=199, modality="rgb", graph=None, classes=400):

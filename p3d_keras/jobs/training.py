@@ -185,10 +185,10 @@ def training_callbacks(out_dir, network, metadata, *, monitor_val, protocol=None
 def model_for_classes(spec, classes, *, normalization=None, class_names=None):
     """The network to fine-tune with its metadata (`models.load`). A weights preset trained on
     another number of classes keeps every layer but the classifier, which starts afresh (e.g.
-    Kinetics-400 weights for UCF101). A model folder's normalisation decides (a contradicting
-    `normalization` raises)."""
+    Kinetics-400 weights for UCF101); an inflated preset (`imagenet`) is built with `classes`. A
+    model folder's normalisation decides (a contradicting `normalization` raises)."""
     preset = spec.preset
-    if spec.model or preset is None or classes in (None, preset.classes):
+    if spec.model or preset is None or preset.inflated or classes in (None, preset.classes):
         loaded = models.load(spec, classes=classes, normalization=normalization)
         return dataclasses.replace(loaded, metadata=dataclasses.replace(
             loaded.metadata, class_names=tuple(class_names) if class_names else loaded.metadata.class_names))

@@ -12,7 +12,7 @@ Every measurement runs in a fresh process (spawned by this one, which imports ne
 TensorFlow):
 
 1. throughput (one process, `--rounds` rounds, each timing these rows one after the other, so a
-   change in the machine's load touches all of them): *network alone*: `predict_on_batch` over
+   change in the machine's load touches all of them; they take turns on each video): *network alone*: `predict_on_batch` over
    the windows' network inputs, cut, batched, padded and normalised in memory beforehand, exactly
    what `VideoInference` feeds it (windows of one video per batch, its last batch padded);
    *in-memory windows*: `VideoInference.run_windows` over the same `Window`s in memory (adds
@@ -120,18 +120,23 @@ def throughput_child(args, decode):
     cut_all()  # warm-up, untimed: PyAV, the files in the page cache
     cut_seconds, cut_cpu = timed(cut_all)
     windows = cut_all()
-    inputs = [batch for video in windows for batch in network_inputs(inference, video)]
-    count = sum(len(video) for video in windows)
+    inputs = [network_inputs(inference, video) for video in windows]
     model = inference._network  # noqa: SLF001 (the very network VideoInference calls)
-    model.predict_on_batch(inputs[0])  # warm-up, untimed: traces the function
+    model.predict_on_batch(inputs[0][0])  # warm-up, untimed: traces the function
     rows = {
-        "network alone": lambda: [model.predict_on_batch(batch) for batch in inputs],
-        "in-memory windows": lambda: [list(inference.run_windows(video)) for video in windows],
-        "end to end from mp4": lambda: [list(inference.windows(path, decode=decode)) for path in args.paths],
+        "network alone": lambda i: [model.predict_on_batch(batch) for batch in inputs[i]],
+        "in-memory windows": lambda i: list(inference.run_windows(windows[i])),
+        "end to end from mp4": lambda i: list(inference.windows(args.paths[i], decode=decode)),
     }
-    rounds = [{name: timed(fn) for name, fn in rows.items()} for _ in range(args.rounds)]
-    return {"windows": count, "batches": len(inputs), "decode_cut": [cut_seconds, cut_cpu], "rounds": rounds,
-            "network_parameters": model.count_params()}
+    rounds = []
+    for _ in range(args.rounds):  # the rows take turns on each video, so a change of load touches all
+        totals = {name: [0.0, 0.0] for name in rows}
+        for i in range(len(args.paths)):
+            for name, fn in rows.items():
+                totals[name] = [a + b for a, b in zip(totals[name], timed(lambda: fn(i)))]
+        rounds.append(totals)
+    return {"windows": sum(map(len, windows)), "batches": sum(map(len, inputs)), "decode_cut": [cut_seconds, cut_cpu],
+            "rounds": rounds, "network_parameters": model.count_params()}
 
 
 def memory_child(args, decode):

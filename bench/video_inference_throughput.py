@@ -58,7 +58,7 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-frames", type=int, default=250, help="frames of each synthetic clip")
     p.add_argument("--copies", type=int, default=2, help="copies of each clip in the throughput run")
     p.add_argument("--rounds", type=int, default=3, help="throughput rounds (each times every row)")
-    p.add_argument("--loops", type=int, default=10, help="the long video is bikes looped this many times")
+    p.add_argument("--loops", type=int, default=10, help="the long video is the first one looped this many times")
     p.add_argument("--decode-threads", type=int, default=0,
                    help="decoder and scaler threads (DecodeOptions.threads; default 0, as the programs: FFmpeg picks)")
     p.add_argument("--quick", action="store_true", help="tiny network, one copy, two rounds (checks the script)")
@@ -97,10 +97,10 @@ def network_inputs(inference, windows):
     return [inference._inputs(windows[i:i + size]) for i in range(0, len(windows), size)]  # noqa: SLF001
 
 
-def timed(fn):
-    """(wall seconds, CPU seconds of this process) of `fn()`."""
+def timed(fn, *args):
+    """(wall seconds, CPU seconds of this process) of `fn(*args)`."""
     wall, cpu = time.perf_counter(), time.process_time()
-    fn()
+    fn(*args)
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
@@ -129,7 +129,7 @@ def throughput_child(args, decode):
         totals = {name: [0.0, 0.0] for name in rows}
         for i in range(len(args.paths)):
             for name, fn in rows.items():
-                totals[name] = [a + b for a, b in zip(totals[name], timed(lambda: fn(i)))]
+                totals[name] = [a + b for a, b in zip(totals[name], timed(fn, i))]
         rounds.append(totals)
     return {"windows": sum(map(len, windows)), "batches": sum(map(len, inputs)), "decode_cut": [cut_seconds, cut_cpu],
             "rounds": rounds, "network_parameters": model.count_params()}

@@ -117,11 +117,12 @@ class VideoInference:
     def run_windows(self, windows):
         """`WindowResult`s of an iterable of `Window`s (from `cut_windows`, or any source), in
         batches of `batch_size`; the last batch is padded so the network is traced once."""
-        return self._run_batches(self._batches(windows))
+        return self.run_batches(self.batches(windows))
 
-    def _batches(self, windows):
-        """(windows, the network's input) for each batch of `windows`: stacked, the last one
-        padded, normalised unless the network normalises itself."""
+    def batches(self, windows):
+        """`(windows, network input)` for each batch of `batch_size` of the `Window`s `windows`:
+        stacked, the last batch padded, normalised unless the network normalises itself (what
+        `windows` prepares in its decoding thread)."""
         batch = []
         for window in windows:
             batch.append(window)
@@ -137,7 +138,8 @@ class VideoInference:
             clips = np.concatenate([clips, np.repeat(clips[-1:], self.batch_size - len(batch), axis=0)])
         return clips if self._takes_raw else normalize(clips.astype("float32"), self.metadata.normalization)
 
-    def _run_batches(self, batches):
+    def run_batches(self, batches):
+        """`WindowResult`s of an iterable of `batches`' items, one network call each."""
         for batch, inputs in batches:
             outputs = {name: keras.ops.convert_to_numpy(value) for name, value in
                        self._network.predict_on_batch(inputs).items()}
@@ -147,11 +149,11 @@ class VideoInference:
 
     def windows(self, path, *, window=None, stride=None, stride_seconds=None, decode=video.DecodeOptions()):
         """`WindowResult`s of the video file `path`, one per window (`WindowPlan`), while a thread
-        decodes ahead and prepares the network's batches. Raises `video.VideoError` for a file
+        decodes ahead and prepares the network's `batches`. Raises `video.VideoError` for a file
         that is not a readable video (after the windows before the damage, for a truncated one)."""
         plan = self.plan(window=window, stride=stride, stride_seconds=stride_seconds)
-        batches = self._batches(cut_windows(self.frames(path, decode), plan))
-        return self._run_batches(prefetch(batches, PREFETCH_BATCHES))
+        batches = self.batches(cut_windows(self.frames(path, decode), plan))
+        return self.run_batches(prefetch(batches, PREFETCH_BATCHES))
 
     def run(self, path, **kwargs):
         """All windows of `path` (`windows`' arguments) gathered: a `VideoResult`."""

@@ -93,8 +93,7 @@ def build_inference(args):
 
 def network_inputs(inference, windows):
     """The arrays `VideoInference` feeds its network for `windows` (one video's)."""
-    size = inference.batch_size
-    return [inference._inputs(windows[i:i + size]) for i in range(0, len(windows), size)]  # noqa: SLF001
+    return [inputs for _, inputs in inference.batches(windows)]
 
 
 def timed(fn, *args):

@@ -1,8 +1,10 @@
 """The programs' shared flags (`cli.common`): every numeric flag is range-checked, bad numbers are
 argument errors (exit 2)."""
 import argparse
+import logging
 
 import pytest
+import tensorflow as tf
 
 from p3d_keras.cli import common
 from p3d_keras.cli import evaluate as evaluate_cli
@@ -68,3 +70,10 @@ def test_window_flags():
     for bad in ("0", "-1s", "xs", "1.5", "nans"):
         with pytest.raises(argparse.ArgumentTypeError, match=f"Received: '{bad}'"):
             common.window_stride(bad)
+
+
+def test_setup_logging_prints_tensorflow_records_once(monkeypatch):
+    tensorflow_logger = tf.get_logger()
+    monkeypatch.setattr(tensorflow_logger, "handlers", [logging.StreamHandler()])  # as TensorFlow adds it
+    common.setup_logging("INFO")
+    assert tensorflow_logger.handlers == [] and tensorflow_logger.propagate  # the root's handler prints it once

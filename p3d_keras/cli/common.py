@@ -206,5 +206,12 @@ def run(prog, job, *, done=None, expected=(), log_level="INFO"):
 
 
 def setup_logging(level="INFO"):
+    """Log records at `level` and above to stderr, each once: TensorFlow, imported before this
+    (the programs import it first), gave its `tensorflow` logger a handler of its own, which would
+    print that logger's records a second time ("INFO:tensorflow:Assets written to: ...")."""
     logging.basicConfig(level=getattr(logging, level) if isinstance(level, str) else level,
                         format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
+    if "tensorflow" in sys.modules:
+        tensorflow_logger = logging.getLogger("tensorflow")
+        for handler in list(tensorflow_logger.handlers):
+            tensorflow_logger.removeHandler(handler)

@@ -42,11 +42,11 @@ THUMBNAILS = 6  # frames shown above the timeline
 
 class SavedModelInference:
     """An exported SavedModel version folder (`p3d-export`) run over a video's windows, as
-    `VideoInference` runs a Keras network (the same `plan`, `frames`, `run_windows`, `windows`),
-    with output `"probabilities"` only. Frames are handed over at the video's own size, one
-    window per call of `serving_default`: its graph resizes and crops them. The clip length and
-    class names come from the export's `assets.extra` metadata, else the clip length from the
-    graph's own frame-count assertion. Raises ValueError naming the folder when it is not such
+    `VideoInference` runs a Keras network (the same `plan`, `frames`, `batches`, `run_batches`,
+    `run_windows`, `windows`), with output `"probabilities"` only. Frames are handed over at the
+    video's own size, one window per call of `serving_default`: its graph resizes and crops them.
+    The clip length and class names come from the export's `assets.extra` metadata, else the clip
+    length from the graph's own frame-count assertion. Raises ValueError naming the folder when it is not such
     an export."""
 
     outputs = (PROBABILITIES,)
@@ -81,14 +81,21 @@ class SavedModelInference:
         """`video_frames` of `path` at the video's own size (the graph resizes and crops)."""
         return video_frames(path, None, decode)
 
-    def run_windows(self, windows):
-        """A `WindowResult` per `Window`, one call of the signature each."""
+    @staticmethod
+    def batches(windows):
+        """`((window,), frames [1, T, H, W, 3])` for each `Window`: one call of the signature each."""
         for window in windows:
-            probabilities = self._serve(frames=tf.constant(window.frames[None]))[PROBABILITIES].numpy()[0]
+            yield (window,), window.frames[None]
+
+    def run_batches(self, batches):
+        """A `WindowResult` per item of `batches`."""
+        for (window,), frames in batches:
+            probabilities = self._serve(frames=tf.constant(frames))[PROBABILITIES].numpy()[0]
             yield WindowResult(window.index, window.start_us / 1e6, window.end_us / 1e6,
                                {PROBABILITIES: probabilities}, window.looped)
 
-    windows = VideoInference.windows  # the same streaming: plan, decode ahead in a thread, run_windows
+    run_windows = VideoInference.run_windows
+    windows = VideoInference.windows  # the same streaming: plan, decode and batch ahead in a thread, run_batches
 
 
 @contextlib.contextmanager

@@ -123,7 +123,7 @@ def with_input_normalization(network, normalization):
 def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weight_decay=5e-4, jit_compile=False,
                          partial_bn=True):
     """Compile `model` for fine-tuning with `make_optimizer(optimizer, ...)` and sparse categorical
-    cross-entropy."""
+    cross-entropy; on the TensorFlow backend its training step runs `without_remapper`."""
     if partial_bn:
         log.info("partial BN: froze %d of %d BatchNormalization layers", apply_partial_bn(model),
                  len(batch_norm_layers(model)))
@@ -135,7 +135,31 @@ def compile_for_training(model, *, schedule, optimizer="sgd", momentum=0.9, weig
                  keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5")],
         jit_compile=jit_compile,
     )
+    if keras.backend.backend() == "tensorflow":
+        model.make_train_function()
+        model.train_function = without_remapper(model.train_function)
     return model
+
+
+def without_remapper(function):
+    """`function` called with TensorFlow's grappler remapper off.
+
+    With oneDNN on (TensorFlow's default on AVX-512 CPUs; `p3d-demo` turns it on), the remapper
+    fuses the `Pad` of `conv1_pad` into `conv1`'s `Conv3D` and removes the `Pad`, which the
+    gradient still reads (its `ShapeN` and `Conv3DBackpropFilterV2`): the pass then fails on every
+    training graph, TensorFlow logs `remapper failed: INVALID_ARGUMENT: Mutation::Apply error`
+    and keeps the graph as it was before the pass. Turning the pass off for the training step
+    gives that same graph (the same weights after training, bit for bit) without the error line;
+    the other graphs (evaluation, prediction), whose `Pad` has one reader, keep it."""
+    def call(*args, **kwargs):
+        before = tf.config.optimizer.get_experimental_options().get("remapping")
+        tf.config.optimizer.set_experimental_options({"remapping": False})
+        try:
+            return function(*args, **kwargs)
+        finally:
+            tf.config.optimizer.set_experimental_options({"remapping": before})
+
+    return call
 
 
 class ModelFolderCheckpoint(keras.callbacks.Callback):

@@ -117,33 +117,43 @@ class VideoInference:
     def run_windows(self, windows):
         """`WindowResult`s of an iterable of `Window`s (from `cut_windows`, or any source), in
         batches of `batch_size`; the last batch is padded so the network is traced once."""
+        return self.run_batches(self.batches(windows))
+
+    def batches(self, windows):
+        """`(windows, network input)` for each batch of `batch_size` of the `Window`s `windows`:
+        stacked, the last batch padded, normalised unless the network normalises itself (what
+        `windows` prepares in its decoding thread)."""
         batch = []
         for window in windows:
             batch.append(window)
             if len(batch) == self.batch_size:
-                yield from self._run_batch(batch)
+                yield batch, self._inputs(batch)
                 batch = []
         if batch:
-            yield from self._run_batch(batch)
+            yield batch, self._inputs(batch)
 
-    def _run_batch(self, batch):
+    def _inputs(self, batch):
         clips = np.stack([w.frames for w in batch])
         if len(batch) < self.batch_size:
             clips = np.concatenate([clips, np.repeat(clips[-1:], self.batch_size - len(batch), axis=0)])
-        inputs = clips if self._takes_raw else normalize(clips.astype("float32"), self.metadata.normalization)
-        outputs = {name: keras.ops.convert_to_numpy(value) for name, value in
-                   self._network.predict_on_batch(inputs).items()}
-        for i, window in enumerate(batch):
-            yield WindowResult(window.index, window.start_us / 1e6, window.end_us / 1e6,
-                               {name: value[i] for name, value in outputs.items()}, window.looped)
+        return clips if self._takes_raw else normalize(clips.astype("float32"), self.metadata.normalization)
+
+    def run_batches(self, batches):
+        """`WindowResult`s of an iterable of `batches`' items, one network call each."""
+        for batch, inputs in batches:
+            outputs = {name: keras.ops.convert_to_numpy(value) for name, value in
+                       self._network.predict_on_batch(inputs).items()}
+            for i, window in enumerate(batch):
+                yield WindowResult(window.index, window.start_us / 1e6, window.end_us / 1e6,
+                                   {name: value[i] for name, value in outputs.items()}, window.looped)
 
     def windows(self, path, *, window=None, stride=None, stride_seconds=None, decode=video.DecodeOptions()):
         """`WindowResult`s of the video file `path`, one per window (`WindowPlan`), while a thread
-        decodes ahead. Raises `video.VideoError` for a file that is not a readable video (after
-        the windows before the damage, for a truncated one)."""
+        decodes ahead and prepares the network's `batches`. Raises `video.VideoError` for a file
+        that is not a readable video (after the windows before the damage, for a truncated one)."""
         plan = self.plan(window=window, stride=stride, stride_seconds=stride_seconds)
-        windows = prefetch(cut_windows(self.frames(path, decode), plan), self.batch_size * PREFETCH_BATCHES)
-        return self.run_windows(windows)
+        batches = self.batches(cut_windows(self.frames(path, decode), plan))
+        return self.run_batches(prefetch(batches, PREFETCH_BATCHES))
 
     def run(self, path, **kwargs):
         """All windows of `path` (`windows`' arguments) gathered: a `VideoResult`."""

@@ -46,7 +46,7 @@ import tensorflow as tf
 
 from p3d_keras.applications import as_2d_ops
 from p3d_keras.jobs import export, models
-from p3d_keras.jobs.portable import PROBABILITIES, export_portable, load_portable, portable_network
+from p3d_keras.jobs.portable import FORMATS, PROBABILITIES, export_portable, load_portable, portable_network
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +71,6 @@ RUNTIMES = {r.name: r for r in (
     Runtime("litert-int8", "litert", "int8"),
 )}
 BASELINE = "keras"
-SUFFIXES = {"onnx": ".onnx", "openvino": ".xml", "litert": ".tflite"}
 DEFAULT_RUNTIMES = [name for name in RUNTIMES if name != "litert-fp16"]  # fp16 weights run as float32 on CPUs
 QUICK = dict(depths=["1,1,1,1"], width=8, size=32, classes=10, batches=[1, 2], repeats=3)
 
@@ -146,7 +145,7 @@ def saved_model_form(loaded, folder):
 
 
 def portable_form(loaded, runtime, folder, args):
-    path = pathlib.Path(folder) / f"{runtime.name}{SUFFIXES[runtime.kind]}"
+    path = pathlib.Path(folder) / f"{runtime.name}{FORMATS[runtime.kind].suffix}"
     calibration = None
     if runtime.precision == "int8":
         rng = np.random.default_rng(1)

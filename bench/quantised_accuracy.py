@@ -34,7 +34,7 @@ from p3d_keras.jobs.model_folder import load_model
 from p3d_keras.jobs.portable import FORMATS, PROBABILITIES, export_portable, load_portable, portable_network
 from p3d_keras.tfrecords_tools import collection, reader
 
-PORTABLE = [name for name, runtime in RUNTIMES.items() if runtime.kind in FORMATS]
+PORTABLE = [name for name, runtime in RUNTIMES.items() if runtime.kind in FORMATS and runtime.ops == "3d"]
 DEMO_MODEL = os.path.join("p3d", "last")
 DEMO_SUMMARY = "summary.json"
 

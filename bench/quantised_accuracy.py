@@ -129,7 +129,8 @@ def measure(args):
 
 def table(rows):
     lines = ["| runtime | precision | video accuracy | clip accuracy | top-1 agreement, videos "
-             "| top-1 agreement, clips | max abs dp | mean abs dp | MB on disk |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| top-1 agreement, clips | max abs dp | mean abs dp | MB on disk |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         size = f"{r['size_mb']:.2f}" if "size_mb" in r else "-"
         lines.append(f"| {r['runtime']} | {r['precision']} | {r['video_accuracy']:.1%} | {r['clip_accuracy']:.1%} "

@@ -125,7 +125,9 @@ def test_memory_does_not_grow_with_the_video(tiny_classifier, tmp_path):
         peaks.append(tracemalloc.get_traced_memory()[1])
         tracemalloc.stop()
         assert len(prediction.times) == frames // 16
-    assert peaks[1] < 1.25 * peaks[0] + 1e6, peaks  # the long video's frames alone are 17.7 MB
+    # The long video fills the prefetch queue (PREFETCH_BATCHES normalised batches of 8 clips, 1.6 MB
+    # each) where the short one has a single batch; its frames alone would be 17.7 MB.
+    assert peaks[1] < 1.25 * peaks[0] + 5e6, peaks
 
 
 def write_audio_only(path):

@@ -159,3 +159,18 @@ def test_normalize_bad_arguments():
         Normalize(None)
     with pytest.raises(ValueError, match="expects 2 channels.*Received: x.shape"):
         Normalize("flow")(np.zeros((1, 4, 4, 3), "uint8"))
+
+
+def test_normalize_reverses_the_channels_of_the_uint8_frames():
+    """BGR presets reverse the channels before the cast: a full-integer LiteRT form then reverses
+    the input's own bytes (a reversal of float values got other quantisation parameters and lost
+    27.5 points of accuracy, bench/README.md)."""
+    import tensorflow as tf
+
+    layer = Normalize("caffe")
+    graph = tf.function(layer).get_concrete_function(tf.TensorSpec([None, 4, 4, 3], tf.uint8)).graph
+    reversals = [op for op in graph.get_operations() if op.type == "ReverseV2"]
+    assert [op.inputs[0].dtype for op in reversals] == [tf.uint8]
+    frames = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(frames)),
+                               normalize(frames.astype("float32"), "caffe"), rtol=0, atol=0)

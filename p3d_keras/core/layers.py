@@ -24,6 +24,8 @@ with 2D pools. Kernels differ from the 3D form's by unit axes only (a reshape).
 `Normalize` turns uint8 frames (the reader's `output_dtype="uint8"`) into a network's normalised
 input on the model's device, with `p3d_keras.core.normalization.normalize`.
 """
+import dataclasses
+
 import keras
 from keras import layers, ops
 
@@ -319,7 +321,10 @@ class Normalize(layers.Layer):
         self.built = True
 
     def call(self, frames):
-        return ops.cast(norm_lib.normalize(ops.cast(frames, "float32"), self.normalization), self.compute_dtype)
+        norm = norm_lib.get_normalization(self.normalization)
+        if norm.bgr:  # flipped before the cast: on uint8 frames, a full-integer LiteRT form keeps their scale
+            frames, norm = norm_lib.reverse_channels(frames), dataclasses.replace(norm, bgr=False)
+        return ops.cast(norm_lib.normalize(ops.cast(frames, "float32"), norm), self.compute_dtype)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -235,9 +235,6 @@ def test_bad_arguments_are_named(network, tmp_path):
     headless = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), include_top=False, pooling="avg")
     with pytest.raises(ValueError, match="Expected a classifier"):
         VideoInference(P3DModel(headless, describe_model(headless, normalization="caffe"), None))
-    flow = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 2), classes=3, modality="flow")
-    with pytest.raises(ValueError, match="modality='flow'"):
-        VideoInference(P3DModel(flow, describe_model(flow, normalization="flow"), None))
     with pytest.raises(ValueError, match="multiple of the network's clip length 16"):
         WindowPlan(16, window=20)
     with pytest.raises(ValueError, match="at most one of stride and stride_seconds"):
@@ -264,3 +261,23 @@ def test_prefetch_raises_the_producers_error_in_order_and_stops_when_closed():
     endless = prefetch(iter(range(10**9)), 2)
     assert next(endless) == 0
     endless.close()  # returns: the thread stops instead of filling the queue forever
+
+
+def test_a_flow_network_gets_the_tv_l1_flow_of_the_frames(tmp_path):
+    """The converter's flow (`--modality flow`) computed on the fly: N frames give N - 1 flow
+    frames at the first frame's time, the flow of the resized frames, then cropped."""
+    pytest.importorskip("cv2", reason="OpenCV's contrib module (the [flow] extra) computes TV-L1 flow")
+    from p3d_keras.tfrecords_tools import flow
+
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 2), classes=3, modality="flow")
+    network = P3DModel(model, describe_model(model, normalization="flow", resize_short_side=36), None)
+    path = write_timed_video(tmp_path / "v.mp4", [40 * i for i in range(18)], size=48)
+    flows = list(video_frames(path, network.metadata))
+    frames = list(video_frames(path, dataclasses.replace(network.metadata, modality="rgb", crop_size=36)))
+    assert len(flows) == len(frames) - 1 == 17
+    assert [f.time_us for f in flows] == [f.time_us for f in frames[:-1]]
+    expected = flow.uint8_flow(frames[4].pixels, frames[5].pixels)[2:34, 2:34]
+    np.testing.assert_array_equal(flows[4].pixels, expected)
+    assert flows[4].pixels.shape == (32, 32, 2) and flows[4].pixels.dtype == np.uint8
+    (result,) = VideoInference(network).windows(path)
+    assert result.start == 0.0 and result.end == 0.64 and np.isclose(result.outputs["probabilities"].sum(), 1)

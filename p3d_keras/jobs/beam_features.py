@@ -100,7 +100,7 @@ class _ExtractFn:
         settings = run_settings(inference, plan, self.decode)
         (pathlib.Path(self.out) / WORK_DIR).mkdir(parents=True, exist_ok=True)
         check_or_write_settings(pathlib.Path(self.out) / SETTINGS, settings, self.out)
-        geometry = FrameGeometry(inference.metadata.resize_short_side, inference.metadata.crop_size)
+        geometry = FrameGeometry.of(inference.metadata)
         self._ready = inference, plan, geometry, self.provenance or provenance(inference, settings)
 
     def __call__(self, row):

@@ -359,7 +359,7 @@ class _Run:
         if progress.resumed:
             log.info("Resuming: %d of %d videos already done", progress.resumed, progress.total)
         started = time.monotonic()
-        geometry = FrameGeometry(self.inference.metadata.resize_short_side, self.inference.metadata.crop_size)
+        geometry = FrameGeometry.of(self.inference.metadata)
         stream = window_workers.messages(todo, geometry, plan, decode, workers=workers, work=self.out / WORK_DIR,
                                          queue_size=2 * self.inference.batch_size + 2 * workers)
         try:

@@ -71,14 +71,13 @@ class VideoInference:
         pool: `"mean"` averages a layer's 5-D output over time and space; `"none"` keeps it.
         batch_size: windows per call of the network.
 
-    Raises ValueError for a flow network (it reads optical flow, not video frames), an unknown
-    output name, `"probabilities"` from a network without a classifier, or a bad argument.
+    A flow network gets the TV-L1 flow of the frames (`video_windows.video_frames`). Raises
+    ValueError for an unknown output name, `"probabilities"` from a network without a classifier,
+    or a bad argument.
     """
 
     def __init__(self, loaded, outputs=(PROBABILITIES,), *, pool="mean", batch_size=8):
         self.model, self.metadata = loaded.model, loaded.metadata
-        expect(self.metadata.modality == "rgb", "an RGB network (a flow network reads optical flow, not frames)",
-               modality=self.metadata.modality)
         expect(pool in POOLING, f"pool in {POOLING}", pool=pool)
         expect(isinstance(batch_size, int) and batch_size > 0, "batch_size to be a positive int", batch_size=batch_size)
         outputs = tuple(outputs)

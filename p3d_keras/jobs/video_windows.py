@@ -13,7 +13,7 @@ import threading
 import numpy as np
 
 from p3d_keras.core.checks import expect
-from p3d_keras.tfrecords_tools import video
+from p3d_keras.tfrecords_tools import flow, video
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,24 +89,54 @@ def video_frames(path, metadata, decode=video.DecodeOptions(), start=None, end=N
     network that resizes them itself, e.g. an exported SavedModel, or to draw on them). `decode`
     gives fps resampling, threads and `max_frames` (its size settings are replaced by the
     model's). With `start`/`end` (seconds), only that segment, its times counted from `start`
-    (`video.iter_frames`). Raises `video.VideoError` for an unreadable, non-video, zero-frame or
-    truncated file (the last after the frames before the damage)."""
-    if metadata is not None:
-        decode = dataclasses.replace(decode, short_side=metadata.resize_short_side)
+    (`video.iter_frames`).
+
+    For a flow network (`metadata.modality == "flow"`) each frame is instead the TV-L1 flow from
+    it to the next frame (`tfrecords_tools.flow.flow_frames`, the converter's `--modality flow`
+    with its default `FlowOptions`), computed on the resized frames, then cropped: uint8
+    `[crop, crop, 2]`, N frames giving N - 1, each at its first frame's time.
+
+    Raises `video.VideoError` for an unreadable, non-video, zero-frame or truncated file (the
+    last after the frames before the damage)."""
+    flows = metadata is not None and metadata.modality == "flow"
+    crop = None if metadata is None or flows else metadata.crop_size
+    frames = _decoded_frames(path, decode if metadata is None else
+                             dataclasses.replace(decode, short_side=metadata.resize_short_side), start, end, crop)
+    return _flow_frames(frames, metadata.crop_size) if flows else frames
+
+
+def _decoded_frames(path, decode, start, end, crop):
+    """`Frame`s of `path` upright at `decode`'s size, centre-cropped to `crop` (None: whole)."""
     frames = video.iter_frames(path, decode, start, end)
     size, last, pending, count = None, None, None, 0
     for time_us, frame in frames:
         if size is None:
-            size = video.display_size(frame) if metadata is None else decode.output_size(*video.display_size(frame))
+            size = video.display_size(frame) if decode.short_side is None else \
+                decode.output_size(*video.display_size(frame))
         if frame is not last:  # fps upsampling repeats a frame: convert it once
             last, pixels = frame, np.asarray(video.upright_image(frame, *size, decode.threads))
-            if metadata is not None:
-                pixels = _centre_crop(pixels, metadata.crop_size)
+            if crop is not None:
+                pixels = _centre_crop(pixels, crop)
         if pending is not None:
             yield Frame(pending[0], time_us - pending[0], pending[1])
         pending, count = (time_us, pixels), count + 1
     video.check_complete(frames, decode, count, None if pending is None else pending[0], end)
     yield Frame(pending[0], _last_duration_us(frames, decode, last), pending[1])
+
+
+def _flow_frames(frames, crop):
+    """The flow `Frame`s of the `Frame`s `frames`: frame i's time and duration, the flow from it to
+    frame i + 1, centre-cropped to `crop`."""
+    held = collections.deque()  # the frames whose flow is not out yet: at most two
+
+    def pixels():
+        for frame in frames:
+            held.append(frame)
+            yield frame.pixels
+
+    for xy in flow.flow_frames(pixels()):
+        first = held.popleft()
+        yield Frame(first.time_us, first.duration_us, _centre_crop(xy, crop))
 
 
 def _last_duration_us(frames, decode, frame):

@@ -33,6 +33,12 @@ class FrameGeometry:
     """What `video_frames` reads of a `ModelMetadata` (which would bring Keras to the workers)."""
     resize_short_side: int
     crop_size: int
+    modality: str = "rgb"
+
+    @classmethod
+    def of(cls, metadata):
+        """The geometry of a `ModelMetadata`."""
+        return cls(metadata.resize_short_side, metadata.crop_size, metadata.modality)
 
 
 @dataclasses.dataclass(frozen=True)

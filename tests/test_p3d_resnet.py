@@ -219,7 +219,8 @@ def test_include_preprocessing_with_an_input_tensor():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(include_preprocessing=True, normalization="bgr"),
-     r"Invalid normalization. Expected one of \['caffe', 'imagenet', 'unit', 'flow'\]. Received: normalization='bgr'"),
+     r"Invalid normalization. Expected one of \['caffe', 'imagenet_caffe', 'imagenet', 'unit', 'flow'\]. "
+         r"Received: normalization='bgr'"),
     (dict(normalization="imagenet"), "needs include_preprocessing=True.*Received: normalization='imagenet', "
                                      "include_preprocessing=False"),
     (dict(include_preprocessing=True, normalization="flow"),

@@ -317,7 +317,9 @@ def read_model_folder(path):
     if found != metadata.weights_sha256:
         raise ModelFolderError(f"{model_file}: Expected sha256 {metadata.weights_sha256 or '(none recorded)'} (from "
                                f"{METADATA_FILE}). Received: a file with sha256 {found} (changed or damaged)")
-    model = keras.saving.load_model(model_file)
+    # The network without a training state (compile=False): for inference and fine-tuning, which
+    # compiles anew; restoring a saved optimizer into a fresh one only made Keras warn.
+    model = keras.saving.load_model(model_file, compile=False)
     check_consistent(model, metadata, str(folder))
     return P3DModel(model=model, metadata=metadata, path=str(folder))
 

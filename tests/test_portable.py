@@ -215,3 +215,27 @@ def test_p3d63_float32_matches_keras(tmp_path, name):
     print(f"P3D-63 {name} float32 max |delta| against Keras: {max_drift(outputs, expected)}")
     for key, value in expected.items():
         np.testing.assert_allclose(outputs[key], value, atol=TOLERANCE, rtol=TOLERANCE)
+
+
+def test_exports_run_over_a_video_as_the_keras_network_does(exported, tiny, tmp_path):
+    """`PortableInference` (and `p3d-predict --exported`) streams a video through each format: the
+    same windows and times as `VideoInference`, probabilities and pool5 within the formats' tolerance."""
+    from p3d_keras.jobs import predict, synthetic
+    from p3d_keras.jobs.video_inference import VideoInference
+
+    video = tmp_path / "v.mp4"
+    synthetic.write_video(video, synthetic.render_clip("move_left", np.random.default_rng(0), frames=40, size=40))
+    expected = VideoInference(tiny, ("probabilities", "pool5")).run(video, stride=8)
+    for name, path in exported.items():
+        inference = portable.PortableInference(portable.load_portable(path), batch_size=2)
+        assert inference.outputs == ("probabilities", "pool5") and inference.metadata == tiny.metadata
+        result = inference.run(video, stride=8)
+        np.testing.assert_array_equal(result.times, expected.times)
+        for key in ("probabilities", "pool5"):
+            np.testing.assert_allclose(result.outputs[key], expected.outputs[key], atol=TOLERANCE, rtol=TOLERANCE)
+        prediction = predict.predict_video(str(video), saved_model=str(path), stride=8)
+        np.testing.assert_allclose(prediction.mean, expected.mean["probabilities"], atol=TOLERANCE)
+        assert prediction.class_names == tuple(LABELS)
+    from p3d_keras.cli import predict as predict_cli
+
+    assert predict_cli.main([str(video), "--exported", str(exported["onnx"]), "--stride", "8", "--top", "2"]) == 0

@@ -15,7 +15,9 @@ def build_parser():
     p = argparse.ArgumentParser(prog="p3d-predict", description="Classify a video file and print the top classes: "
                                 "the mean of dense windows' probabilities, decoded and classified as it streams.")
     p.add_argument("video", help="a video file (anything PyAV/FFmpeg decodes)")
-    p.add_argument("--saved-model", help="an exported SavedModel version folder (p3d-export) instead of a model")
+    p.add_argument("--saved-model", "--exported", dest="saved_model",
+                   help="an export instead of a model: a SavedModel version folder, or an ONNX (.onnx), OpenVINO "
+                        "(.xml) or LiteRT (.tflite) file (p3d-export --format)")
     common.add_labels_argument(p, "the model folder's, the export's or the preset's")
     common.add_normalization_argument(p)
     p.add_argument("--top", type=common.positive_int, default=5,

@@ -45,8 +45,8 @@ import tensorflow as tf
 from p3d_keras.applications import as_2d_ops
 from p3d_keras.core.checks import check_choice, expect
 from p3d_keras.core.layers import Normalize
-from p3d_keras.jobs import export, models
-from p3d_keras.jobs.model_folder import P3DModel
+from p3d_keras.jobs import export, models, video_inference
+from p3d_keras.jobs.model_folder import ModelMetadata, P3DModel
 from p3d_keras.tfrecords_tools import collection, reader
 from p3d_keras.version import __version__
 
@@ -324,6 +324,44 @@ class PortableRunner:
 
     def __repr__(self):
         return f"PortableRunner({self.path!r}, format={self.format!r}, precision={self.contract['precision']!r})"
+
+
+class PortableInference:
+    """An export (`load_portable`) run over a video's windows as `VideoInference` runs a Keras
+    network (the same `plan`, `frames`, `run_windows`, `windows`): the frames prepared as the
+    export's contract says (its clip length, short side, crop; normalised inside the export),
+    `batch_size` windows per call. Its outputs are `"probabilities"` and, when exported with
+    `features=True`, `"pool5"` (the export's `features`).
+
+        inference = PortableInference(load_portable("p3d.onnx"))
+        result = inference.run("talk.mp4", stride_seconds=1.0)   # a video_inference.VideoResult
+    """
+
+    def __init__(self, runner, *, batch_size=8):
+        expect(isinstance(batch_size, int) and batch_size > 0, "batch_size to be a positive int", batch_size=batch_size)
+        self.runner, self.batch_size = runner, batch_size
+        fields = {key: runner.contract[key] for key in ModelMetadata.__dataclass_fields__}
+        self.metadata = ModelMetadata.from_json(fields, runner.path)
+        self._names = {PROBABILITIES: video_inference.PROBABILITIES, FEATURES: models.FEATURE_LAYER}
+        self.outputs = tuple(self._names[name] for name in runner.contract["outputs"])
+
+    plan, frames = video_inference.VideoInference.plan, video_inference.VideoInference.frames
+
+    def batches(self, windows):
+        """`(windows, uint8 clips)` for each batch of `batch_size` of the `Window`s `windows`."""
+        for batch in video_inference.batched(windows, self.batch_size):
+            yield batch, np.stack([w.frames for w in batch])
+
+    def run_batches(self, batches):
+        """`WindowResult`s of an iterable of `batches`' items, one call of the runtime each."""
+        for batch, clips in batches:
+            outputs = {self._names[name]: value for name, value in self.runner(clips).items()}
+            for i, window in enumerate(batch):
+                yield video_inference.WindowResult(window.index, window.start_us / 1e6, window.end_us / 1e6,
+                                                   {name: value[i] for name, value in outputs.items()}, window.looped)
+
+    run_windows, windows, run = (video_inference.VideoInference.run_windows, video_inference.VideoInference.windows,
+                                 video_inference.VideoInference.run)
 
 
 def _contract(text, path):

@@ -28,7 +28,7 @@ import tensorflow as tf
 from p3d_keras.applications import top_classes
 from p3d_keras.core.files import write_atomic
 from p3d_keras.core.labels import read_label_file
-from p3d_keras.jobs import export, models, timeline
+from p3d_keras.jobs import export, models, portable, timeline
 from p3d_keras.jobs.model_folder import ModelMetadata
 from p3d_keras.jobs.video_inference import (PROBABILITIES, VideoInference, WindowPlan, WindowResult, gather,
                                             video_frames)
@@ -98,6 +98,14 @@ class SavedModelInference:
     windows = VideoInference.windows  # the same streaming: plan, decode and batch ahead in a thread, run_batches
 
 
+def exported_inference(path, batch_size=8):
+    """The inference of an export: `SavedModelInference` of a SavedModel version folder, or
+    `portable.PortableInference` of an ONNX, OpenVINO or LiteRT file (`p3d-export --format`)."""
+    if os.path.isfile(path):
+        return portable.PortableInference(portable.load_portable(path), batch_size=batch_size)
+    return SavedModelInference(path)
+
+
 @contextlib.contextmanager
 def video_errors(path):
     """Turn a `video.VideoError` of the video file `path` in the block into a ValueError naming it."""
@@ -134,7 +142,8 @@ def load_predictor(*, spec=None, saved_model=None, labels_file=None, normalizati
                    batch_size=8):
     """The `Predictor` of a Keras network (`spec`, a `models.ModelSpec`, with `classes` and
     `normalization`: a model folder's normalisation, resize rule and class names decide, else the
-    preset's) or of an exported SavedModel version folder (`saved_model`); give one of the two.
+    preset's) or of an export (`saved_model`: a SavedModel version folder, or an ONNX, OpenVINO or
+    LiteRT file of `p3d-export --format`: `exported_inference`); give one of the two.
     labels_file: a class-name file (default: the folder's, the export's or the preset's names;
     numbers without any; contradicting a folder's raises). batch_size: windows per call of a Keras
     network."""
@@ -142,9 +151,9 @@ def load_predictor(*, spec=None, saved_model=None, labels_file=None, normalizati
         raise ValueError("Expected exactly one of spec (a Keras network) and saved_model. Received: "
                          f"spec={spec!r}, saved_model={saved_model!r}")
     if saved_model:
-        inference = SavedModelInference(saved_model)
+        inference = exported_inference(saved_model, batch_size)
         names = read_label_file(labels_file) if labels_file else inference.metadata and inference.metadata.class_names
-        provenance = {"saved_model": os.path.abspath(saved_model),
+        provenance = {"export": os.path.abspath(saved_model),
                       **(inference.metadata.provenance if inference.metadata else {})}
         return Predictor(inference, None if names is None else tuple(names), provenance)
     loaded = models.load(spec, classes=classes, normalization=normalization, labels_file=labels_file)

@@ -38,7 +38,7 @@ from p3d_keras.core.checks import expect
 from p3d_keras.core.normalization import normalize
 from p3d_keras.jobs import models
 from p3d_keras.jobs.video_windows import (  # noqa: F401 (Frame, Window: part of this module's API)
-    Frame, Window, WindowPlan, cut_windows, prefetch, video_frames)
+    Frame, Window, WindowPlan, batched, cut_windows, prefetch, video_frames)
 from p3d_keras.tfrecords_tools import video
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,7 @@ class VideoInference:
         """`(windows, network input)` for each batch of `batch_size` of the `Window`s `windows`:
         stacked, the last batch padded, normalised unless the network normalises itself (what
         `windows` prepares in its decoding thread)."""
-        batch = []
-        for window in windows:
-            batch.append(window)
-            if len(batch) == self.batch_size:
-                yield batch, self._inputs(batch)
-                batch = []
-        if batch:
+        for batch in batched(windows, self.batch_size):
             yield batch, self._inputs(batch)
 
     def _inputs(self, batch):

@@ -189,6 +189,18 @@ def _window(index, picked, last):
 _DONE = object()
 
 
+def batched(items, size):
+    """Lists of `size` consecutive items of the iterable `items` (the last one shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def prefetch(iterable, size):
     """Iterate `iterable` in a daemon thread, at most `size` items ahead; its exceptions are
     raised here, in order. Closing the returned generator stops the thread."""

@@ -111,7 +111,7 @@ def draw_prediction(frames, title, path, shown=8):
 # The long video: one segment per class, in an order where each class follows a different one.
 LONG_VIDEO_CLASSES = ("move_left", "rotate_cw", "move_up", "approach", "move_right", "rotate_ccw", "move_down",
                       "recede")
-LONG_SEGMENT_FRAMES = 64
+LONG_SEGMENT_FRAMES = 100  # 4 s at 25 fps: most windows (32 frames) lie inside one motion
 LONG_STRIDE = 8  # frames between window starts on the long video
 
 

@@ -24,9 +24,6 @@ def main(argv=None):
     # TensorFlow turns its oneDNN CPU kernels on by default only on CPUs with AVX-512 and newer;
     # elsewhere they train this network much faster (bench/README.md, tf-onednn row). Set before TensorFlow loads.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
-    # TensorFlow's C++ INFO lines at start-up (the oneDNN notice, the CPU-feature note, a dataset's
-    # default buffer) say nothing a demo user acts on; its warnings and errors still show.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     from p3d_keras.jobs import demo  # noqa: PLC0415 (imports TensorFlow, which must load after the line above)
 
     def job():

@@ -158,3 +158,20 @@ def test_the_program_never_loads_tensorflow():
     code = "import sys, p3d_keras.cli.transfer; print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("content", ["pickle", "not_zip", "truncated"])
+def test_unreadable_feature_files_are_errors_naming_them(tmp_path, content):
+    path = tmp_path / "features.npz"
+    folder = tmp_path / "videos" / "class_a"
+    folder.mkdir(parents=True)
+    ids = np.array(["v0"], dtype=object if content == "pickle" else str)
+    np.savez(path, video_features=np.ones((1, 4)), video_labels=np.array([0]), video_ids=ids)
+    if content != "pickle":
+        data = path.read_bytes()
+        path.write_bytes(b"\x80\x04garbage" if content == "not_zip" else data[:len(data) // 2])
+    (folder / "v0.features.npz").write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=f"Expected a .npz file of arrays.*{path}"):
+        transfer.read_feature_set(path)
+    with pytest.raises(ValueError, match="v0.features.npz"):
+        transfer.read_feature_set(tmp_path / "videos")

@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from p3d_keras.core.checks import expect
+from p3d_keras.core.files import read_npz
 from p3d_keras.jobs import metrics, reports
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,10 @@ def read_scores(path):
     expect(os.path.isfile(file), f"an evaluation folder with {SCORES} (p3d-evaluate --out) or a scores file",
            path=str(path))
     needed = ("class_names", "video_ids", "video_labels", "video_scores")
-    with np.load(file) as data:
-        missing = [key for key in needed if key not in data.files]
-        expect(not missing, f"a scores file with {list(needed)}", file=file, missing=missing)
-        arrays = {key: data[key] for key in (*needed, *_CLIP_KEYS) if key in data.files}
+    data = read_npz(file)
+    missing = [key for key in needed if key not in data]
+    expect(not missing, f"a scores file with {list(needed)}", file=file, missing=missing)
+    arrays = {key: data[key] for key in (*needed, *_CLIP_KEYS) if key in data}
     scores = Scores(**{**arrays, "class_names": arrays["class_names"].tolist()}, source=str(path))
     shape = (len(scores.video_ids), len(scores.class_names))
     expect(scores.video_scores.shape == shape and len(scores.video_labels) == shape[0],

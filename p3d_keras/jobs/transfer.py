@@ -28,10 +28,12 @@ import logging
 import os
 import pathlib
 import warnings
+import zipfile
 
 import numpy as np
 
 from p3d_keras.core.checks import check_choice, expect
+from p3d_keras.core.files import read_npz
 from p3d_keras.core.labels import read_label_file
 from p3d_keras.core.output_folder import WORK_DIR
 from p3d_keras.jobs import feature_files, metrics, reports
@@ -68,11 +70,11 @@ def load_sklearn():
 
 
 def _shard_features(path, class_names):
-    with np.load(path) as data:
-        needed = ("video_features", "video_labels", "video_ids")
-        expect(all(key in data.files for key in needed),
-               f"p3d-extract-features' shard-mode file with {list(needed)}", file=str(path), keys=data.files)
-        features, labels, ids = (data[key] for key in needed)
+    data = read_npz(path)
+    needed = ("video_features", "video_labels", "video_ids")
+    expect(all(key in data for key in needed),
+           f"p3d-extract-features' shard-mode file with {list(needed)}", file=str(path), keys=list(data))
+    features, labels, ids = (data[key] for key in needed)
     labels = labels.astype("int64")
     if class_names is not None:
         bad = labels[(labels < 0) | (labels >= len(class_names))]
@@ -119,7 +121,7 @@ def _video_folder_features(folder, layer, labels):
     for file in files:
         try:
             video = feature_files.read_features(file)
-        except (KeyError, ValueError, OSError) as error:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"Expected a per-video feature file of p3d-extract-features. Received: {file} "
                              f"({type(error).__name__}: {error})") from None
         layer = _pick_layer(video["features"], layer, str(file))

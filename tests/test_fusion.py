@@ -153,3 +153,17 @@ def test_unreadable_scores_files_are_errors_naming_them(tmp_path, content):
     with pytest.raises(ValueError, match=f"Expected a .npz file of arrays.*{path}"):
         fusion.read_scores(path)
     assert fuse_cli.main([str(path), str(path), "--out", str(tmp_path / "fused")]) == 2
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(clip_scores=np.eye(2, dtype="float32")), "all of .*clip_scores.*or none"),
+    (dict(video_ids=np.array(["x", "x"])), "each video once"),
+    (dict(video_labels=np.array([0, 7])), "video labels below 2"),
+])
+def test_inconsistent_scores_files_are_errors_naming_them(tmp_path, change, match):
+    path = tmp_path / "scores.npz"
+    arrays = dict(class_names=np.array(["a", "b"]), video_ids=np.array(["x", "y"]), video_labels=np.array([0, 1]),
+                  video_scores=np.eye(2, dtype="float32"))
+    np.savez(path, **{**arrays, **change})
+    with pytest.raises(ValueError, match=f"{match}.*{path}"):
+        fusion.read_scores(path)

@@ -208,7 +208,7 @@ def transfer(train, test, *, out=None, c=1.0, layer=None, labels_csv=None, label
     `per_class_accuracy`, `confusion_matrix` (rows: true class), `classes`, the counts and
     settings. With `out`, writes `out/report.json`, `out/confusion_matrix.png` and, unless
     `tsne="none"`, `out/tsne.png` (t-SNE of the test or all features; the pictures need
-    matplotlib).
+    matplotlib; a single test video is not drawn, with a warning).
 
     c: the SVM's penalty (LinearSVC's C). labels_csv: a file of `media_id,label` rows (video
     mode). labels_file: class names in index order. Raises ValueError for unreadable or
@@ -241,6 +241,10 @@ def transfer(train, test, *, out=None, c=1.0, layer=None, labels_csv=None, label
             shown = test_set if tsne == "test" else FeatureSet(
                 np.concatenate([train_set.features, test_set.features]), None,
                 np.concatenate([train_set.labels, test_set.labels]), "all")
+            if len(shown.features) < 2:  # t-SNE places two points at least
+                log.warning("%s not drawn: t-SNE needs two videos at least. Received: %d %s video",
+                            os.path.join(out, TSNE_PNG), len(shown.features), tsne)
+                return report
             points = tsne_embedding(shown.features, seed=seed)
             reports.save_embedding_png(points, [index[n] for n in shown.labels], names,
                                        os.path.join(out, TSNE_PNG),

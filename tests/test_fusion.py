@@ -137,3 +137,33 @@ def test_evaluate_keeps_scores_that_fuse(shards, tiny_classifier, tmp_path):
     fused = fusion.fuse_folders([out, out], weights=[1, 3], out=tmp_path / "fused")
     for key in ("clip_hit@1", "video_hit@1", "video_hit@5", "confusion_matrix", "num_clips"):
         assert fused[key] == report[key], key
+
+
+@pytest.mark.parametrize("content", ["pickle", "not_zip", "truncated"])
+def test_unreadable_scores_files_are_errors_naming_them(tmp_path, content):
+    path = tmp_path / "scores.npz"
+    if content == "pickle":  # object arrays need allow_pickle, which a scores file never needs
+        np.savez(path, class_names=np.array(["a", "b"], dtype=object), video_ids=np.array(["x"], dtype=object),
+                 video_labels=np.array([0]), video_scores=np.zeros((1, 2), "float32"))
+    else:
+        np.savez(path, class_names=np.array(["a", "b"]), video_ids=np.array(["x"]), video_labels=np.array([0]),
+                 video_scores=np.zeros((1, 2), "float32"))
+        data = path.read_bytes()
+        path.write_bytes(b"\x80\x04garbage" if content == "not_zip" else data[:len(data) // 2])
+    with pytest.raises(ValueError, match=f"Expected a .npz file of arrays.*{path}"):
+        fusion.read_scores(path)
+    assert fuse_cli.main([str(path), str(path), "--out", str(tmp_path / "fused")]) == 2
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(clip_scores=np.eye(2, dtype="float32")), "all of .*clip_scores.*or none"),
+    (dict(video_ids=np.array(["x", "x"])), "each video once"),
+    (dict(video_labels=np.array([0, 7])), "video labels below 2"),
+])
+def test_inconsistent_scores_files_are_errors_naming_them(tmp_path, change, match):
+    path = tmp_path / "scores.npz"
+    arrays = dict(class_names=np.array(["a", "b"]), video_ids=np.array(["x", "y"]), video_labels=np.array([0, 1]),
+                  video_scores=np.eye(2, dtype="float32"))
+    np.savez(path, **{**arrays, **change})
+    with pytest.raises(ValueError, match=f"{match}.*{path}"):
+        fusion.read_scores(path)

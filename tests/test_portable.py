@@ -181,6 +181,15 @@ def test_load_rejects_what_is_not_an_export(tmp_path, tiny, monkeypatch):
         portable.load_portable(path)
 
 
+@pytest.mark.parametrize("name", list(portable.FORMATS))
+@pytest.mark.parametrize("content", [b"", b"garbage, not a model", b"\x00" * 64], ids=["empty", "text", "zeros"])
+def test_load_rejects_a_corrupt_file_naming_it(tmp_path, name, content):
+    path = tmp_path / f"model{SUFFIX[name]}"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=f"Expected an export file that the {name} runtime reads.*{path.name}"):
+        portable.load_portable(path)
+
+
 def test_p3d_export_program_writes_a_versioned_onnx_file(tmp_path, clips):
     args = ["--base-dir", str(tmp_path), "--name", "tiny", "--depth", "1,1,1,1", "--width", "4", "--size", "32",
             "--classes", "3", "--format", "onnx", "--features"]

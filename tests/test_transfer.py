@@ -158,3 +158,33 @@ def test_the_program_never_loads_tensorflow():
     code = "import sys, p3d_keras.cli.transfer; print(sorted({'tensorflow', 'keras'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
     assert out.stdout.strip() == "[]", out.stdout
+
+
+@pytest.mark.parametrize("content", ["pickle", "not_zip", "truncated"])
+def test_unreadable_feature_files_are_errors_naming_them(tmp_path, content):
+    path = tmp_path / "features.npz"
+    folder = tmp_path / "videos" / "class_a"
+    folder.mkdir(parents=True)
+    ids = np.array(["v0"], dtype=object if content == "pickle" else str)
+    np.savez(path, video_features=np.ones((1, 4)), video_labels=np.array([0]), video_ids=ids)
+    if content != "pickle":
+        data = path.read_bytes()
+        path.write_bytes(b"\x80\x04garbage" if content == "not_zip" else data[:len(data) // 2])
+    (folder / "v0.features.npz").write_bytes(path.read_bytes())
+    with pytest.raises(ValueError, match=f"Expected a .npz file of arrays.*{path}"):
+        transfer.read_feature_set(path)
+    with pytest.raises(ValueError, match="v0.features.npz"):
+        transfer.read_feature_set(tmp_path / "videos")
+
+
+@pytest.mark.parametrize("test_videos", [1, 2])
+def test_a_test_set_of_one_or_two_videos_is_scored(tmp_path, test_videos, caplog):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "train.npz", video_features=rng.normal(size=(6, 8)), video_labels=np.array([0, 0, 0, 1, 1, 1]),
+             video_ids=np.array([f"v{i}" for i in range(6)]))
+    np.savez(tmp_path / "test.npz", video_features=rng.normal(size=(test_videos, 8)),
+             video_labels=np.arange(test_videos), video_ids=np.array([f"t{i}" for i in range(test_videos)]))
+    report = transfer.transfer(tmp_path / "train.npz", tmp_path / "test.npz", out=tmp_path / "out")
+    assert report["num_test"] == test_videos
+    assert (tmp_path / "out" / "tsne.png").exists() == (test_videos > 1)
+    assert ("not drawn" in caplog.text) == (test_videos == 1)

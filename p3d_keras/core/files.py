@@ -1,10 +1,13 @@
 """Small file helpers shared by the weights cache, the TFRecord writer and the window index:
-sha256, atomic files, and advisory locks that work on POSIX and Windows."""
+sha256, atomic files, advisory locks that work on POSIX and Windows, and reading a .npz of arrays."""
 import contextlib
 import hashlib
 import os
 import pathlib
 import uuid
+import zipfile
+
+import numpy as np
 
 try:
     import fcntl  # POSIX
@@ -99,3 +102,15 @@ def read_head(fd, size):
     """The first `size` bytes (at most) of the open file `fd` (portable: no `pread`)."""
     os.lseek(fd, 0, os.SEEK_SET)
     return os.read(fd, size)
+
+
+def read_npz(path):
+    """`{name: array}` of the `.npz` file `path`, read without pickles. Raises ValueError naming
+    the file for one that is not a zip of arrays (corrupt, truncated, a pickle) or that holds an
+    object array (which only a pickle could load)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"Expected a .npz file of arrays (no pickles). Received: {os.fspath(path)} "
+                         f"({type(error).__name__}: {error})") from None

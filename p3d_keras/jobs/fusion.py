@@ -25,6 +25,7 @@ import os
 import numpy as np
 
 from p3d_keras.core.checks import expect
+from p3d_keras.core.files import read_npz
 from p3d_keras.jobs import metrics, reports
 
 log = logging.getLogger(__name__)
@@ -79,15 +80,30 @@ def read_scores(path):
     expect(os.path.isfile(file), f"an evaluation folder with {SCORES} (p3d-evaluate --out) or a scores file",
            path=str(path))
     needed = ("class_names", "video_ids", "video_labels", "video_scores")
-    with np.load(file) as data:
-        missing = [key for key in needed if key not in data.files]
-        expect(not missing, f"a scores file with {list(needed)}", file=file, missing=missing)
-        arrays = {key: data[key] for key in (*needed, *_CLIP_KEYS) if key in data.files}
+    data = read_npz(file)
+    missing = [key for key in needed if key not in data]
+    expect(not missing, f"a scores file with {list(needed)}", file=file, missing=missing)
+    arrays = {key: data[key] for key in (*needed, *_CLIP_KEYS) if key in data}
+    clip_keys = [key for key in _CLIP_KEYS if key in arrays]
+    expect(len(clip_keys) in (0, len(_CLIP_KEYS)), f"all of {list(_CLIP_KEYS)} or none", file=file, found=clip_keys)
     scores = Scores(**{**arrays, "class_names": arrays["class_names"].tolist()}, source=str(path))
     shape = (len(scores.video_ids), len(scores.class_names))
     expect(scores.video_scores.shape == shape and len(scores.video_labels) == shape[0],
            f"video_scores [videos, classes] = {shape} and one label per video", file=file,
            video_scores_shape=scores.video_scores.shape, video_labels=len(scores.video_labels))
+    ids, counts = np.unique(scores.video_ids, return_counts=True)
+    expect(np.all(counts == 1), "each video once", file=file, repeated=ids[counts > 1][:_SHOWN].tolist())
+    for key in ("video_labels", "clip_labels"):
+        labels = getattr(scores, key)
+        bad = [] if labels is None else labels[(labels < 0) | (labels >= shape[1])]
+        expect(not len(bad), f"{key.split('_')[0]} labels below {shape[1]} (the number of classes)", file=file,
+               labels=sorted(set(np.asarray(bad).tolist()))[:_SHOWN])
+    if clip_keys:
+        expect(scores.clip_scores.shape[1:] == (shape[1],)
+               and len(scores.clip_labels) == len(scores.clip_video_ids) == len(scores.clip_scores),
+               f"clip_scores [clips, {shape[1]}] with one label and video id per clip", file=file,
+               clip_scores_shape=scores.clip_scores.shape, clip_labels=len(scores.clip_labels),
+               clip_video_ids=len(scores.clip_video_ids))
     return scores
 
 

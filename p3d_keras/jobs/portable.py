@@ -367,7 +367,13 @@ class PortableInference:
 def _contract(text, path):
     expect(text is not None, f"a P3D export carrying its contract under the metadata key {CONTRACT_KEY!r}",
            path=os.fspath(path))
-    return json.loads(text)
+    try:
+        contract = json.loads(text)
+    except ValueError:
+        contract = None
+    expect(isinstance(contract, dict), f"a JSON object under the metadata key {CONTRACT_KEY!r}",
+           path=os.fspath(path), contract=text[:80])
+    return contract
 
 
 def _load_onnx(path, threads):
@@ -377,28 +383,31 @@ def _load_onnx(path, threads):
     if threads:
         options.intra_op_num_threads = threads
     session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    contract = _contract(session.get_modelmeta().custom_metadata_map.get(CONTRACT_KEY), path)
-    outputs = contract["outputs"]
-    return contract, lambda clips: dict(zip(outputs, session.run(outputs, {INPUT_NAME: clips})))
+    return session.get_modelmeta().custom_metadata_map.get(CONTRACT_KEY), lambda contract: (
+        lambda clips: dict(zip(contract["outputs"], session.run(contract["outputs"], {INPUT_NAME: clips}))))
 
 
 def _load_openvino(path, threads):
     import openvino as ov  # noqa: PLC0415 (optional extra: openvino)
 
+    with open(path, "rb") as f:  # else OpenVINO tries its other frontends, TensorFlow's logging errors
+        if not f.read(256).lstrip().startswith(b"<"):
+            raise ValueError("not an XML file")
     core = ov.Core()
     model = core.read_model(os.fspath(path))
-    contract = _contract(model.get_rt_info([CONTRACT_KEY]).astype(str) if model.has_rt_info([CONTRACT_KEY])
-                         else None, path)
-    config = dict(OPENVINO_HINTS[contract["precision"]])
-    if threads:
-        config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(model, "CPU", config)
-    request = compiled.create_infer_request()
 
-    def run(clips):
-        results = request.infer({INPUT_NAME: clips})
-        return {name: np.array(results[compiled.output(name)]) for name in contract["outputs"]}
-    return contract, run
+    def runner(contract):
+        config = dict(OPENVINO_HINTS[contract["precision"]])
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = threads
+        compiled = core.compile_model(model, "CPU", config)
+        request = compiled.create_infer_request()
+
+        def run(clips):
+            results = request.infer({INPUT_NAME: clips})
+            return {name: np.array(results[compiled.output(name)]) for name in contract["outputs"]}
+        return run
+    return model.get_rt_info([CONTRACT_KEY]).astype(str) if model.has_rt_info([CONTRACT_KEY]) else None, runner
 
 
 def _load_litert(path, threads):
@@ -406,21 +415,24 @@ def _load_litert(path, threads):
     from ai_edge_litert.interpreter import Interpreter  # noqa: PLC0415 (optional extra: litert)
 
     data = pathlib.Path(path).read_bytes()
+    if data[4:8] != LITERT_FILE_IDENTIFIER:
+        raise ValueError(f"no LiteRT file identifier {LITERT_FILE_IDENTIFIER!r} at bytes 4-8")
     model = schema.Model.GetRootAs(data, 0)
     text = None
     for i in range(model.MetadataLength()):
         if model.Metadata(i).Name().decode("utf-8") == CONTRACT_KEY:
             text = model.Buffers(model.Metadata(i).Buffer()).DataAsNumpy().tobytes().decode("utf-8")
-    contract = _contract(text, path)
-    interpreter = Interpreter(model_content=data, num_threads=threads)
-    runner = interpreter.get_signature_runner()
+    runner = Interpreter(model_content=data, num_threads=threads).get_signature_runner()
 
-    def run(clips):
-        results = runner(**{INPUT_NAME: clips})
-        return {name: np.array(results[name]) for name in contract["outputs"]}
-    return contract, run
+    def run_with(contract):
+        def run(clips):
+            results = runner(**{INPUT_NAME: clips})
+            return {name: np.array(results[name]) for name in contract["outputs"]}
+        return run
+    return text, run_with
 
 
+# By format: `(path, threads)` -> `(contract text or None, contract -> run)`, the file read by its runtime.
 LOADERS = {"onnx": _load_onnx, "openvino": _load_openvino, "litert": _load_litert}
 
 
@@ -429,8 +441,8 @@ def load_portable(path, *, threads=None):
     suffix (`.onnx`, `.xml`, `.tflite`). `threads`: the runtime's intra-op threads (None: its
     default). OpenVINO compiles for the CPU with the export's precision (`OPENVINO_HINTS`).
 
-    Raises ValueError for an unknown suffix, a missing file, or a file without a P3D contract;
-    ImportError when the format's runtime is not installed (the message names the extra)."""
+    Raises ValueError for an unknown suffix, a missing file, a file its runtime cannot read
+    (naming it and the runtime's reason), or a file without a P3D contract; ImportError when the format's runtime is not installed (the message names the extra)."""
     path = pathlib.Path(path)
     formats = {fmt.suffix: fmt for fmt in FORMATS.values()}
     expect(path.suffix in formats, f"an export file ending in one of {sorted(formats)}", path=os.fspath(path))
@@ -439,11 +451,16 @@ def load_portable(path, *, threads=None):
            threads=threads)
     fmt = formats[path.suffix]
     try:
-        contract, run = LOADERS[fmt.name](path, threads)
+        text, runner = LOADERS[fmt.name](path, threads)
     except ModuleNotFoundError as error:
         raise ImportError(f"Running a {fmt.name} export needs {error.name}: pip install "
                           f"'p3d_keras[{fmt.extra}]'") from error
-    return PortableRunner(path, fmt.name, contract, run)
+    except Exception as error:  # each runtime's own exception classes (onnxruntime's are not RuntimeErrors)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"Expected an export file that the {fmt.name} runtime reads. Received: {path} "
+                         f"({reason})") from None
+    contract = _contract(text, path)
+    return PortableRunner(path, fmt.name, contract, runner(contract))
 
 
 # ----------------------------------------------------------------------------------------------

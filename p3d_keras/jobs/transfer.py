@@ -28,10 +28,12 @@ import logging
 import os
 import pathlib
 import warnings
+import zipfile
 
 import numpy as np
 
 from p3d_keras.core.checks import check_choice, expect
+from p3d_keras.core.files import read_npz
 from p3d_keras.core.labels import read_label_file
 from p3d_keras.core.output_folder import WORK_DIR
 from p3d_keras.jobs import feature_files, metrics, reports
@@ -68,11 +70,11 @@ def load_sklearn():
 
 
 def _shard_features(path, class_names):
-    with np.load(path) as data:
-        needed = ("video_features", "video_labels", "video_ids")
-        expect(all(key in data.files for key in needed),
-               f"p3d-extract-features' shard-mode file with {list(needed)}", file=str(path), keys=data.files)
-        features, labels, ids = (data[key] for key in needed)
+    data = read_npz(path)
+    needed = ("video_features", "video_labels", "video_ids")
+    expect(all(key in data for key in needed),
+           f"p3d-extract-features' shard-mode file with {list(needed)}", file=str(path), keys=list(data))
+    features, labels, ids = (data[key] for key in needed)
     labels = labels.astype("int64")
     if class_names is not None:
         bad = labels[(labels < 0) | (labels >= len(class_names))]
@@ -119,7 +121,7 @@ def _video_folder_features(folder, layer, labels):
     for file in files:
         try:
             video = feature_files.read_features(file)
-        except (KeyError, ValueError, OSError) as error:
+        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
             raise ValueError(f"Expected a per-video feature file of p3d-extract-features. Received: {file} "
                              f"({type(error).__name__}: {error})") from None
         layer = _pick_layer(video["features"], layer, str(file))
@@ -206,7 +208,7 @@ def transfer(train, test, *, out=None, c=1.0, layer=None, labels_csv=None, label
     `per_class_accuracy`, `confusion_matrix` (rows: true class), `classes`, the counts and
     settings. With `out`, writes `out/report.json`, `out/confusion_matrix.png` and, unless
     `tsne="none"`, `out/tsne.png` (t-SNE of the test or all features; the pictures need
-    matplotlib).
+    matplotlib; a single test video is not drawn, with a warning).
 
     c: the SVM's penalty (LinearSVC's C). labels_csv: a file of `media_id,label` rows (video
     mode). labels_file: class names in index order. Raises ValueError for unreadable or
@@ -239,6 +241,10 @@ def transfer(train, test, *, out=None, c=1.0, layer=None, labels_csv=None, label
             shown = test_set if tsne == "test" else FeatureSet(
                 np.concatenate([train_set.features, test_set.features]), None,
                 np.concatenate([train_set.labels, test_set.labels]), "all")
+            if len(shown.features) < 2:  # t-SNE places two points at least
+                log.warning("%s not drawn: t-SNE needs two videos at least. Received: %d %s video",
+                            os.path.join(out, TSNE_PNG), len(shown.features), tsne)
+                return report
             points = tsne_embedding(shown.features, seed=seed)
             reports.save_embedding_png(points, [index[n] for n in shown.labels], names,
                                        os.path.join(out, TSNE_PNG),

@@ -26,6 +26,18 @@ def test_check_frames_names_the_first_frame_that_is_not_a_jpeg_or_not_of_the_siz
                                           "32x48 and frame 6 of 16x16 in record 2 of shard=x")
 
 
+def test_check_frames_refuses_a_frame_claiming_more_than_the_pixel_limit():
+    """A tiny JPEG can claim a huge size (its header's height and width): refused before decoding."""
+    huge = bytearray(tf.io.encode_jpeg(frame(0, 16, 16)).numpy())
+    sof = huge.index(b"\xff\xc0")  # the baseline frame header: length (2), precision (1), height (2), width (2)
+    huge[sof + 5:sof + 9] = (5000).to_bytes(2, "big") + (5000).to_bytes(2, "big")
+    assert tf.io.extract_jpeg_shape(bytes(huge)).numpy().tolist()[:2] == [5000, 5000] and len(huge) < 2000
+    ok, message = clips.check_frames(tf.constant([bytes(huge)] * 2), tf.constant([0, 1]), tf.constant("record 0"))
+    assert not ok.numpy()
+    assert message().numpy().decode() == ("Expected frames of at most 16777216 pixels (4096x4096). Received: "
+                                          "frame 0 of 5000x5000 in record 0")
+
+
 def test_parse_checked_gives_a_record_without_frames_a_stand_in_and_a_message():
     where = tf.constant("record 0 of shard=x")
     example, ok, _ = clips.parse_checked(where, tf.constant(record_of_frames(jpeg_frames(3), 1, "v")))

@@ -35,11 +35,16 @@ def no_frames_message(where):
     return tf.strings.join(["Expected every record to have at least one frame. Received: 0 frames in ", where])
 
 
+# The most pixels a stored frame may have (a 4096x4096 frame; 4K video is 3840x2160): a small
+# JPEG can claim a huge size, and a clip of such frames would take gigabytes to decode.
+MAX_FRAME_PIXELS = 4096 * 4096
+
+
 def check_frames(encoded, numbers, where):
     """`(ok, message)`: whether the frames `encoded` (`[N]` strings), frames `numbers` (`[N]`) of
     the record named `where` (`record_name`), are JPEGs (they start with `schema.JPEG_SIGNATURE`)
-    of one height and width, and a function building the error message naming the first frame
-    that is not (`enforce` calls it only then). Only the
+    of one height and width, of at most `MAX_FRAME_PIXELS`, and a function building the error
+    message naming the first frame that is not (`enforce` calls it only then). Only the
     frames that start like a JPEG have their header read (`extract_jpeg_shape`), so other bytes
     fail no op; a frame whose header is damaged past its first bytes fails there, with
     TensorFlow's message (the decoders' business)."""
@@ -52,7 +57,8 @@ def check_frames(encoded, numbers, where):
                            fn_output_signature=tf.TensorSpec([2], tf.int32))
     shapes = tf.reshape(shapes, [-1, 2])
     same = tf.reduce_all(tf.equal(shapes, shapes[:1]), axis=1)
-    ok = tf.logical_and(tf.reduce_all(is_jpeg), tf.reduce_all(same))
+    small = tf.cast(shapes[:, 0], tf.int64) * tf.cast(shapes[:, 1], tf.int64) <= MAX_FRAME_PIXELS
+    ok = tf.reduce_all(tf.stack([tf.reduce_all(is_jpeg), tf.reduce_all(same), tf.reduce_all(small)]))
 
     def first_false(flags):  # the position of the first false flag (N when none), and its frame number
         position = tf.argmin(tf.concat([tf.cast(flags, tf.int32), [0]], axis=0), output_type=tf.int32)
@@ -66,11 +72,15 @@ def check_frames(encoded, numbers, where):
         _, not_jpeg = first_false(is_jpeg)
         other, other_frame = first_false(same)
         first_frame = tf.strings.as_string(tf.cast(numbers, tf.int64)[:1])
+        large, large_frame = first_false(small)
         return tf.where(
             tf.reduce_all(is_jpeg),
-            tf.strings.join(["Expected the frames of a record to be of one size. Received: frame ",
-                             tf.strings.reduce_join(first_frame), " of ", size(0), " and frame ", other_frame,
-                             " of ", size(other), " in ", where]),
+            tf.where(tf.reduce_all(same),
+                     tf.strings.join([f"Expected frames of at most {MAX_FRAME_PIXELS} pixels (4096x4096). Received: "
+                                      "frame ", large_frame, " of ", size(large), " in ", where]),
+                     tf.strings.join(["Expected the frames of a record to be of one size. Received: frame ",
+                                      tf.strings.reduce_join(first_frame), " of ", size(0), " and frame ",
+                                      other_frame, " of ", size(other), " in ", where])),
             tf.strings.join(["Expected every frame to be a JPEG. Received: frame ", not_jpeg, " of ", where,
                              ", which does not start with a JPEG's bytes FF D8 FF"]))
 

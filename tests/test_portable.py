@@ -210,7 +210,7 @@ def test_p3d_export_program_rejects_flags_of_the_other_kind(tmp_path, flags, cap
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["onnx", "openvino"])
+@pytest.mark.parametrize("name", ["onnx", "openvino", "litert"])
 def test_p3d63_float32_matches_keras(tmp_path, name):
     model = P3DResNet(63, input_shape=(16, 160, 160, 3), classes=400, classifier_activation=None)
     loaded = P3DModel(model, describe_model(model, normalization="caffe"), None)
@@ -221,7 +221,6 @@ def test_p3d63_float32_matches_keras(tmp_path, name):
     expected = reference(loaded, clips)
     log.info("P3D-63 %s float32 (export + run %.0f s) max |delta| against Keras: %s", name,
              time.perf_counter() - start, max_drift(outputs, expected))
-    print(f"P3D-63 {name} float32 max |delta| against Keras: {max_drift(outputs, expected)}")
     for key, value in expected.items():
         np.testing.assert_allclose(outputs[key], value, atol=TOLERANCE, rtol=TOLERANCE)
 

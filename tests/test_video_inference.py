@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from p3d_keras.applications import P3DResNet
-from p3d_keras.jobs import features, models, synthetic
+from p3d_keras.jobs import features, models, synthetic, video_features
 from p3d_keras.jobs.model_folder import P3DModel, describe_model
 from p3d_keras.jobs.video_inference import (VideoInference, Window, WindowPlan, cut_windows, gather, prefetch,
                                             video_frames)
@@ -281,3 +281,18 @@ def test_a_flow_network_gets_the_tv_l1_flow_of_the_frames(tmp_path):
     assert flows[4].pixels.shape == (32, 32, 2) and flows[4].pixels.dtype == np.uint8
     (result,) = VideoInference(network).windows(path)
     assert result.start == 0.0 and result.end == 0.64 and np.isclose(result.outputs["probabilities"].sum(), 1)
+
+
+def test_a_one_frame_video_for_a_flow_network_is_too_short_not_silent_or_a_crash(tmp_path):
+    """One decoded frame gives no flow: a `VideoError` with the converter's reason, never zero windows
+    (the library) nor a TypeError that stops a feature extraction (every other video lost)."""
+    pytest.importorskip("cv2", reason="OpenCV's contrib module (the [flow] extra) computes TV-L1 flow")
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 2), classes=3, modality="flow")
+    network = P3DModel(model, describe_model(model, normalization="flow", resize_short_side=36), None)
+    one = write_timed_video(tmp_path / "one.mp4", [0])
+    with pytest.raises(video.VideoError, match=r"too short for flow: 1 frame decoded \(flow needs 2\)"):
+        list(VideoInference(network).windows(one))
+    good = write_timed_video(tmp_path / "good.mp4", [40 * i for i in range(17)])
+    summary = video_features.extract_video_features(network, [one, good], tmp_path / "out", workers=0)
+    assert [f["reason"] for f in summary.failures] == ["too short for flow: 1 frame decoded (flow needs 2)"]
+    assert summary.progress.written == 1 and (tmp_path / "out" / "good.npz").exists()

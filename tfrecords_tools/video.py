@@ -20,6 +20,8 @@ INTERPOLATION = "BILINEAR"
 # FFmpeg demuxers that turn files which are not videos into frames: `tty` renders a .txt/.nfo/.asc
 # file as ANSI art.
 NOT_VIDEO_DEMUXERS = {"tty": "a text file (FFmpeg would render it as ANSI art)"}
+# The reason of a video whose frames give no flow (N frames give N - 1): the converter's and the video inference's.
+TOO_SHORT_FOR_FLOW = "too short for flow: 1 frame decoded (flow needs 2)"
 
 
 class VideoError(Exception):
@@ -305,7 +307,7 @@ def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
         timestamps.append(t_us)
     check_complete(frames, decode, len(decoded), decoded[-1] if decoded else None, end)
     if not timestamps:  # frames were decoded (check_complete), so this is flow's: N frames give N-1
-        raise VideoError("too short for flow: 1 frame decoded (flow needs 2)")
+        raise VideoError(TOO_SHORT_FOR_FLOW)
     frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
     end_us = start_us + (decoded[-1] + round(1e6 / frame_rate) if frame_rate else decoded[-1])

@@ -97,7 +97,7 @@ def video_frames(path, metadata, decode=video.DecodeOptions(), start=None, end=N
     `[crop, crop, 2]`, N frames giving N - 1, each at its first frame's time.
 
     Raises `video.VideoError` for an unreadable, non-video, zero-frame or truncated file (the
-    last after the frames before the damage)."""
+    last after the frames before the damage), and for a flow network one of a single frame."""
     flows = metadata is not None and metadata.modality == "flow"
     crop = None if metadata is None or flows else metadata.crop_size
     frames = _decoded_frames(path, decode if metadata is None else
@@ -134,9 +134,13 @@ def _flow_frames(frames, crop):
             held.append(frame)
             yield frame.pixels
 
+    count = 0
     for xy in flow.flow_frames(pixels()):
         first = held.popleft()
+        count += 1
         yield Frame(first.time_us, first.duration_us, _centre_crop(xy, crop))
+    if not count:  # frames were decoded (`_decoded_frames` raises for none): one gives no flow
+        raise video.VideoError(video.TOO_SHORT_FOR_FLOW)
 
 
 def _last_duration_us(frames, decode, frame):

@@ -239,6 +239,8 @@ def test_bad_arguments_are_named(network, tmp_path):
         WindowPlan(16, window=20)
     with pytest.raises(ValueError, match="at most one of stride and stride_seconds"):
         WindowPlan(16, stride=4, stride_seconds=1.0)
+    with pytest.raises(ValueError, match=r"stride_seconds to be at least 1e-06 .*Received: stride_seconds=1e-09"):
+        WindowPlan(16, stride_seconds=1e-9)  # was a ZeroDivisionError while cutting: times are whole microseconds
     with pytest.raises(ValueError, match="pool in"):
         VideoInference(network, pool="max")
     small = dataclasses.replace(network.metadata, resize_short_side=24)

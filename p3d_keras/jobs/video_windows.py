@@ -62,7 +62,8 @@ class WindowPlan:
                stride=self.stride, stride_seconds=self.stride_seconds)
         expect(self.stride is None or (isinstance(self.stride, int) and self.stride > 0),
                "stride to be a positive int (frames) or None", stride=self.stride)
-        expect(self.stride_seconds is None or self.stride_seconds > 0, "stride_seconds to be positive or None",
+        expect(self.stride_seconds is None or self.stride_seconds >= 1e-6,
+               "stride_seconds to be at least 1e-06 (a microsecond: frame times are whole microseconds) or None",
                stride_seconds=self.stride_seconds)
 
     @property

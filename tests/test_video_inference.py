@@ -108,6 +108,21 @@ def test_fps_resampling_gives_a_regular_grid(network, tmp_path):
     assert [(w.start_us, w.end_us) for w in windows] == [(0, 1_600_000)]
 
 
+def test_a_raw_h264_stream_without_timestamps_is_timed_frame_after_frame(network, tmp_path):
+    """A bare .h264 stream (a camera's) carries no timestamps: its frames are one after the other at
+    their own duration, not all dropped ("zero frames decoded")."""
+    path = tmp_path / "camera.h264"
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25, options={"threads": "1"})
+        stream.width = stream.height = 48
+        for pixels in synthetic.render_clip("move_left", np.random.default_rng(0), frames=20, size=48):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    frames = list(video_frames(path, network.metadata))
+    assert [f.time_us for f in frames] == [40_000 * i for i in range(20)]
+    assert {f.duration_us for f in frames} == {40_000}
+
+
 def test_resampling_to_a_low_rate_is_not_taken_for_a_truncated_file(network, tmp_path):
     """At 1 fps a complete 1.6 s video gives frames at 0 and 1 s; the decoder still read it to its
     end, so it is complete (it was reported "truncated: decoded up to 1.04s of 1.60s")."""

@@ -144,17 +144,26 @@ class _FrameIterator:
             yield from self._select(self._decode(container, stream))
 
     def _decode(self, container, stream):
-        """(timestamp from the clip start in us, frame) of every decoded frame in the segment."""
+        """(timestamp from the clip start in us, frame) of every decoded frame in the segment. A
+        frame without a timestamp (a bare .h264 stream has none) follows the one before it, at that
+        one's duration (else the stream's frame rate); without either, it is dropped."""
         import av  # noqa: PLC0415 (optional extra: [video])
 
         origin = stream.start_time or 0
+        next_us = 0 if self.start_us == 0 else None  # where a frame without a timestamp goes
         try:
             if self.start_us > 0:
                 container.seek(int(self.start_us / 1e6 / stream.time_base) + origin, stream=stream)
             for frame in container.decode(stream):
-                if frame.pts is None:
+                if frame.pts is not None:
+                    t_us = int(round(float((frame.pts - origin) * stream.time_base) * 1e6))
+                elif next_us is None:
                     continue
-                t_us = int(round(float((frame.pts - origin) * stream.time_base) * 1e6))
+                else:
+                    t_us = next_us
+                step_us = float(frame.duration * frame.time_base) * 1e6 if frame.duration and frame.time_base else \
+                    (1e6 / self.frame_rate if self.frame_rate else None)
+                next_us = None if step_us is None else t_us + int(round(step_us))
                 if t_us < self.start_us:
                     continue
                 if self.end_us is not None and t_us >= self.end_us:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from p3d_keras.applications import P3DResNet
-from p3d_keras.jobs import features, models, synthetic, video_features
+from p3d_keras.jobs import features, models, synthetic, timeline, video_features
 from p3d_keras.jobs.model_folder import P3DModel, describe_model
 from p3d_keras.jobs.video_inference import (VideoInference, Window, WindowPlan, cut_windows, gather, prefetch,
                                             video_frames)
@@ -108,19 +108,33 @@ def test_fps_resampling_gives_a_regular_grid(network, tmp_path):
     assert [(w.start_us, w.end_us) for w in windows] == [(0, 1_600_000)]
 
 
-def test_a_raw_h264_stream_without_timestamps_is_timed_frame_after_frame(network, tmp_path):
-    """A bare .h264 stream (a camera's) carries no timestamps: its frames are one after the other at
-    their own duration, not all dropped ("zero frames decoded")."""
-    path = tmp_path / "camera.h264"
+def write_raw_h264(path, frames=20):
+    """A bare H.264 stream (a camera's .h264: no container, no timestamps) at 25 fps, 48 px."""
     with av.open(str(path), "w", format="h264") as container:
         stream = container.add_stream("libx264", rate=25, options={"threads": "1"})
         stream.width = stream.height = 48
-        for pixels in synthetic.render_clip("move_left", np.random.default_rng(0), frames=20, size=48):
+        for pixels in synthetic.render_clip("move_left", np.random.default_rng(0), frames=frames, size=48):
             container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
         container.mux(stream.encode())
-    frames = list(video_frames(path, network.metadata))
+    return path
+
+
+def test_a_raw_h264_stream_without_timestamps_is_timed_frame_after_frame(network, tmp_path):
+    """A bare .h264 stream carries no timestamps: its frames are one after the other at their own
+    duration, not all dropped ("zero frames decoded")."""
+    frames = list(video_frames(write_raw_h264(tmp_path / "camera.h264"), network.metadata))
     assert [f.time_us for f in frames] == [40_000 * i for i in range(20)]
     assert {f.duration_us for f in frames} == {40_000}
+
+
+def test_a_stream_that_cannot_seek_is_read_from_its_start(network, tmp_path):
+    """A segment or a thumbnail of a bare .h264 stream (its seek fails: "Operation not permitted")
+    is read from the start, instead of failing the video (and the whole p3d-predict --timeline)."""
+    path = write_raw_h264(tmp_path / "camera.h264")
+    assert [f.time_us for f in video_frames(path, network.metadata, start=0.5)] == [20_000 + 40_000 * i
+                                                                                    for i in range(7)]
+    ((second, image),) = timeline.thumbnails(path, [0.5], height=24)
+    assert second == pytest.approx(0.52) and image.shape == (24, 24, 3)
 
 
 def test_resampling_to_a_low_rate_is_not_taken_for_a_truncated_file(network, tmp_path):

@@ -28,6 +28,10 @@ class VideoError(Exception):
     """A video that cannot be converted; `str(error)` is the reason written to failures.jsonl."""
 
 
+class _CannotSeek(Exception):
+    """A stream's seek failed, before any frame was decoded: decode it from its beginning."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DecodeOptions:
     """How frames are decoded and encoded.
@@ -123,7 +127,9 @@ class _FrameIterator:
         except OSError as error:  # also PyAV's errors of that kind, e.g. closing the container
             raise VideoError(f"unreadable: {error}") from error
 
-    def _open_and_decode(self):
+    def _open_and_decode(self, seek=True):
+        """Open and decode; a stream that cannot seek to the segment's start is opened again and
+        decoded from its beginning (a failed seek leaves FFmpeg's demuxer at the end)."""
         import av  # noqa: PLC0415 (optional extra: [video])
 
         _check_regular_file(self.path)
@@ -131,6 +137,12 @@ class _FrameIterator:
             container = av.open(self.path)
         except (av.error.FFmpegError, UnicodeDecodeError) as error:
             raise VideoError(f"unreadable: {error}") from error
+        try:
+            yield from self._decode_container(container, seek)
+        except _CannotSeek:
+            yield from self._open_and_decode(seek=False)
+
+    def _decode_container(self, container, seek):
         with container:
             if container.format.name in NOT_VIDEO_DEMUXERS:
                 raise VideoError(f"not a video: {NOT_VIDEO_DEMUXERS[container.format.name]}")
@@ -141,19 +153,23 @@ class _FrameIterator:
             stream.codec_context.thread_count = self.decode.threads
             self.frame_rate = float(stream.average_rate or stream.guessed_rate or 0) or None
             self.duration_us = _duration_us(container, stream)
-            yield from self._select(self._decode(container, stream))
+            yield from self._select(self._decode(container, stream, seek))
 
-    def _decode(self, container, stream):
+    def _decode(self, container, stream, seek):
         """(timestamp from the clip start in us, frame) of every decoded frame in the segment. A
         frame without a timestamp (a bare .h264 stream has none) follows the one before it, at that
-        one's duration (else the stream's frame rate); without either, it is dropped."""
+        one's duration (else the stream's frame rate); without either, it is dropped. A stream that
+        cannot seek to the segment's start (`seek`) raises `_CannotSeek` before any frame."""
         import av  # noqa: PLC0415 (optional extra: [video])
 
-        origin = stream.start_time or 0
-        next_us = 0 if self.start_us == 0 else None  # where a frame without a timestamp goes
-        try:
-            if self.start_us > 0:
+        origin, seek = stream.start_time or 0, seek and self.start_us > 0
+        if seek:
+            try:
                 container.seek(int(self.start_us / 1e6 / stream.time_base) + origin, stream=stream)
+            except av.error.FFmpegError as error:  # a stream that cannot seek (a bare .h264)
+                raise _CannotSeek from error
+        next_us = None if seek else 0  # where a frame without a timestamp goes
+        try:
             for frame in container.decode(stream):
                 if frame.pts is not None:
                     t_us = int(round(float((frame.pts - origin) * stream.time_base) * 1e6))

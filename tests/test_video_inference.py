@@ -271,6 +271,8 @@ def test_bad_videos_raise_a_video_error_with_the_reason(network, tmp_path, kind,
 def test_bad_arguments_are_named(network, tmp_path):
     with pytest.raises(ValueError, match="'res9z'"):
         VideoInference(network, ("res9z",))
+    with pytest.raises(ValueError, match=r"a list of output names, e.g. \('pool5',\)\. Received: outputs='res5a'"):
+        VideoInference(network, "res5a")  # was read as the names 'r', 'e', 's', '5', 'a'
     headless = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), include_top=False, pooling="avg")
     with pytest.raises(ValueError, match="Expected a classifier"):
         VideoInference(P3DModel(headless, describe_model(headless, normalization="caffe"), None))

@@ -80,6 +80,7 @@ class VideoInference:
         self.model, self.metadata = loaded.model, loaded.metadata
         expect(pool in POOLING, f"pool in {POOLING}", pool=pool)
         expect(isinstance(batch_size, int) and batch_size > 0, "batch_size to be a positive int", batch_size=batch_size)
+        expect(not isinstance(outputs, str), "a list of output names, e.g. ('pool5',)", outputs=outputs)
         outputs = tuple(outputs)
         expect(bool(outputs) and len(set(outputs)) == len(outputs), "a non-empty list of distinct output names",
                outputs=outputs)

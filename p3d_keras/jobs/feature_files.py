@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 
+from p3d_keras.core.files import read_npz
+
 FEATURES = "features/"  # npz key prefix: features/<layer>
 SUFFIX = ".npz"
 
@@ -23,11 +25,16 @@ def encode_features(item, features, timestamps, decoded, looped, provenance_json
 
 def read_features(path):
     """One video's file as a dict: `features` `{layer: [N, D]}`, `timestamps`, `fps`, `seconds`,
-    `media_id`, `path`, `looped` (Python values) and `provenance` (parsed)."""
-    with np.load(path) as data:
-        result = {"features": {k[len(FEATURES):]: data[k] for k in data.files if k.startswith(FEATURES)},
+    `media_id`, `path`, `looped` (Python values) and `provenance` (parsed). Raises ValueError
+    naming `path` when it cannot be read as such a file (missing, truncated, pickled, another .npz)."""
+    data = read_npz(path)  # ValueError naming the file: not a zip of arrays, or pickled
+    try:
+        result = {"features": {k[len(FEATURES):]: data[k] for k in data if k.startswith(FEATURES)},
                   "timestamps": data["timestamps"]}
         result.update(fps=float(data["fps"]), seconds=float(data["seconds"]), media_id=str(data["media_id"]),
                       path=str(data["path"]), looped=bool(data["looped"]),
                       provenance=json.loads(str(data["provenance"])))
+    except (KeyError, ValueError, TypeError) as error:
+        raise ValueError(f"Expected a per-video feature file of p3d-extract-features. Received: {path} "
+                         f"({type(error).__name__}: {error})") from None
     return result

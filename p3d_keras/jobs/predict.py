@@ -46,8 +46,8 @@ class SavedModelInference:
     `run_windows`, `windows`), with output `"probabilities"` only. Frames are handed over at the
     video's own size, one window per call of `serving_default`: its graph resizes and crops them.
     The clip length and class names come from the export's `assets.extra` metadata, else the clip
-    length from the graph's own frame-count assertion. Raises ValueError naming the folder when it is not such
-    an export."""
+    length from the graph's own frame-count assertion; `classes` (how many) from its signature. Raises
+    ValueError naming the folder when it is not such an export."""
 
     outputs = (PROBABILITIES,)
     batch_size = 1
@@ -65,6 +65,7 @@ class SavedModelInference:
             with open(asset, encoding="utf-8") as f:
                 self.metadata = ModelMetadata.from_json(json.load(f), asset)
         self.clip_length = self.metadata.clip_length if self.metadata else self._asserted_clip_length()
+        self.classes = self._serve.structured_outputs[PROBABILITIES].shape[-1]
 
     def _asserted_clip_length(self):
         found = CLIP_LENGTH_ASSERTION.search(self._serve.graph.as_graph_def().SerializeToString())
@@ -153,6 +154,11 @@ def load_predictor(*, spec=None, saved_model=None, labels_file=None, normalizati
     if saved_model:
         inference = exported_inference(saved_model, batch_size)
         names = read_label_file(labels_file) if labels_file else inference.metadata and inference.metadata.class_names
+        classes = getattr(inference, "classes", None) or (inference.metadata and
+                                                          inference.metadata.architecture.get("classes"))
+        if labels_file and classes is not None and len(names) != classes:
+            raise ValueError(f"Expected one class name per output of the export ({classes} classes). Received: "
+                             f"{len(names)} in {os.fspath(labels_file)!r}")
         provenance = {"export": os.path.abspath(saved_model),
                       **(inference.metadata.provenance if inference.metadata else {})}
         return Predictor(inference, None if names is None else tuple(names), provenance)

@@ -16,6 +16,7 @@ import bisect
 import dataclasses
 import fractions
 import itertools
+import os
 
 import numpy as np
 
@@ -194,7 +195,7 @@ def _colours(labels):
 
 
 def annotate_video(source, out, times, probabilities, class_names=None, *, decode=video.DecodeOptions()):
-    """Write a copy of the video file `source` to the mp4 `out` (atomically), every frame with its
+    """Write a copy of the video file `source` to the mp4 `out` (atomically, its folder made), every frame with its
     current window's top-1 label and probability drawn on it (in its top left corner): the window
     that started last at or before the frame (the last window for the frames after it). Frames are read, drawn and
     encoded one at a time (`synthetic.video_writer`, H.264), at the source's own size (an odd side
@@ -212,6 +213,7 @@ def annotate_video(source, out, times, probabilities, class_names=None, *, decod
     height, width = first.pixels.shape[:2]
     rate = fractions.Fraction(1_000_000, first.duration_us or 40_000).limit_denominator(1001)
     font = _font(max(texts, key=len), max(10, min(height, width) // 14), width - 8)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with atomic_path(out, suffix=".mp4") as tmp, synthetic.video_writer(tmp, height + height % 2, width + width % 2,
                                                                          fps=rate) as write:
         for frame in itertools.chain([first], frames):

@@ -28,7 +28,6 @@ import logging
 import os
 import pathlib
 import warnings
-import zipfile
 
 import numpy as np
 
@@ -119,11 +118,7 @@ def _video_folder_features(folder, layer, labels):
            folder=str(folder), files=0)
     rows, ids = [], []
     for file in files:
-        try:
-            video = feature_files.read_features(file)
-        except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-            raise ValueError(f"Expected a per-video feature file of p3d-extract-features. Received: {file} "
-                             f"({type(error).__name__}: {error})") from None
+        video = feature_files.read_features(file)  # raises ValueError naming the file
         layer = _pick_layer(video["features"], layer, str(file))
         rows.append(video["features"][layer].astype("float64").mean(axis=0))
         ids.append(video["media_id"])

@@ -80,6 +80,7 @@ class VideoInference:
         self.model, self.metadata = loaded.model, loaded.metadata
         expect(pool in POOLING, f"pool in {POOLING}", pool=pool)
         expect(isinstance(batch_size, int) and batch_size > 0, "batch_size to be a positive int", batch_size=batch_size)
+        expect(not isinstance(outputs, str), "a list of output names, e.g. ('pool5',)", outputs=outputs)
         outputs = tuple(outputs)
         expect(bool(outputs) and len(set(outputs)) == len(outputs), "a non-empty list of distinct output names",
                outputs=outputs)
@@ -174,6 +175,5 @@ def gather(results, names):
         looped = looped or result.looped
     expect(bool(times), "at least one window", windows=0)
     outputs = {name: np.stack(values) for name, values in stacked.items()}
-    return VideoResult(outputs, np.asarray(times, dtype="float64").reshape(-1, 2),
-                       {name: value.mean(axis=0, dtype="float64").astype(value.dtype) for name, value in outputs.items()},
-                       looped)
+    mean = {name: value.mean(axis=0, dtype="float64").astype(value.dtype) for name, value in outputs.items()}
+    return VideoResult(outputs, np.asarray(times, dtype="float64").reshape(-1, 2), mean, looped)

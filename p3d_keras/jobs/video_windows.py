@@ -62,7 +62,8 @@ class WindowPlan:
                stride=self.stride, stride_seconds=self.stride_seconds)
         expect(self.stride is None or (isinstance(self.stride, int) and self.stride > 0),
                "stride to be a positive int (frames) or None", stride=self.stride)
-        expect(self.stride_seconds is None or self.stride_seconds > 0, "stride_seconds to be positive or None",
+        expect(self.stride_seconds is None or self.stride_seconds >= 1e-6,
+               "stride_seconds to be at least 1e-06 (a microsecond: frame times are whole microseconds) or None",
                stride_seconds=self.stride_seconds)
 
     @property
@@ -97,7 +98,7 @@ def video_frames(path, metadata, decode=video.DecodeOptions(), start=None, end=N
     `[crop, crop, 2]`, N frames giving N - 1, each at its first frame's time.
 
     Raises `video.VideoError` for an unreadable, non-video, zero-frame or truncated file (the
-    last after the frames before the damage)."""
+    last after the frames before the damage), and for a flow network one of a single frame."""
     flows = metadata is not None and metadata.modality == "flow"
     crop = None if metadata is None or flows else metadata.crop_size
     frames = _decoded_frames(path, decode if metadata is None else
@@ -134,9 +135,13 @@ def _flow_frames(frames, crop):
             held.append(frame)
             yield frame.pixels
 
+    count = 0
     for xy in flow.flow_frames(pixels()):
         first = held.popleft()
+        count += 1
         yield Frame(first.time_us, first.duration_us, _centre_crop(xy, crop))
+    if not count:  # frames were decoded (`_decoded_frames` raises for none): one gives no flow
+        raise video.VideoError(video.TOO_SHORT_FOR_FLOW)
 
 
 def _last_duration_us(frames, decode, frame):

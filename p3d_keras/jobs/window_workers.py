@@ -1,6 +1,6 @@
-"""Videos -> `Window`s, decoded ahead of a network: in worker processes through a bounded queue,
-or in a thread of this process (`messages`). Free of Keras: the processes import this module
-and `jobs.video_windows` only, never TensorFlow.
+"""Videos -> `Window`s, decoded ahead of a network: in worker processes (a pipe each, received by a
+thread into a bounded queue) or in a thread of this process (`messages`). Free of Keras: the
+processes import this module and `jobs.video_windows` only, never TensorFlow.
 
 Each video gives, in order, `(WINDOW, number, Window)` messages and then one `(DONE, number,
 Decoded)` or `(FAILED, number, reason)`; the messages of different videos interleave. A video
@@ -13,8 +13,8 @@ of the output folder while they live, as the converter's do.
 import dataclasses
 import logging
 import multiprocessing
+import multiprocessing.connection
 import os
-import queue
 
 from p3d_keras.core.output_folder import init_worker
 from p3d_keras.jobs.video_windows import cut_windows, prefetch, video_frames
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 WINDOW, DONE, FAILED = "window", "done", "failed"
 _START = "start"  # a worker took a video: (START, number, pid); not passed on
 CRASHED = "worker process crashed while decoding (e.g. a decoder fault)"
-_POLL_S = 0.2  # how often the main process checks its workers while the queue is empty
+_POLL_S = 0.2  # how long the receiving thread waits for a message before it looks again
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,66 +100,85 @@ def messages(tasks, geometry, plan, decode, *, workers, work, queue_size):
 def _worker(parent_pid, work, tasks, results, geometry, plan, decode):
     init_worker(parent_pid, work)
     while (task := tasks.get()) is not None:
-        results.put((_START, task.number, os.getpid()))
+        results.send((_START, task.number, os.getpid()))
         for message in video_messages(task, geometry, plan, decode):
-            results.put(message)
+            results.send(message)
+    results.close()
+
+
+class _Workers:
+    """Decoding processes, each sending its messages through a pipe of its own whose only write
+    end it holds: a process that dies, even in the middle of a message, is an end of file here,
+    never a read that waits forever (a queue shared by all would be)."""
+
+    def __init__(self, context, args):
+        self.context, self.args = context, args
+        self.pipes = {}  # read end -> [process, number of the video it is decoding, or None]
+
+    def start(self):
+        reader, writer = self.context.Pipe(duplex=False)
+        process = self.context.Process(target=_worker, args=(os.getpid(), self.args[0], self.args[1], writer,
+                                                             *self.args[2:]), name="p3d-decode", daemon=True)
+        process.start()
+        writer.close()  # the process holds the only write end now
+        self.pipes[reader] = [process, None]
+
+    def receive(self, timeout):
+        """The messages that arrived within `timeout` seconds; a video whose process died is
+        FAILED (CRASHED) and the process replaced."""
+        arrived = []
+        for reader in multiprocessing.connection.wait(list(self.pipes), timeout):
+            entry = self.pipes[reader]
+            try:
+                kind, number, payload = reader.recv()
+            except (EOFError, OSError):  # the process is gone, perhaps in the middle of a message
+                del self.pipes[reader]
+                reader.close()
+                entry[0].join(timeout=10)
+                if entry[0].exitcode != 0:
+                    log.warning("A decoding process died (exit code %s); starting another", entry[0].exitcode)
+                    if entry[1] is not None:
+                        arrived.append((FAILED, entry[1], CRASHED))
+                    self.start()  # it takes the dead one's place, and its end-of-tasks mark
+                continue
+            if kind == _START:
+                entry[1] = number
+                continue
+            if kind != WINDOW:
+                entry[1] = None
+            arrived.append((kind, number, payload))
+        return arrived
+
+    def stop(self):
+        for process, _ in self.pipes.values():
+            process.kill()
+        for reader, (process, _) in list(self.pipes.items()):
+            process.join()
+            reader.close()
+        self.pipes.clear()
 
 
 def _process_messages(tasks, geometry, plan, decode, workers, work, queue_size):
+    """The messages of `tasks` from `workers` processes; a thread of this process receives them
+    while the caller works, at most `queue_size` ahead."""
     context = multiprocessing.get_context("spawn")  # never fork: the caller holds TensorFlow and threads
-    todo, results = context.Queue(), context.Queue(maxsize=queue_size)
+    todo = context.Queue()
     for task in tasks:
         todo.put(task)
     for _ in range(workers):
         todo.put(None)
-    processes, current, remaining = {}, {}, {task.number for task in tasks}
+    pool = _Workers(context, (work, todo, geometry, plan, decode))
+    for _ in range(min(workers, len(tasks))):
+        pool.start()
 
-    def start():
-        process = context.Process(target=_worker, args=(os.getpid(), work, todo, results, geometry, plan, decode),
-                                  name="p3d-decode", daemon=True)
-        process.start()
-        processes[process.pid] = process
+    def received():
+        while pool.pipes:  # each exits after its end-of-tasks mark; the last one ends this
+            yield from pool.receive(_POLL_S)
 
+    stream = prefetch(received(), queue_size)
     try:
-        for _ in range(min(workers, len(tasks))):
-            start()
-        while remaining:
-            try:
-                kind, number, payload = results.get(timeout=_POLL_S)
-            except queue.Empty:
-                for lost in _check_workers(processes, current, start):
-                    if lost in remaining:
-                        remaining.discard(lost)
-                        yield FAILED, lost, CRASHED
-                if not processes:  # all gone, some videos taken but never started: theirs too
-                    yield from ((FAILED, number, CRASHED) for number in sorted(remaining))
-                    return
-                continue
-            if kind == _START:
-                current[payload] = number
-                continue
-            if kind != WINDOW:
-                remaining.discard(number)
-            yield kind, number, payload
+        yield from stream
     finally:
-        for process in processes.values():
-            process.kill()
-            process.join()
+        stream.close()  # stops the receiving thread before the processes go
+        pool.stop()
         todo.cancel_join_thread()
-        results.cancel_join_thread()
-
-
-def _check_workers(processes, current, start):
-    """Forget the worker processes that have exited; for each that died (not exited 0), start
-    another one and return the number of the video it was decoding."""
-    lost = []
-    for pid, process in list(processes.items()):
-        if process.exitcode is None:
-            continue
-        del processes[pid]
-        if process.exitcode != 0:
-            log.warning("A decoding process died (exit code %s); starting another", process.exitcode)
-            if pid in current:
-                lost.append(current.pop(pid))
-            start()
-    return lost

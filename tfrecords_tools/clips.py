@@ -90,8 +90,8 @@ def check_frames(encoded, numbers, where):
 def parse_checked(where, serialized):
     """`(example, ok, message)`: the parsed record `where` (`schema.parse_record`) with
     `num_frames`, whether it is a video of the schema with frames, and a function building the
-    error message naming it if not (for `enforce`). A record that is not gives values that fail no op: at least one frame (a stand-in
-    JPEG) and zeros."""
+    error message naming it if not (for `enforce`). A record that is not gives values that fail
+    no op: at least one frame (a stand-in JPEG) and zeros."""
     example, missing = schema.parse_record(serialized, where)
     num_frames = tf.shape(example[schema.ENCODED])[0]
     has_frames = num_frames > 0

@@ -442,7 +442,8 @@ def load_portable(path, *, threads=None):
     default). OpenVINO compiles for the CPU with the export's precision (`OPENVINO_HINTS`).
 
     Raises ValueError for an unknown suffix, a missing file, a file its runtime cannot read
-    (naming it and the runtime's reason), or a file without a P3D contract; ImportError when the format's runtime is not installed (the message names the extra)."""
+    (naming it and the runtime's reason), or a file without a P3D contract; ImportError when the
+    format's runtime is not installed (the message names the extra)."""
     path = pathlib.Path(path)
     formats = {fmt.suffix: fmt for fmt in FORMATS.values()}
     expect(path.suffix in formats, f"an export file ending in one of {sorted(formats)}", path=os.fspath(path))

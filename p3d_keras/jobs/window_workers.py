@@ -23,7 +23,7 @@ from p3d_keras.tfrecords_tools import video
 log = logging.getLogger(__name__)
 
 WINDOW, DONE, FAILED = "window", "done", "failed"
-_START = "start"  # a worker took a video: (START, number, pid); not passed on
+_START = "start"  # a worker took a video: (START, number, None); not passed on
 CRASHED = "worker process crashed while decoding (e.g. a decoder fault)"
 _POLL_S = 0.2  # how long the receiving thread waits for a message before it looks again
 
@@ -100,7 +100,7 @@ def messages(tasks, geometry, plan, decode, *, workers, work, queue_size):
 def _worker(parent_pid, work, tasks, results, geometry, plan, decode):
     init_worker(parent_pid, work)
     while (task := tasks.get()) is not None:
-        results.send((_START, task.number, os.getpid()))
+        results.send((_START, task.number, None))
         for message in video_messages(task, geometry, plan, decode):
             results.send(message)
     results.close()
